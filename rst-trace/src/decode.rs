@@ -1,0 +1,254 @@
+//! Raw ring buffer records -> [`Event`]s.
+//!
+//! Reads the common header, dispatches on its kind, reads the tracepoint fields with the layout of
+//! the running kernel and names reasons and states. Attribution (which process owns the socket,
+//! which container, what the cause is) is a later stage.
+
+use std::mem::size_of;
+
+use anyhow::{Context as _, bail};
+use rst_trace_common::{COMM_LEN, NO_SK_STATE, RawTracepoint, RecordKind};
+
+use crate::{
+    event::{Event, EventKind, Family, Process, ProcessSource},
+    layout::ResetLayout,
+    names::KernelNames,
+};
+
+/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in nanoseconds.
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> anyhow::Result<Self> {
+        let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+        let realtime = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
+        let ns = |t: nix::sys::time::TimeSpec| {
+            i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+        };
+        Ok(Self {
+            offset_ns: ns(realtime) - ns(monotonic),
+        })
+    }
+
+    /// A clock whose wall time equals the monotonic time plus `offset_ns` (for tests).
+    pub fn with_offset(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
+    pub fn wall_time(&self, ktime_ns: u64) -> jiff::Timestamp {
+        let ns = self.offset_ns + i128::from(ktime_ns);
+        jiff::Timestamp::from_nanosecond(ns).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    }
+}
+
+pub struct Decoder {
+    pub send_reset: Option<ResetLayout>,
+    pub receive_reset: Option<ResetLayout>,
+    pub names: KernelNames,
+    pub clock: WallClock,
+}
+
+impl Decoder {
+    pub fn decode(&self, bytes: &[u8]) -> anyhow::Result<Event> {
+        if bytes.len() < size_of::<RawTracepoint>() {
+            bail!("short ring buffer record: {} bytes", bytes.len());
+        }
+        // SAFETY: RawTracepoint is plain old data and the length was checked; the ring buffer
+        // gives no alignment guarantee beyond 8, so read unaligned.
+        let record = unsafe { bytes.as_ptr().cast::<RawTracepoint>().read_unaligned() };
+        let header = record.header;
+        let (kind, layout) = match RecordKind::from_u8(header.kind) {
+            Some(RecordKind::ResetSent) => (EventKind::ResetSent, self.send_reset.as_ref()),
+            Some(RecordKind::ResetReceived) => {
+                (EventKind::ResetReceived, self.receive_reset.as_ref())
+            }
+            None => bail!("unknown record kind {}", header.kind),
+        };
+        let layout = layout.with_context(|| format!("{kind:?} record from a detached source"))?;
+        let fields = layout.decode(&record.raw);
+
+        // The record's own state (tcp_send_reset) is 0 when no socket matched; otherwise fall back
+        // to what the program read from the socket.
+        let state = match fields.state {
+            Some(0) => None,
+            Some(state) => Some(u64::from(state)),
+            None => (record.sk_state != NO_SK_STATE).then_some(u64::from(record.sk_state)),
+        };
+        let sock_cookie = fields
+            .sock_cookie
+            .or(Some(record.sk_cookie))
+            .filter(|cookie| *cookie != 0);
+
+        let tgid = (header.pid_tgid >> 32) as u32;
+        let process = (tgid != 0).then(|| Process {
+            pid: tgid,
+            tid: header.pid_tgid as u32,
+            comm: comm(&header.comm),
+            source: ProcessSource::Context,
+        });
+
+        Ok(Event {
+            time: self.clock.wall_time(header.ktime_ns),
+            kind,
+            reason: fields
+                .reason
+                .map(|r| self.names.reset_reasons.describe(u64::from(r))),
+            state: state.map(|s| self.names.tcp_states.describe(s)),
+            family: fields.local.map(|addr| Family::of(addr.ip())),
+            local: fields.local.map(Into::into),
+            remote: fields.remote.map(Into::into),
+            process,
+            cause: None,
+            netns: None,
+            cgroup: None,
+            sock_cookie,
+            ktime_ns: header.ktime_ns,
+            cgroup_id: (tgid != 0).then_some(header.cgroup_id),
+        })
+    }
+}
+
+fn comm(bytes: &[u8; COMM_LEN]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use rst_trace_common::{EventHeader, RAW_LEN};
+
+    use super::*;
+    use crate::{event::Endpoint, layout::tests::RawBuilder, tracefs::tests::fixture};
+
+    fn decoder(kernel: &str) -> Decoder {
+        let send = fixture(kernel, "tcp__tcp_send_reset");
+        let receive = fixture(kernel, "tcp__tcp_receive_reset");
+        let set_state = fixture(kernel, "sock__inet_sock_set_state");
+        Decoder {
+            send_reset: Some(ResetLayout::from_format(&send).unwrap()),
+            receive_reset: Some(ResetLayout::from_format(&receive).unwrap()),
+            names: KernelNames::from_kernel(Some(&send), Some(&set_state), None),
+            clock: WallClock::with_offset(1_763_776_800_000_000_000),
+        }
+    }
+
+    fn record(kind: RecordKind, pid_tgid: u64, comm: &str, raw: [u8; RAW_LEN]) -> RawTracepoint {
+        let mut comm_bytes = [0u8; COMM_LEN];
+        comm_bytes[..comm.len()].copy_from_slice(comm.as_bytes());
+        RawTracepoint {
+            header: EventHeader {
+                kind: kind as u8,
+                _pad: [0; 3],
+                cpu: 1,
+                ktime_ns: 5_000_000_123,
+                pid_tgid,
+                cgroup_id: 1,
+                comm: comm_bytes,
+            },
+            sk_state: NO_SK_STATE,
+            _pad: [0; 7],
+            sk_cookie: 0,
+            raw,
+        }
+    }
+
+    fn bytes(record: &RawTracepoint) -> Vec<u8> {
+        // SAFETY: RawTracepoint is repr(C) plain old data with no padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (record as *const RawTracepoint).cast::<u8>(),
+                size_of::<RawTracepoint>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn closed_port_reset_on_6_18() {
+        let mut raw = RawBuilder::new();
+        raw.put(28, &1u32.to_ne_bytes())
+            .sockaddr_in(32, [127, 0, 0, 1], 9)
+            .sockaddr_in(60, [127, 0, 0, 1], 35340);
+        let rec = record(RecordKind::ResetSent, (4242 << 32) | 4243, "curl", raw.0);
+        let event = decoder("6.18").decode(&bytes(&rec)).unwrap();
+        assert_eq!(event.kind, EventKind::ResetSent);
+        assert_eq!(event.reason.as_deref(), Some("NO_SOCKET"));
+        assert_eq!(event.state, None);
+        assert_eq!(event.family, Some(Family::Ipv4));
+        assert_eq!(
+            event.local,
+            Some(Endpoint {
+                addr: [127, 0, 0, 1].into(),
+                port: 9
+            })
+        );
+        assert_eq!(event.remote.unwrap().port, 35340);
+        let process = event.process.unwrap();
+        assert_eq!(
+            (process.pid, process.tid, process.comm.as_str()),
+            (4242, 4243, "curl")
+        );
+        assert_eq!(process.source, ProcessSource::Context);
+        assert_eq!(event.sock_cookie, None);
+        assert_eq!(event.time.as_nanosecond(), 1_763_776_805_000_000_123);
+    }
+
+    #[test]
+    fn received_reset_takes_state_from_the_socket_and_the_cookie_from_the_record() {
+        for kernel in ["6.18", "6.1"] {
+            let mut raw = RawBuilder::new();
+            raw.put(8, &0xffff_8880_0000_2000u64.to_ne_bytes())
+                .put(16, &41000u16.to_ne_bytes())
+                .put(18, &80u16.to_ne_bytes())
+                .put(20, &(libc::AF_INET6 as u16).to_ne_bytes())
+                .put(30, &Ipv6Addr::LOCALHOST.octets())
+                .put(46, &Ipv6Addr::LOCALHOST.octets())
+                .put(64, &99u64.to_ne_bytes());
+            let mut rec = record(RecordKind::ResetReceived, 0, "swapper/0", raw.0);
+            rec.sk_state = 2;
+            let event = decoder(kernel).decode(&bytes(&rec)).unwrap();
+            assert_eq!(event.kind, EventKind::ResetReceived);
+            assert_eq!(event.reason, None);
+            assert_eq!(event.state.as_deref(), Some("SYN_SENT"));
+            assert_eq!(event.family, Some(Family::Ipv6));
+            assert_eq!(event.local.unwrap().to_string(), "[::1]:41000");
+            assert_eq!(event.sock_cookie, Some(99));
+            // pid 0 is the idle task: no process to name.
+            assert_eq!(event.process, None);
+        }
+    }
+
+    #[test]
+    fn old_kernel_send_reset_has_state_and_no_reason() {
+        let mut raw = RawBuilder::new();
+        raw.put(16, &0xffff_8880_0000_1000u64.to_ne_bytes())
+            .put(24, &7i32.to_ne_bytes())
+            .put(28, &5432u16.to_ne_bytes())
+            .put(30, &50000u16.to_ne_bytes())
+            .put(32, &(libc::AF_INET as u16).to_ne_bytes())
+            .put(34, &[127, 0, 0, 1])
+            .put(38, &[127, 0, 0, 1]);
+        let mut rec = record(RecordKind::ResetSent, (7 << 32) | 7, "postgres", raw.0);
+        rec.sk_cookie = 12345;
+        let event = decoder("6.1").decode(&bytes(&rec)).unwrap();
+        assert_eq!(event.reason, None);
+        assert_eq!(event.state.as_deref(), Some("CLOSE"));
+        assert_eq!(event.sock_cookie, Some(12345));
+        assert!(event.has_port(5432) && event.has_port(50000) && !event.has_port(1));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let decoder = decoder("6.18");
+        assert!(decoder.decode(&[0u8; 10]).is_err());
+        let mut rec = record(RecordKind::ResetSent, 0, "", [0; RAW_LEN]);
+        rec.header.kind = 77;
+        assert!(decoder.decode(&bytes(&rec)).is_err());
+    }
+}

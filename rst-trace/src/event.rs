@@ -1,0 +1,136 @@
+//! The event model every sink prints: one reset sent, reset received or queue drop.
+//!
+//! Field names and meanings are a contract with users' scripts (the NDJSON schema in the README):
+//! fields may be added, never renamed.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Serialize, Serializer};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    ResetSent,
+    ResetReceived,
+    QueueDrop,
+}
+
+impl EventKind {
+    /// The short word of the text output.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ResetSent => "SENT",
+            Self::ResetReceived => "RECV",
+            Self::QueueDrop => "DROP",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// One end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            addr: addr.ip(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        SocketAddr::new(self.addr, self.port).fmt(f)
+    }
+}
+
+/// Where the process of an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessSource {
+    /// The socket's owner.
+    Owner,
+    /// The task that was running when the event fired.
+    Context,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    /// The thread that was running (equal to `pid` for a single-threaded process).
+    pub tid: u32,
+    pub comm: String,
+    pub source: ProcessSource,
+}
+
+/// One decoded event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    #[serde(serialize_with = "rfc3339_nanos")]
+    pub time: jiff::Timestamp,
+    pub kind: EventKind,
+    /// The kernel's reason name (`NO_SOCKET`), null where the kernel gives none.
+    pub reason: Option<String>,
+    /// TCP state of the socket without the `TCP_` prefix, null when there was no socket.
+    pub state: Option<String>,
+    pub family: Option<Family>,
+    /// This host's end.
+    pub local: Option<Endpoint>,
+    pub remote: Option<Endpoint>,
+    pub process: Option<Process>,
+    pub cause: Option<&'static str>,
+    pub netns: Option<u64>,
+    pub cgroup: Option<String>,
+    pub sock_cookie: Option<u64>,
+    /// CLOCK_MONOTONIC nanoseconds from the kernel, for ordering and pairing events.
+    #[serde(skip)]
+    pub ktime_ns: u64,
+    /// cgroup v2 id of `process`, resolved to `cgroup` by the enrichment stage.
+    #[serde(skip)]
+    pub cgroup_id: Option<u64>,
+}
+
+impl Event {
+    /// Either end uses `port`.
+    pub fn has_port(&self, port: u16) -> bool {
+        [self.local, self.remote]
+            .iter()
+            .flatten()
+            .any(|end| end.port == port)
+    }
+}
+
+impl Family {
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::Ipv4,
+            IpAddr::V6(_) => Self::Ipv6,
+        }
+    }
+}
+
+/// RFC 3339 in UTC with nanoseconds, always nine digits so that lines sort as text.
+pub fn format_rfc3339_nanos(time: jiff::Timestamp) -> String {
+    let seconds = jiff::Timestamp::from_second(time.as_second()).unwrap_or(time);
+    format!(
+        "{}.{:09}Z",
+        seconds.strftime("%Y-%m-%dT%H:%M:%S"),
+        time.subsec_nanosecond()
+    )
+}
+
+fn rfc3339_nanos<S: Serializer>(time: &jiff::Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_rfc3339_nanos(*time))
+}

@@ -1,0 +1,141 @@
+//! The running kernel's BTF (`/sys/kernel/btf/vmlinux`): struct member offsets and enum names.
+//!
+//! rustc and bpf-linker emit no CO-RE relocations for Rust eBPF programs, so every offset into a
+//! kernel struct that the programs need is resolved here at start-up and handed to them as a
+//! global. Enum names come from here too whenever tracefs does not carry them.
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow, bail};
+use btf_rs::{Btf, Type};
+use fallible_iterator::FallibleIterator as _;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    /// Parses the running kernel's BTF.
+    pub fn load() -> anyhow::Result<Self> {
+        Self::from_file(Path::new(VMLINUX_BTF)).with_context(|| {
+            format!(
+                "this kernel exposes no BTF at {VMLINUX_BTF}; rst-trace needs a kernel built with \
+                 CONFIG_DEBUG_INFO_BTF=y (the default on Debian, Ubuntu, RHEL and Fedora kernels)"
+            )
+        })
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let btf = Btf::from_file(path).map_err(|error| anyhow!("{}: {error}", path.display()))?;
+        Ok(Self { btf })
+    }
+
+    /// Byte offset of `path` (members separated by dots, e.g. `__sk_common.skc_state`) inside
+    /// `struct name`, looking through anonymous structs and unions as C does.
+    pub fn member_offset(&self, name: &str, path: &str) -> anyhow::Result<u32> {
+        let mut current = self.named_struct(name)?;
+        let mut offset_bits = 0u32;
+        let mut parts = path.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let (bits, member_type) = self
+                .find_member(&current, part)?
+                .ok_or_else(|| anyhow!("struct {name} has no member {path}"))?;
+            offset_bits += bits;
+            if parts.peek().is_some() {
+                current = match self.strip_modifiers(member_type)? {
+                    Type::Struct(s) | Type::Union(s) => s,
+                    _ => bail!("{part} in struct {name} is not a struct"),
+                };
+            }
+        }
+        if offset_bits % 8 != 0 {
+            bail!("{name}.{path} is a bitfield");
+        }
+        Ok(offset_bits / 8)
+    }
+
+    /// Members of the enum called `name` as (name, value).
+    pub fn enum_values(&self, name: &str) -> Option<Vec<(String, u64)>> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.into_iter().find_map(|t| self.enum_members(&t))
+    }
+
+    /// Members of the (possibly anonymous) enum that has a member called `member`. Scans every
+    /// type, so it is for fallbacks only.
+    pub fn enum_with_member(&self, member: &str) -> Option<Vec<(String, u64)>> {
+        let mut types = self.btf.type_iter();
+        while let Ok(Some(t)) = types.next() {
+            if let Some(members) = self.enum_members(&t)
+                && members.iter().any(|(name, _)| name == member)
+            {
+                return Some(members);
+            }
+        }
+        None
+    }
+
+    fn enum_members(&self, t: &Type) -> Option<Vec<(String, u64)>> {
+        match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .map(|m| Some((self.btf.resolve_name(m).ok()?, u64::from(m.val()))))
+                .collect(),
+            Type::Enum64(e) => e
+                .members
+                .iter()
+                .map(|m| Some((self.btf.resolve_name(m).ok()?, m.val())))
+                .collect(),
+            _ => None,
+        }
+    }
+
+    fn named_struct(&self, name: &str) -> anyhow::Result<btf_rs::Struct> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|error| anyhow!("struct {name} is not in the kernel's BTF: {error}"))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("struct {name} is not in the kernel's BTF"))
+    }
+
+    /// (bit offset, type) of member `name`, searching anonymous members recursively.
+    fn find_member(&self, s: &btf_rs::Struct, name: &str) -> anyhow::Result<Option<(u32, Type)>> {
+        for member in &s.members {
+            let member_name = self.btf.resolve_name(member).unwrap_or_default();
+            let member_type = self.btf.resolve_chained_type(member)?;
+            if member_name == name {
+                return Ok(Some((member.bit_offset(), member_type)));
+            }
+            if member_name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) =
+                    self.strip_modifiers(member_type)?
+                && let Some((bits, t)) = self.find_member(&inner, name)?
+            {
+                return Ok(Some((member.bit_offset() + bits, t)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedef, const, volatile and restrict to the underlying type.
+    fn strip_modifiers(&self, mut t: Type) -> anyhow::Result<Type> {
+        loop {
+            t = match &t {
+                Type::Typedef(inner) => self.btf.resolve_chained_type(inner)?,
+                Type::Const(inner) => self.btf.resolve_chained_type(inner)?,
+                Type::Volatile(inner) => self.btf.resolve_chained_type(inner)?,
+                Type::Restrict(inner) => self.btf.resolve_chained_type(inner)?,
+                Type::TypeTag(inner) => self.btf.resolve_chained_type(inner)?,
+                _ => return Ok(t),
+            };
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! rst-trace: every TCP reset a Linux host sends or receives, with the process, socket and cause.
+//!
+//! Data flows one way: kernel programs (`rst-trace-ebpf`) -> ring buffer -> [`decode`] ->
+//! [`enrich`] -> sinks ([`output`]). [`sources`] settles, once at start-up, everything that
+//! differs between kernels; [`loader`] hands its answers to the kernel programs.
+
+pub mod cli;
+pub mod decode;
+pub mod enrich;
+pub mod event;
+pub mod kernel_btf;
+pub mod layout;
+pub mod loader;
+pub mod names;
+pub mod output;
+pub mod privileges;
+pub mod run;
+pub mod sources;
+pub mod tracefs;
+
+/// Prints warnings from rst-trace and from the kernel programs (aya-log) to stderr.
+pub struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!(
+                "rst-trace: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,169 @@
+//! Loads the embedded kernel programs with this kernel's offsets and attaches every usable source.
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use rst_trace_common::{MAX_PID_FILTER, NO_OFFSET};
+
+use crate::sources::{KernelSupport, Source};
+
+/// The kernel programs, built by build.rs and embedded so that the binary is one file.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace"));
+
+/// What to load.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Keep only these processes (`--pid`), filtered in the kernel.
+    pub pids: Vec<u32>,
+    pub ring_buffer_bytes: u32,
+}
+
+/// Forwards the kernel programs' aya-log messages to the `log` crate.
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Loaded and attached programs. Dropping it detaches them.
+pub struct Tracer {
+    ebpf: Ebpf,
+    logger: Option<KernelLogger>,
+    /// Sources attached, as `system:event`.
+    pub attached: Vec<String>,
+    /// Sources that could not be attached, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+impl Tracer {
+    pub fn load(support: &KernelSupport, options: &LoadOptions) -> anyhow::Result<Self> {
+        if options.pids.len() > MAX_PID_FILTER as usize {
+            bail!("at most {MAX_PID_FILTER} --pid filters are supported");
+        }
+        raise_memlock_limit(&support.release);
+        let skaddr = |source: &Source| {
+            source
+                .layout
+                .as_ref()
+                .map_or(NO_OFFSET, |layout| layout.skaddr.offset as u32)
+        };
+        let send_skaddr = skaddr(&support.send_reset);
+        let receive_skaddr = skaddr(&support.receive_reset);
+        let filter_by_pid = u8::from(!options.pids.is_empty());
+        let mut ebpf = EbpfLoader::new()
+            .override_global("FILTER_BY_PID", &filter_by_pid, true)
+            .override_global("SEND_RESET_SKADDR", &send_skaddr, true)
+            .override_global("RECEIVE_RESET_SKADDR", &receive_skaddr, true)
+            .override_global("SK_STATE", &support.sock_offsets.state, true)
+            .override_global("SK_COOKIE", &support.sock_offsets.cookie, true)
+            .map_max_entries("EVENTS", options.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .context("the kernel refused rst-trace's BPF maps or programs")?;
+        // Must exist before the programs load: it owns the log map they write to.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+
+        if filter_by_pid != 0 {
+            let mut pids: HashMap<_, u32, u8> = HashMap::try_from(
+                ebpf.map_mut("PIDS")
+                    .ok_or_else(|| anyhow!("PIDS map missing from the object"))?,
+            )?;
+            for pid in &options.pids {
+                pids.insert(pid, 1, 0).context("filling the --pid filter")?;
+            }
+        }
+
+        let mut attached = Vec::new();
+        let mut failed = Vec::new();
+        for source in support.sources() {
+            if let Err(why) = &source.layout {
+                failed.push((source.name(), why.clone()));
+                continue;
+            }
+            match attach(&mut ebpf, source) {
+                Ok(()) => attached.push(source.name()),
+                Err(error) => failed.push((source.name(), format!("{error:#}"))),
+            }
+        }
+        if attached.is_empty() {
+            let reasons: Vec<String> = failed
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect();
+            bail!("no event source could be attached ({})", reasons.join("; "));
+        }
+        Ok(Self {
+            ebpf,
+            logger,
+            attached,
+            failed,
+        })
+    }
+
+    /// The ring buffer every event arrives in.
+    pub fn events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("EVENTS map missing"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Per-CPU count of records the kernel could not put in the ring buffer.
+    pub fn lost_counter(&mut self) -> anyhow::Result<LostCounter> {
+        let map = self
+            .ebpf
+            .take_map("LOST")
+            .ok_or_else(|| anyhow!("LOST map missing"))?;
+        Ok(LostCounter(PerCpuArray::try_from(map)?))
+    }
+
+    /// The kernel programs' log, to be polled and flushed.
+    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
+    }
+}
+
+pub struct LostCounter(PerCpuArray<MapData, u64>);
+
+impl LostCounter {
+    /// Total over all CPUs since load.
+    pub fn total(&self) -> anyhow::Result<u64> {
+        let values = self
+            .0
+            .get(&0, 0)
+            .context("reading the lost-event counter")?;
+        Ok(values.iter().sum())
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, source: &Source) -> anyhow::Result<()> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(source.program)
+        .ok_or_else(|| anyhow!("program {} missing from the object", source.program))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("the kernel refused program {}", source.program))?;
+    program
+        .attach(source.system, source.event)
+        .with_context(|| format!("attaching to {}", source.name()))?;
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the cgroup, where the
+/// limit does not matter. Failing to raise it is therefore a warning, and only where it matters.
+fn raise_memlock_limit(release: &str) {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0
+        && crate::sources::release_before(release, (5, 11))
+    {
+        log::warn!(
+            "could not raise RLIMIT_MEMLOCK ({}); this kernel ({release}) charges BPF maps to it \
+             and may refuse to create them",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! The two things the binary does: trace (the default) and `check`.
+//!
+//! Tracing wires the stages together: kernel support -> loaded programs -> ring buffer -> decode
+//! -> enrich -> filter -> sink, and reports lost events while running and when it stops.
+
+use std::{
+    io::{self, BufWriter},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{Instant, sleep_until},
+};
+
+use crate::{
+    cli::TraceArgs,
+    decode::{Decoder, WallClock},
+    enrich::CgroupResolver,
+    event::Event,
+    loader::{LoadOptions, Tracer},
+    output::{Format, Sink},
+    privileges,
+    sources::KernelSupport,
+    tracefs::Tracefs,
+};
+
+/// How a trace ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub reported: u64,
+    pub lost: u64,
+}
+
+/// Probes the kernel, printing to stderr what is off or was changed (tracefs mounted).
+fn probe_kernel() -> anyhow::Result<KernelSupport> {
+    privileges::ensure_can_trace()?;
+    let support = KernelSupport::probe()?;
+    if let Tracefs::MountedByUs(path) = &support.tracefs {
+        eprintln!(
+            "rst-trace: tracefs was not mounted; mounted it at {}",
+            path.display()
+        );
+    }
+    Ok(support)
+}
+
+pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
+    for pid in &args.pids {
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            bail!("no process with pid {pid} is running (--pid {pid})");
+        }
+    }
+    let support = probe_kernel()?;
+    let options = LoadOptions {
+        pids: args.pids.clone(),
+        ring_buffer_bytes: args.ring_buffer_kib * 1024,
+    };
+    let mut tracer = Tracer::load(&support, &options)?;
+    for source in support.sources() {
+        for note in &source.notes {
+            eprintln!("rst-trace: note: {}: {note}", source.name());
+        }
+    }
+    for (name, why) in &tracer.failed {
+        let serves = support
+            .sources()
+            .into_iter()
+            .find(|source| source.name() == *name)
+            .map_or("its events", |source| source.serves);
+        eprintln!("rst-trace: warning: {name} is off, {serves} are not reported: {why}");
+    }
+
+    let decoder = Decoder {
+        send_reset: support.send_reset.layout.clone().ok(),
+        receive_reset: support.receive_reset.layout.clone().ok(),
+        names: support.names.clone(),
+        clock: WallClock::now()?,
+    };
+    let mut ring = poll(tracer.events()?).context("polling the ring buffer")?;
+    let lost_counter = tracer.lost_counter()?;
+    let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
+    let mut cgroups = CgroupResolver::new();
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    let mut sink = Sink::new(format, BufWriter::new(io::stdout().lock()));
+
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let deadline = args.duration.map(|duration| Instant::now() + duration);
+    let mut lost_check = tokio::time::interval(Duration::from_secs(1));
+    let mut lost_reported = 0u64;
+    let mut reported = 0u64;
+    let mut pipeline = Pipeline {
+        decoder: &decoder,
+        cgroups: &mut cgroups,
+        ports: &args.ports,
+    };
+
+    eprintln!(
+        "rst-trace: tracing {} (Ctrl-C to stop)",
+        tracer.attached.join(" and ")
+    );
+
+    let mut done = false;
+    while !done {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let limit = args.count.map(|count| count - reported);
+                let (written, full) = pipeline.drain(guard.get_inner_mut(), &mut sink, limit)?;
+                reported += written;
+                guard.clear_ready();
+                done = full || args.count.is_some_and(|count| reported >= count);
+            }
+            Some(guard) = async {
+                match kernel_log.as_mut() {
+                    Some(log) => Some(log.readable_mut().await),
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = lost_check.tick() => {
+                let lost = lost_counter.total()?;
+                if lost > lost_reported {
+                    eprintln!(
+                        "rst-trace: warning: {} events lost: the ring buffer was full (raise \
+                         --ring-buffer-kib, now {})",
+                        lost - lost_reported,
+                        args.ring_buffer_kib
+                    );
+                    lost_reported = lost;
+                }
+            }
+            _ = async {
+                match deadline {
+                    Some(deadline) => sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            } => done = true,
+            _ = interrupt.recv() => done = true,
+            _ = terminate.recv() => done = true,
+        }
+    }
+    // Whatever the kernel delivered before we stopped still counts.
+    if args.count.is_none_or(|count| reported < count) {
+        let limit = args.count.map(|count| count - reported);
+        let (written, _) = pipeline.drain(ring.get_mut(), &mut sink, limit)?;
+        reported += written;
+    }
+    sink.flush().or_else(ignore_broken_pipe)?;
+    drop(tracer);
+    let lost = lost_counter.total()?;
+    eprintln!("rst-trace: {reported} events reported, {lost} lost");
+    Ok(Summary { reported, lost })
+}
+
+/// Decode, enrich and filter: everything between the ring buffer and a sink.
+struct Pipeline<'a> {
+    decoder: &'a Decoder,
+    cgroups: &'a mut CgroupResolver,
+    ports: &'a [u16],
+}
+
+impl Pipeline<'_> {
+    /// Writes what the ring buffer holds; returns (events written, limit reached or output gone).
+    fn drain<W: io::Write>(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        sink: &mut Sink<W>,
+        limit: Option<u64>,
+    ) -> anyhow::Result<(u64, bool)> {
+        let mut written = 0;
+        while let Some(item) = ring.next() {
+            let Some(event) = self.process(&item) else {
+                continue;
+            };
+            drop(item);
+            match sink.write(&event) {
+                Ok(()) => written += 1,
+                Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
+                    return Ok((written, true));
+                }
+                Err(error) => return Err(error).context("writing an event"),
+            }
+            if limit.is_some_and(|limit| written >= limit) {
+                return Ok((written, true));
+            }
+        }
+        match sink.flush() {
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok((written, true)),
+            other => other.map(|()| (written, false)).context("writing events"),
+        }
+    }
+
+    fn process(&mut self, bytes: &[u8]) -> Option<Event> {
+        let mut event = match self.decoder.decode(bytes) {
+            Ok(event) => event,
+            Err(error) => {
+                log::warn!("skipped a record: {error:#}");
+                return None;
+            }
+        };
+        if !self.ports.is_empty() && !self.ports.iter().any(|port| event.has_port(*port)) {
+            return None;
+        }
+        self.cgroups.enrich(&mut event);
+        Some(event)
+    }
+}
+
+/// Registers a map's file descriptor with tokio.
+fn poll<T: std::os::fd::AsRawFd>(map: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: ring buffer maps own their file descriptor and keep it open until they are
+    // dropped, which happens only with the AsyncFd that owns them.
+    unsafe { AsyncFd::register(map) }.map_err(io::Error::from)
+}
+
+fn ignore_broken_pipe(error: io::Error) -> io::Result<()> {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(error)
+    }
+}
+
+/// `rst-trace check`: each event source and whether it can be used, proven by loading and
+/// attaching the programs. Returns whether tracing would work.
+pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
+    writeln!(out, "kernel: {}", crate::sources::kernel_release())?;
+    let support = match probe_kernel() {
+        Ok(support) => support,
+        Err(error) => {
+            writeln!(out, "rst-trace cannot trace on this host: {error:#}")?;
+            return Ok(false);
+        }
+    };
+    writeln!(out, "privileges: ok")?;
+    let mount = match &support.tracefs {
+        Tracefs::Mounted(_) => "mounted",
+        Tracefs::MountedByUs(_) => "was not mounted; mounted it now",
+    };
+    writeln!(
+        out,
+        "tracefs: {} ({mount})",
+        support.tracefs.path().display()
+    )?;
+    writeln!(
+        out,
+        "BTF: {} (struct sock: skc_state at {}, skc_cookie at {})",
+        crate::kernel_btf::VMLINUX_BTF,
+        support.sock_offsets.state,
+        support.sock_offsets.cookie
+    )?;
+    writeln!(
+        out,
+        "names from the running kernel: {} reset reasons, {} TCP states",
+        support.names.reset_reasons.len(),
+        support.names.tcp_states.len()
+    )?;
+    let tracer = Tracer::load(
+        &support,
+        &LoadOptions {
+            pids: Vec::new(),
+            ring_buffer_bytes: 4096,
+        },
+    );
+    let (attached, failed) = match &tracer {
+        Ok(tracer) => (tracer.attached.clone(), tracer.failed.clone()),
+        Err(error) => {
+            writeln!(out, "loading the kernel programs failed: {error:#}")?;
+            (Vec::new(), Vec::new())
+        }
+    };
+    for source in support.sources() {
+        let name = source.name();
+        let status = if attached.contains(&name) {
+            "loaded and attached".to_string()
+        } else if let Some((_, why)) = failed.iter().find(|(n, _)| *n == name) {
+            format!("cannot be used: {why}")
+        } else {
+            "not tried".to_string()
+        };
+        writeln!(out, "{source}\n    {status}")?;
+    }
+    Ok(!attached.is_empty())
+}
