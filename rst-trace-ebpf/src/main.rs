@@ -69,7 +69,7 @@ fn emit(ctx: &TracePointContext, kind: RecordKind, skaddr_offset: u32) {
     if FILTER_BY_PID.load() != 0 {
         let tgid = (pid_tgid >> 32) as u32;
         // SAFETY: the value is only tested for presence.
-        if unsafe { PIDS.get(&tgid) }.is_none() {
+        if unsafe { PIDS.get(tgid) }.is_none() {
             return;
         }
     }

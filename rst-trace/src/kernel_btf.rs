@@ -50,7 +50,7 @@ impl KernelBtf {
                 };
             }
         }
-        if offset_bits % 8 != 0 {
+        if !offset_bits.is_multiple_of(8) {
             bail!("{name}.{path} is a bitfield");
         }
         Ok(offset_bits / 8)

@@ -60,7 +60,7 @@ impl SockOffsets {
         let cookie = btf.member_offset("sock_common", "skc_cookie")?;
         // struct sock_common is about 136 bytes on 64-bit kernels; skc_state sits in its first
         // cache line, after the addresses and ports.
-        if !(8..64).contains(&state) || cookie % 8 != 0 || !(8..256).contains(&cookie) {
+        if !(8..64).contains(&state) || !cookie.is_multiple_of(8) || !(8..256).contains(&cookie) {
             bail!(
                 "implausible offsets in struct sock_common: skc_state {state}, skc_cookie {cookie}"
             );

@@ -182,7 +182,7 @@ impl EventFormat {
     }
 }
 
-/// `field:const void * skaddr;	offset:16;	size:8;	signed:0;`
+/// `field:const void * skaddr;<TAB>offset:16;<TAB>size:8;<TAB>signed:0;`
 fn parse_field(line: &str) -> anyhow::Result<Field> {
     let mut decl = None;
     let mut offset = None;

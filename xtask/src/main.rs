@@ -1,1 +1,204 @@
-fn main() {}
+//! `cargo xtask`: set up a machine, build, run and test rst-trace.
+//!
+//! Every command first runs `setup`, which installs only what is missing and says what it
+//! installs, so that a fresh Debian machine needs nothing but this repository and root.
+
+mod setup;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, set-up, run and test tasks for rst-trace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; prints what it installs).
+    Setup,
+    /// Build the release binary (target/release/rst-trace) with the kernel programs embedded.
+    Build,
+    /// Set up, build the release binary and run it with ARGS (as root).
+    Run {
+        /// Arguments for rst-trace, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run formatting and lint checks, unit tests and the integration tests that
+    /// load the real programs into the running kernel (as root).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, for example).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    let root = workspace_root();
+    match task {
+        Task::Setup => {
+            setup::run()?;
+        }
+        Task::Build => {
+            let env = setup::run()?;
+            build_release(&root, &env)?;
+        }
+        Task::Run { args } => {
+            let env = setup::run()?;
+            build_release(&root, &env)?;
+            require_root("rst-trace loads BPF programs")?;
+            let binary = root.join("target/release/rst-trace");
+            let status = Command::new(&binary)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", binary.display()))?;
+            if !status.success() {
+                bail!("rst-trace exited with {status}");
+            }
+        }
+        Task::Test { args } => {
+            let env = setup::run()?;
+            require_root("the integration tests load BPF programs and build network namespaces")?;
+            cargo(&root, &env, &["fmt", "--all", "--check"])?;
+            cargo(
+                &root,
+                &env,
+                &["clippy", "--all-targets", "--", "-D", "warnings"],
+            )?;
+            // The kernel programs only build for the BPF target, with the pinned nightly.
+            let nightly = format!("+{}", env.ebpf_toolchain());
+            let ebpf_clippy = [
+                nightly.as_str(),
+                "clippy",
+                "--package",
+                "rst-trace-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ];
+            cargo(&root, &env, &ebpf_clippy)?;
+            let mut test = vec!["test", "--no-fail-fast", "--"];
+            test.extend(args.iter().map(String::as_str));
+            cargo_test(&root, &env, &test)?;
+        }
+    }
+    Ok(())
+}
+
+fn build_release(root: &Path, env: &setup::BuildEnv) -> anyhow::Result<()> {
+    cargo(root, env, &["build", "--release", "--package", "rst-trace"])
+}
+
+fn cargo(root: &Path, env: &setup::BuildEnv, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    // `cargo` through rustup's proxy, so that `+toolchain` works.
+    let status = Command::new("cargo")
+        .args(args)
+        .current_dir(root)
+        .envs(env.vars())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one line that totals every test binary's
+/// result (`xtask: 47 passed, 0 failed`).
+fn cargo_test(root: &Path, env: &setup::BuildEnv, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child = Command::new("cargo")
+        .args(args)
+        .current_dir(root)
+        .envs(env.vars())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo test's output")?;
+            println!("{line}");
+            if let Some((p, f)) = parse_test_result(&line) {
+                passed += p;
+                failed += f;
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("xtask: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// `test result: ok. 30 passed; 0 failed; 0 ignored; ...` -> (30, 0)
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let number_before = |word: &str| -> Option<u64> {
+        let end = rest.find(word)?;
+        rest[..end]
+            .trim_end()
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((number_before(" passed")?, number_before(" failed")?))
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_test_result;
+
+    #[test]
+    fn totals_cargo_test_result_lines() {
+        let line = "test result: ok. 30 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(parse_test_result(line), Some((30, 2)));
+        assert_eq!(parse_test_result("test s1 ... ok"), None);
+    }
+}

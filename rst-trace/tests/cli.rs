@@ -1,0 +1,195 @@
+//! The binary's behaviour at its edges, as root against the running kernel: `check`, bad input,
+//! hostile environments, the limits that end a run, and lost events.
+
+mod common;
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use common::*;
+
+fn rst_trace(args: &[&str]) -> Output {
+    require_root();
+    Command::new(BINARY)
+        .args(args)
+        .output()
+        .expect("run rst-trace")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_lists_each_source_and_attaches_it() {
+    let out = rst_trace(&["check"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("tcp:tcp_send_reset: on (resets sent by this host)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tcp:tcp_receive_reset: on (resets received by this host)"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("loaded and attached").count(), 2, "{stdout}");
+    assert!(stdout.contains("BTF: /sys/kernel/btf/vmlinux"), "{stdout}");
+}
+
+#[test]
+fn without_privileges_it_says_what_it_needs_and_exits_1() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args(["--bounding-set=-all", BINARY, "--duration", "1"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_pid_that_does_not_exist_is_an_error() {
+    let mut gone = Command::new("true").spawn().expect("spawn");
+    let pid = gone.id();
+    gone.wait().expect("wait");
+    let out = rst_trace(&["--pid", &pid.to_string(), "--duration", "1"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no process with pid {pid} is running")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_flags_get_clap_errors() {
+    for args in [
+        &["--port", "0"][..],
+        &["--duration", "soon"],
+        &["--ring-buffer-kib", "5"],
+    ] {
+        let out = rst_trace(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).starts_with("error: invalid value"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn tracefs_is_mounted_when_it_is_not() {
+    require_root();
+    // A private mount namespace, so that unmounting tracefs does not touch the host.
+    let script = format!(
+        "umount /sys/kernel/debug/tracing 2>/dev/null; umount /sys/kernel/tracing 2>/dev/null; \
+         exec {BINARY} --duration 0.5"
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rst-trace: tracefs was not mounted; mounted it at /sys/kernel/tracing"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rst-trace: tracing tcp:tcp_send_reset"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn count_ends_the_run_after_n_events() {
+    let port = closed_port("127.0.0.1");
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--count", "3"]);
+    for _ in 0..4 {
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    }
+    let finished = tracer.finish();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(finished.events.len(), 3);
+    assert_eq!(closing_counts(&finished.stderr).0, 3);
+}
+
+#[test]
+fn duration_ends_the_run_and_text_output_has_a_header() {
+    let port = closed_port("127.0.0.1");
+    require_root();
+    let child = Command::new(BINARY)
+        .args(["--port", &port.to_string(), "--duration", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Give it time to attach (a debug build parses BTF), then make one refused connect.
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    let out = child.wait_with_output().expect("wait");
+    let elapsed = started.elapsed();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        elapsed >= Duration::from_secs(3),
+        "ended early: {elapsed:?}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("TIME") && lines[0].ends_with("REASON"),
+        "{stdout}"
+    );
+    let sent = lines
+        .iter()
+        .find(|line| line.contains(" SENT ") && line.contains(&format!("127.0.0.1:{port} ")))
+        .unwrap_or_else(|| panic!("no SENT line for port {port}:\n{stdout}"));
+    let expected = sent_reason("NO_SOCKET");
+    assert!(sent.ends_with(expected.as_str().unwrap_or("-")), "{sent}");
+}
+
+#[test]
+fn a_full_ring_buffer_counts_and_reports_every_lost_event() {
+    let port = closed_port("127.0.0.1");
+    let storm = ForkedClient::fork(port, ClientAction::RefusedConnects(300));
+    // 4 KiB holds about two dozen records; stop the reader so that the storm overflows it.
+    let tracer = Tracer::start(&["--pid", &storm.pid.to_string(), "--ring-buffer-kib", "4"]);
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    storm.go_and_wait();
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+    // Let the once-a-second check see the loss before stopping.
+    std::thread::sleep(Duration::from_millis(1500));
+    let finished = tracer.stop();
+    let (reported, lost) = closing_counts(&finished.stderr);
+    assert!(lost > 0, "nothing lost:\n{}", finished.stderr);
+    assert!(reported > 0 && reported < 600, "{reported} reported");
+    assert_eq!(reported, finished.events.len() as u64);
+    let warned: u64 = finished
+        .stderr
+        .lines()
+        .filter(|line| line.contains("events lost: the ring buffer was full"))
+        .filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        warned, lost,
+        "every lost event is reported while running:\n{}",
+        finished.stderr
+    );
+}

@@ -1,0 +1,429 @@
+//! Shared harness of the integration tests: run the real rst-trace binary (which loads the real
+//! kernel programs), make a scenario happen on loopback, and pick this test's events out of the
+//! host-wide stream by their ports and pids.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use socket2::{Domain, Socket, Type};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_rst-trace");
+
+/// Generous: a debug build parses the kernel's BTF and loads programs on a loaded 2-core CI box.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Integration tests load BPF programs: they need root, and fail (never skip) without it.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests load BPF programs: run them as root (cargo xtask test)"
+    );
+}
+
+/// A running `rst-trace --json ...`.
+pub struct Tracer {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+/// What a stopped tracer printed.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub events: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Tracer {
+    /// Starts rst-trace with `--json` and `args`, and waits until its programs are attached.
+    pub fn start(args: &[&str]) -> Self {
+        require_root();
+        let mut child = Command::new(BINARY)
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rst-trace");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout_pipe = child.stdout.take().expect("stdout");
+        let stderr_pipe = child.stderr.take().expect("stderr");
+        let readers = vec![
+            {
+                let events = Arc::clone(&events);
+                thread::spawn(move || {
+                    for line in BufReader::new(stdout_pipe).lines() {
+                        let Ok(line) = line else { break };
+                        let value: Value = serde_json::from_str(&line)
+                            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                        events.lock().unwrap().push(value);
+                    }
+                })
+            },
+            {
+                let stderr = Arc::clone(&stderr);
+                thread::spawn(move || {
+                    for line in BufReader::new(stderr_pipe).lines() {
+                        let Ok(line) = line else { break };
+                        let mut text = stderr.lock().unwrap();
+                        text.push_str(&line);
+                        text.push('\n');
+                    }
+                })
+            },
+        ];
+        let mut tracer = Self {
+            child,
+            events,
+            stderr,
+            readers,
+        };
+        let started = Instant::now();
+        loop {
+            if tracer.stderr().contains("rst-trace: tracing ") {
+                return tracer;
+            }
+            if let Ok(Some(status)) = tracer.child.try_wait() {
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "rst-trace exited ({status}) before tracing:\n{}",
+                    tracer.stderr()
+                );
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "rst-trace did not start tracing within {START_TIMEOUT:?}:\n{}",
+                tracer.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits for the first event matching `matches`; `what` names it in the failure message.
+    pub fn wait_for(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            if let Some(event) = self.events().into_iter().find(|e| matches(e)) {
+                return event;
+            }
+            assert!(
+                started.elapsed() < EVENT_TIMEOUT,
+                "no event for {what} within {EVENT_TIMEOUT:?}; events seen:\n{}\nstderr:\n{}",
+                self.events()
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then everything it printed.
+    pub fn stop(self) -> Finished {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.finish()
+    }
+
+    /// Waits for rst-trace to exit by itself (--count, --duration).
+    pub fn finish(mut self) -> Finished {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = self.child.kill();
+                panic!("rst-trace did not exit:\n{}", self.stderr());
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().expect("reader thread");
+        }
+        Finished {
+            status,
+            events: self.events(),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A loopback port with nothing listening (bound once by us, then released).
+pub fn closed_port(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A listening socket on `ip` with `backlog`.
+pub fn listener(ip: &str, backlog: i32) -> (Socket, u16) {
+    let addr: SocketAddr = format!("{}:0", bracket(ip)).parse().expect("addr");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    socket.bind(&addr.into()).expect("bind");
+    socket.listen(backlog).expect("listen");
+    let port = local_port(&socket);
+    (socket, port)
+}
+
+/// A client socket bound to an ephemeral port on `ip` before connecting, so its port is known
+/// even when the connect fails.
+pub fn bound_client(ip: &str) -> (Socket, u16) {
+    let addr: SocketAddr = format!("{}:0", bracket(ip)).parse().expect("addr");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    socket.bind(&addr.into()).expect("bind");
+    let port = local_port(&socket);
+    (socket, port)
+}
+
+pub fn sockaddr(ip: &str, port: u16) -> socket2::SockAddr {
+    format!("{}:{port}", bracket(ip))
+        .parse::<SocketAddr>()
+        .expect("addr")
+        .into()
+}
+
+pub fn local_port(socket: &Socket) -> u16 {
+    socket
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("inet")
+        .port()
+}
+
+fn bracket(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// The reason name rst-trace reports for resets sent: the kernel's name on 6.10+, null on older
+/// kernels whose tcp_send_reset has no reason field.
+pub fn sent_reason(name: &str) -> Value {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(|root| Path::new(root).join("events/tcp/tcp_send_reset/format"))
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .expect("tcp_send_reset format (rst-trace mounts tracefs when it starts)");
+    if format.contains(" reason;") {
+        Value::from(name)
+    } else {
+        Value::Null
+    }
+}
+
+/// Field accessors that read like the schema.
+pub fn kind(e: &Value) -> &str {
+    e["kind"].as_str().unwrap_or_default()
+}
+
+pub fn local_port_of(e: &Value) -> u64 {
+    e["local"]["port"].as_u64().unwrap_or_default()
+}
+
+pub fn remote_port_of(e: &Value) -> u64 {
+    e["remote"]["port"].as_u64().unwrap_or_default()
+}
+
+pub fn pid_of(e: &Value) -> u64 {
+    e["process"]["pid"].as_u64().unwrap_or_default()
+}
+
+/// Parses the closing line `rst-trace: N events reported, M lost`.
+pub fn closing_counts(stderr: &str) -> (u64, u64) {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|line| line.contains(" events reported, "))
+        .unwrap_or_else(|| panic!("no closing line in:\n{stderr}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// What a forked client does once told to go.
+#[derive(Clone, Copy)]
+pub enum ClientAction {
+    /// Close its established connection with SO_LINGER {on, 0}: a RST from its own context.
+    LingerAbort,
+    /// Connect this many times to the (closed) port: a RST sent and one received each time.
+    RefusedConnects(u32),
+}
+
+/// A forked client process that runs only async-signal-safe syscalls (the test process has
+/// threads), and waits for [`ForkedClient::go_and_wait`] before it acts.
+pub struct ForkedClient {
+    pub pid: i32,
+    go: i32,
+    report: i32,
+}
+
+impl ForkedClient {
+    /// Forks a client of 127.0.0.1:`port`. For [`ClientAction::LingerAbort`] it connects first
+    /// and reports its local port ([`ForkedClient::port`]).
+    pub fn fork(port: u16, action: ClientAction) -> Self {
+        let mut go = [0i32; 2];
+        let mut report = [0i32; 2];
+        // SAFETY: pipe(2) into local arrays.
+        assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0);
+        assert_eq!(unsafe { libc::pipe(report.as_mut_ptr()) }, 0);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: the child calls only syscalls on memory prepared before fork, then _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            unsafe { client_child(action, go[0], report[1], &addr) };
+        }
+        // SAFETY: closing our copies of the child's pipe ends.
+        unsafe {
+            libc::close(go[0]);
+            libc::close(report[1]);
+        }
+        Self {
+            pid,
+            go: go[1],
+            report: report[0],
+        }
+    }
+
+    /// The local port the child connected from.
+    pub fn port(&self) -> u16 {
+        let mut bytes = [0u8; 2];
+        // SAFETY: read(2) into a local buffer.
+        let n = unsafe { libc::read(self.report, bytes.as_mut_ptr().cast(), 2) };
+        assert_eq!(n, 2, "child did not report its port");
+        u16::from_ne_bytes(bytes)
+    }
+
+    /// Lets the child act, and waits for it to exit.
+    pub fn go_and_wait(&self) {
+        // SAFETY: write(2) and waitpid(2) on our own pipe and child.
+        unsafe {
+            assert_eq!(libc::write(self.go, [1u8].as_ptr().cast(), 1), 1);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(self.pid, &mut status, 0), self.pid);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "child failed with status {status}"
+            );
+        }
+    }
+}
+
+impl Drop for ForkedClient {
+    fn drop(&mut self) {
+        // SAFETY: closing our pipe ends; reaping the child if a failed test left it behind.
+        unsafe {
+            libc::close(self.go);
+            libc::close(self.report);
+            libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG);
+        }
+    }
+}
+
+/// Body of the forked child: syscalls only.
+unsafe fn client_child(action: ClientAction, go: i32, report: i32, addr: &libc::sockaddr_in) -> ! {
+    unsafe {
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let connect = || {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            let ok =
+                fd >= 0 && libc::connect(fd, (addr as *const libc::sockaddr_in).cast(), len) == 0;
+            (fd, ok)
+        };
+        let wait_for_go = || {
+            let mut byte = 0u8;
+            libc::read(go, (&mut byte as *mut u8).cast(), 1);
+        };
+        match action {
+            ClientAction::LingerAbort => {
+                let (fd, ok) = connect();
+                if !ok {
+                    libc::_exit(2);
+                }
+                let mut local: libc::sockaddr_in = std::mem::zeroed();
+                let mut local_len = len;
+                libc::getsockname(
+                    fd,
+                    (&mut local as *mut libc::sockaddr_in).cast(),
+                    &mut local_len,
+                );
+                let port = u16::from_be(local.sin_port).to_ne_bytes();
+                libc::write(report, port.as_ptr().cast(), 2);
+                wait_for_go();
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    size_of::<libc::linger>() as libc::socklen_t,
+                );
+                libc::close(fd);
+            }
+            ClientAction::RefusedConnects(count) => {
+                wait_for_go();
+                for _ in 0..count {
+                    let (fd, ok) = connect();
+                    if ok {
+                        libc::_exit(3);
+                    }
+                    libc::close(fd);
+                }
+            }
+        }
+        libc::_exit(0)
+    }
+}

@@ -1,0 +1,222 @@
+//! Scenarios from SCENARIOS.md, proven against the running kernel: each test loads the real
+//! programs (through the real binary), makes the scenario happen on loopback, and asserts the
+//! fields of the events it caused.
+
+mod common;
+
+use std::{io::Write as _, net::Shutdown};
+
+use common::*;
+use serde_json::{Value, json};
+use socket2::{Domain, Socket, Type};
+
+fn s1_closed_port(ip: &str, family: &str) {
+    let port = closed_port(ip);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let (client, client_port) = bound_client(ip);
+    let error = client
+        .connect(&sockaddr(ip, port))
+        .expect_err("nothing listens");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    let sent = tracer.wait_for("the RST answering the SYN", |e| {
+        kind(e) == "reset_sent" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(sent["reason"], sent_reason("NO_SOCKET"));
+    assert_eq!(sent["state"], Value::Null, "no socket matched the SYN");
+    assert_eq!(sent["family"], family);
+    assert_eq!(sent["local"], json!({"addr": ip, "port": port}));
+    assert_eq!(sent["remote"], json!({"addr": ip, "port": client_port}));
+    assert_eq!(sent["sock_cookie"], Value::Null);
+
+    let received = tracer.wait_for("the RST reaching the client", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(
+        received["reason"],
+        Value::Null,
+        "tcp_receive_reset carries no reason"
+    );
+    assert_eq!(received["state"], "SYN_SENT");
+    assert_eq!(received["family"], family);
+    assert_eq!(received["local"], json!({"addr": ip, "port": client_port}));
+    assert_eq!(received["remote"], json!({"addr": ip, "port": port}));
+    assert!(
+        received["sock_cookie"].as_u64().is_some_and(|c| c > 0),
+        "{received}"
+    );
+    let finished = tracer.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+}
+
+#[test]
+fn s1_connect_to_closed_port_ipv4_is_reset_with_no_socket() {
+    s1_closed_port("127.0.0.1", "ipv4");
+}
+
+#[test]
+fn s1_connect_to_closed_port_ipv6_is_reset_with_no_socket() {
+    s1_closed_port("::1", "ipv6");
+}
+
+#[test]
+fn s4_linger_zero_close_sends_reset_from_the_closing_process() {
+    let (listener, port) = listener("127.0.0.1", 16);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect("connect");
+    let (_server, _) = listener.accept().expect("accept");
+    client
+        .set_linger(Some(std::time::Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(client);
+
+    let sent = tracer.wait_for("the client's abortive close", |e| {
+        kind(e) == "reset_sent" && local_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(sent["reason"], sent_reason("TCP_STATE"));
+    assert_eq!(sent["state"], "CLOSE");
+    assert_eq!(remote_port_of(&sent), u64::from(port));
+    assert_eq!(
+        sent["process"]["pid"],
+        std::process::id(),
+        "fired in the closing process"
+    );
+    assert_eq!(sent["process"]["source"], "context");
+
+    let received = tracer.wait_for("the server's side of it", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(received["state"], "ESTABLISHED");
+    assert_eq!(remote_port_of(&received), u64::from(client_port));
+    tracer.stop();
+}
+
+#[test]
+fn s5_close_with_unread_data_sends_reset_from_the_server() {
+    let (listener, port) = listener("127.0.0.1", 16);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    (&client)
+        .write_all(b"GET /one HTTP/1.1\r\n\r\nGET /two HTTP/1.1\r\n\r\n")
+        .expect("send");
+    // Wait until the requests sit in the server's receive queue, then close without reading.
+    let mut peek = [std::mem::MaybeUninit::<u8>::uninit(); 8];
+    assert!(server.peek(&mut peek).expect("peek") > 0);
+    drop(server);
+
+    let sent = tracer.wait_for("the server's close with unread data", |e| {
+        kind(e) == "reset_sent" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(sent["reason"], sent_reason("TCP_ABORT_ON_CLOSE"));
+    assert_eq!(sent["state"], "CLOSE");
+    assert_eq!(remote_port_of(&sent), u64::from(client_port));
+    assert_eq!(sent["process"]["pid"], std::process::id());
+
+    let received = tracer.wait_for("the client seeing it", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(received["state"], "ESTABLISHED");
+    let _ = client.shutdown(Shutdown::Both);
+    tracer.stop();
+}
+
+#[test]
+fn s8_closing_a_listener_resets_every_queued_connection() {
+    let (listener, port) = listener("127.0.0.1", 8);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let clients: Vec<(Socket, u16)> = (0..3)
+        .map(|_| {
+            let (client, client_port) = bound_client("127.0.0.1");
+            client
+                .connect(&sockaddr("127.0.0.1", port))
+                .expect("connect");
+            (client, client_port)
+        })
+        .collect();
+    // The handshakes completed in the kernel; nobody accepted. Closing the listener resets them.
+    drop(listener);
+
+    for (_, client_port) in &clients {
+        let sent = tracer.wait_for("a queued connection's reset", |e| {
+            kind(e) == "reset_sent"
+                && local_port_of(e) == u64::from(port)
+                && remote_port_of(e) == u64::from(*client_port)
+        });
+        assert_eq!(sent["reason"], sent_reason("TCP_STATE"));
+        assert_eq!(sent["state"], "CLOSE");
+        assert_eq!(
+            sent["process"]["pid"],
+            std::process::id(),
+            "fired in close() of the listener"
+        );
+        let received = tracer.wait_for("the queued client's reset", |e| {
+            kind(e) == "reset_received" && local_port_of(e) == u64::from(*client_port)
+        });
+        assert_eq!(received["state"], "ESTABLISHED");
+    }
+    let finished = tracer.stop();
+    let sent = finished
+        .events
+        .iter()
+        .filter(|e| kind(e) == "reset_sent")
+        .count();
+    assert_eq!(sent, clients.len(), "one reset per queued connection");
+}
+
+#[test]
+fn pid_filter_keeps_one_process_and_drops_another() {
+    let (listener, port) = listener("127.0.0.1", 16);
+    let kept = ForkedClient::fork(port, ClientAction::LingerAbort);
+    let dropped = ForkedClient::fork(port, ClientAction::LingerAbort);
+    let (kept_port, dropped_port) = (kept.port(), dropped.port());
+    let tracer = Tracer::start(&["--pid", &kept.pid.to_string()]);
+
+    // The dropped client acts first; the ring buffer is ordered, so once the kept client's event
+    // has arrived, any event of the dropped one would have arrived before it.
+    dropped.go_and_wait();
+    kept.go_and_wait();
+    let sent = tracer.wait_for("the kept process's reset", |e| {
+        kind(e) == "reset_sent" && local_port_of(e) == u64::from(kept_port)
+    });
+    assert_eq!(pid_of(&sent), kept.pid as u64);
+    assert_eq!(remote_port_of(&sent), u64::from(port));
+    let finished = tracer.stop();
+    for event in &finished.events {
+        assert_eq!(
+            pid_of(event),
+            kept.pid as u64,
+            "only the kept process: {event}"
+        );
+        assert!(
+            local_port_of(event) != u64::from(dropped_port)
+                && remote_port_of(event) != u64::from(dropped_port),
+            "the other process's reset leaked through: {event}"
+        );
+    }
+    drop(listener);
+}
+
+#[test]
+fn ipv4_traffic_on_a_dual_stack_socket_is_reported_as_ipv4() {
+    // A v6 socket connecting to a v4-mapped address: the kernel records ::ffff:127.0.0.1.
+    let port = closed_port("127.0.0.1");
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let client = Socket::new(Domain::IPV6, Type::STREAM, None).expect("socket");
+    client.set_only_v6(false).expect("IPV6_V6ONLY off");
+    let target = sockaddr("::ffff:127.0.0.1", port);
+    assert!(client.connect(&target).is_err());
+    let received = tracer.wait_for("the dual-stack client's reset", |e| {
+        kind(e) == "reset_received" && remote_port_of(e) == u64::from(port)
+    });
+    assert_eq!(received["family"], "ipv4");
+    assert_eq!(received["remote"]["addr"], "127.0.0.1");
+    assert_eq!(received["local"]["addr"], "127.0.0.1");
+    tracer.stop();
+}
