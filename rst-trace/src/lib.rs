@@ -4,7 +4,9 @@
 //! [`enrich`] -> sinks ([`output`]). [`sources`] settles, once at start-up, everything that
 //! differs between kernels; [`loader`] hands its answers to the kernel programs.
 
+pub mod cause;
 pub mod cli;
+pub mod container;
 pub mod decode;
 pub mod enrich;
 pub mod event;

@@ -4,6 +4,7 @@
 use std::{
     env,
     ffi::OsString,
+    os::fd::AsFd as _,
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -196,8 +197,15 @@ fn path_with_cargo_bin() -> OsString {
     env::join_paths(paths).unwrap_or_default()
 }
 
+/// Runs an installer with its output on stderr, so that `cargo xtask run -- --json > file` keeps
+/// stdout for rst-trace's events.
 fn run_command(command: &mut Command) -> anyhow::Result<()> {
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating stderr")?;
     let status = command
+        .stdout(Stdio::from(stderr))
         .status()
         .with_context(|| format!("running {:?}", command.get_program()))?;
     if !status.success() {
