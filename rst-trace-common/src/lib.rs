@@ -57,30 +57,240 @@ pub struct EventHeader {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Value of [`RawTracepoint::sk_state`] when no socket state was read.
-pub const NO_SK_STATE: u8 = 0xff;
-
-/// Value of an offset global that userspace could not resolve: the program skips that read.
+/// Value of an offset that userspace could not resolve: the programs skip that read.
 pub const NO_OFFSET: u32 = u32::MAX;
 
-/// A tracepoint record copied verbatim, behind the common header, with what the program read
-/// from the socket the record points at (`skaddr`).
+/// Value of [`SocketFacts::sk_state`] when no socket state was read.
+pub const NO_SK_STATE: u8 = 0xff;
+
+/// Entries in the socket-owner map, and in the map of recently closed connections.
+pub const MAX_OWNED_SOCKETS: u32 = 32768;
+pub const MAX_CLOSED_CONNECTIONS: u32 = 16384;
+
+/// Bits of [`SocketFacts::flags`].
+pub mod facts {
+    /// The socket had SO_LINGER on with a zero timeout.
+    pub const LINGER_ZERO: u8 = 1;
+    /// `sk->sk_socket` was set: a process holds (or held until now) a file for this socket.
+    pub const HAS_SOCKET_FILE: u8 = 2;
+    /// Fields of a full socket (not a time-wait or request socket) were read.
+    pub const FULL_SOCKET: u8 = 4;
+    /// `tcp_flags` holds the flags of the segment that caused a reset.
+    pub const SEGMENT: u8 = 8;
+    /// Everything this host sent on the connection had been acknowledged.
+    pub const ALL_SENT_ACKED: u8 = 16;
+}
+
+/// A process, as recorded when it owned or closed a socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Process id; 0 when no process is recorded.
+    pub tgid: u32,
+    /// Thread id.
+    pub pid: u32,
+    pub cgroup_id: u64,
+    /// CLOCK_MONOTONIC when it was recorded.
+    pub since_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A connection's identity inside a network namespace, as `struct sock_common` stores it: the
+/// key of the recently-closed map, built the same way for full and time-wait sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionKey {
+    pub netns: u32,
+    pub family: u16,
+    /// Local port, host order.
+    pub local_port: u16,
+    /// Remote port, network order as the kernel keeps it.
+    pub remote_port_be: u16,
+    pub _pad: [u8; 6],
+    /// IPv4 addresses in the first 4 bytes, or IPv6 addresses.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// Who closed a connection, and when: kept after the socket is gone so that a reset sent later for
+/// it (from a time-wait socket) can name the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClosedConnection {
+    pub closer: Owner,
+    pub closed_ns: u64,
+}
+
+/// What the programs read from the socket (or the segment) behind a reset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketFacts {
+    /// Network namespace inode; 0 when unknown.
+    pub netns: u32,
+    /// `skc_state`, or [`NO_SK_STATE`].
+    pub sk_state: u8,
+    /// `tw_substate` of a time-wait socket (FIN_WAIT2 for an orphaned connection).
+    pub tw_substate: u8,
+    /// Bits from [`facts`].
+    pub flags: u8,
+    /// TCP flags of the segment that found no socket (valid with [`facts::SEGMENT`]).
+    pub tcp_flags: u8,
+    /// `skc_cookie`; 0 when the socket never had one.
+    pub sk_cookie: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// The socket's owner from the owner map (`tgid` 0: none known).
+    pub owner: Owner,
+    /// Who closed this connection, for sockets past close().
+    pub closed: ClosedConnection,
+}
+
+/// A tracepoint record copied verbatim, behind the common header, with what the programs read
+/// from the socket the record points at.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct RawTracepoint {
     pub header: EventHeader,
-    /// `sk->__sk_common.skc_state`, or [`NO_SK_STATE`].
-    pub sk_state: u8,
-    pub _pad: [u8; 7],
-    /// `sk->__sk_common.skc_cookie`; 0 when the socket never had a cookie generated.
-    pub sk_cookie: u64,
+    pub facts: SocketFacts,
     pub raw: [u8; RAW_LEN],
+}
+
+/// TCP state numbers of the running kernel (from its tracefs tables), for the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpStates {
+    pub established: u32,
+    pub syn_sent: u32,
+    pub syn_recv: u32,
+    pub fin_wait1: u32,
+    pub time_wait: u32,
+    pub close: u32,
+    pub close_wait: u32,
+    pub last_ack: u32,
+    pub listen: u32,
+    pub new_syn_recv: u32,
+}
+
+/// Offsets the programs read at, resolved by userspace at start-up: tracepoint record fields from
+/// tracefs format files, kernel struct members from BTF. [`NO_OFFSET`] turns a read off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    // Tracepoint records.
+    pub send_reset_skaddr: u32,
+    pub send_reset_skbaddr: u32,
+    pub receive_reset_skaddr: u32,
+    pub set_state_skaddr: u32,
+    pub set_state_oldstate: u32,
+    pub set_state_newstate: u32,
+    pub set_state_protocol: u32,
+    pub destroy_sock_skaddr: u32,
+    pub sys_exit_ret: u32,
+    // struct sock_common (shared by full, time-wait and request sockets).
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_net: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_cookie: u32,
+    pub net_inum: u32,
+    // struct sock, inet_timewait_sock, tcp_sock.
+    pub sk_socket: u32,
+    pub sk_flags: u32,
+    pub sk_lingertime: u32,
+    /// Bit number of SOCK_LINGER in `sk_flags`.
+    pub sock_linger_bit: u32,
+    pub tw_substate: u32,
+    pub tcp_snd_una: u32,
+    pub tcp_snd_nxt: u32,
+    pub tcp_bytes_acked: u32,
+    pub tcp_bytes_received: u32,
+    // struct sk_buff and what leads from it to a network namespace.
+    pub skb_head: u32,
+    pub skb_transport_header: u32,
+    pub skb_dev: u32,
+    pub dev_nd_net: u32,
+    // From a task to the socket behind a file descriptor.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub states: TcpStates,
+}
+
+impl KernelOffsets {
+    /// Every read off.
+    pub const NONE: Self = Self {
+        send_reset_skaddr: NO_OFFSET,
+        send_reset_skbaddr: NO_OFFSET,
+        receive_reset_skaddr: NO_OFFSET,
+        set_state_skaddr: NO_OFFSET,
+        set_state_oldstate: NO_OFFSET,
+        set_state_newstate: NO_OFFSET,
+        set_state_protocol: NO_OFFSET,
+        destroy_sock_skaddr: NO_OFFSET,
+        sys_exit_ret: NO_OFFSET,
+        skc_daddr: NO_OFFSET,
+        skc_rcv_saddr: NO_OFFSET,
+        skc_dport: NO_OFFSET,
+        skc_num: NO_OFFSET,
+        skc_family: NO_OFFSET,
+        skc_state: NO_OFFSET,
+        skc_net: NO_OFFSET,
+        skc_v6_daddr: NO_OFFSET,
+        skc_v6_rcv_saddr: NO_OFFSET,
+        skc_cookie: NO_OFFSET,
+        net_inum: NO_OFFSET,
+        sk_socket: NO_OFFSET,
+        sk_flags: NO_OFFSET,
+        sk_lingertime: NO_OFFSET,
+        sock_linger_bit: NO_OFFSET,
+        tw_substate: NO_OFFSET,
+        tcp_snd_una: NO_OFFSET,
+        tcp_snd_nxt: NO_OFFSET,
+        tcp_bytes_acked: NO_OFFSET,
+        tcp_bytes_received: NO_OFFSET,
+        skb_head: NO_OFFSET,
+        skb_transport_header: NO_OFFSET,
+        skb_dev: NO_OFFSET,
+        dev_nd_net: NO_OFFSET,
+        task_files: NO_OFFSET,
+        files_fdt: NO_OFFSET,
+        fdt_fd: NO_OFFSET,
+        file_private_data: NO_OFFSET,
+        socket_sk: NO_OFFSET,
+        states: TcpStates {
+            established: NO_OFFSET,
+            syn_sent: NO_OFFSET,
+            syn_recv: NO_OFFSET,
+            fin_wait1: NO_OFFSET,
+            time_wait: NO_OFFSET,
+            close: NO_OFFSET,
+            close_wait: NO_OFFSET,
+            last_ack: NO_OFFSET,
+            listen: NO_OFFSET,
+            new_syn_recv: NO_OFFSET,
+        },
+    };
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for EventHeader {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RawTracepoint {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for KernelOffsets {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ConnectionKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ClosedConnection {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Owner {}
 
 #[cfg(test)]
 mod tests {
@@ -89,7 +299,12 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<EventHeader>(), 48);
-        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 16 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<Owner>(), 40);
+        assert_eq!(core::mem::size_of::<ConnectionKey>(), 48);
+        assert_eq!(core::mem::size_of::<ClosedConnection>(), 48);
+        assert_eq!(core::mem::size_of::<SocketFacts>(), 8 + 24 + 40 + 48);
+        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 120 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);
     }

@@ -1,28 +1,38 @@
 //! The kernel side of rst-trace: small and boring on purpose.
 //!
-//! Each program filters early (the `--pid` filter), reserves a ring buffer record, fills the common
-//! header, copies the tracepoint's raw record verbatim and submits. Decoding the record (whose layout
-//! differs between kernels), naming reasons and states, and every decision that needs a table live in
-//! userspace. A record that does not fit in the ring buffer is counted in `LOST`, never dropped
-//! silently.
+//! Two programs report resets (`tcp:tcp_send_reset`, `tcp:tcp_receive_reset`): they read what
+//! only the kernel can know at that moment (the socket's state, owner and flags, the segment that
+//! found no socket), filter early, reserve a ring buffer record, copy the tracepoint's raw record
+//! verbatim and submit. Three more keep the socket-owner map current from connection set-up and
+//! teardown only (connect, listen, accept, close, destroy), never from per-packet or per-send
+//! events. Decoding, naming and every decision that needs a table live in userspace. A record that
+//! does not fit in the ring buffer is counted in `LOST`, never dropped silently.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext, Global,
+    EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel as bpf_probe_read_kernel_value, generated::bpf_probe_read_kernel,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use rst_trace_common::{
-    MAX_PID_FILTER, NO_OFFSET, NO_SK_STATE, RAW_LEN, RawTracepoint, RecordKind,
+    ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS, MAX_OWNED_SOCKETS,
+    MAX_PID_FILTER, NO_OFFSET, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint, RecordKind, SocketFacts,
+    facts,
 };
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+/// The flags byte of a TCP header.
+const TCP_FLAGS_OFFSET: u64 = 13;
 
 /// Every event, in order. Userspace sizes it at load time (`--ring-buffer-kib`).
 #[map]
@@ -36,90 +46,343 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PID_FILTER, 0);
 
+/// Socket address -> the process that connected, listened or accepted it.
+#[map]
+static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(MAX_OWNED_SOCKETS, 0);
+
+/// Connection -> who closed it and when, kept after the socket is gone.
+#[map]
+static CLOSED: LruHashMap<ConnectionKey, ClosedConnection> =
+    LruHashMap::with_max_entries(MAX_CLOSED_CONNECTIONS, 0);
+
 /// Set by userspace when `--pid` is given.
 #[unsafe(no_mangle)]
-static FILTER_BY_PID: Global<u8> = Global::new(0);
+static FILTER_BY_PID: u8 = 0;
 
-// Offsets resolved by userspace at start-up: of `skaddr` in each tracepoint's record (from the
-// tracefs format files) and of fields in `struct sock_common` (from BTF). NO_OFFSET skips a read.
+/// Resolved by userspace at start-up (tracefs and BTF); see `KernelOffsets`.
 #[unsafe(no_mangle)]
-static SEND_RESET_SKADDR: Global<u32> = Global::new(NO_OFFSET);
-#[unsafe(no_mangle)]
-static RECEIVE_RESET_SKADDR: Global<u32> = Global::new(NO_OFFSET);
-#[unsafe(no_mangle)]
-static SK_STATE: Global<u32> = Global::new(NO_OFFSET);
-#[unsafe(no_mangle)]
-static SK_COOKIE: Global<u32> = Global::new(NO_OFFSET);
+static OFFSETS: KernelOffsets = KernelOffsets::NONE;
+
+/// Reads a global that userspace overrides at load time: volatile, so the compiler cannot fold
+/// the placeholder value.
+macro_rules! global {
+    ($($path:tt)+) => {
+        // SAFETY: reading a static through a raw pointer; the loader fills it before load.
+        unsafe { core::ptr::read_volatile(&raw const $($path)+) }
+    };
+}
+
+macro_rules! offset {
+    ($field:ident) => {
+        global!(OFFSETS.$field)
+    };
+    (states.$field:ident) => {
+        global!(OFFSETS.states.$field)
+    };
+}
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    emit(&ctx, RecordKind::ResetSent, SEND_RESET_SKADDR.load());
+    let sk = ctx_field::<u64>(&ctx, offset!(send_reset_skaddr)).unwrap_or(0);
+    let skb = ctx_field::<u64>(&ctx, offset!(send_reset_skbaddr)).unwrap_or(0);
+    emit(&ctx, RecordKind::ResetSent, sk, skb);
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    emit(&ctx, RecordKind::ResetReceived, RECEIVE_RESET_SKADDR.load());
+    let sk = ctx_field::<u64>(&ctx, offset!(receive_reset_skaddr)).unwrap_or(0);
+    emit(&ctx, RecordKind::ResetReceived, sk, 0);
+    0
+}
+
+/// Connection set-up and teardown: connect and listen give a socket its owner; close records
+/// who closed the connection; a new passive child forgets a stale owner of the same address.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if ctx_field::<u16>(&ctx, offset!(set_state_protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let Some(sk) = ctx_field::<u64>(&ctx, offset!(set_state_skaddr)) else {
+        return 0;
+    };
+    let Some(old) = ctx_field::<i32>(&ctx, offset!(set_state_oldstate)) else {
+        return 0;
+    };
+    let Some(new) = ctx_field::<i32>(&ctx, offset!(set_state_newstate)) else {
+        return 0;
+    };
+    let (old, new) = (old as u32, new as u32);
+    if new == offset!(states.syn_sent) || new == offset!(states.listen) {
+        // connect() and listen() run in the process that owns the socket.
+        let _ = OWNERS.insert(sk, current_owner(), 0);
+    } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
+        // close() or shutdown() by the application, in its own context.
+        let mut key = ConnectionKey::default();
+        if connection_key(sk, netns_of_sock(sk), &mut key) {
+            let closed = ClosedConnection {
+                closer: current_owner(),
+                closed_ns: now(),
+            };
+            let _ = CLOSED.insert(key, closed, 0);
+        }
+    } else if old == offset!(states.syn_recv) && new == offset!(states.established) {
+        // A new accepted-to-be child; any owner recorded at this address is a dead socket's.
+        let _ = OWNERS.remove(sk);
+    }
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    if let Some(sk) = ctx_field::<u64>(&ctx, offset!(destroy_sock_skaddr)) {
+        let _ = OWNERS.remove(sk);
+    }
+    0
+}
+
+/// accept() and accept4() returned a descriptor: the socket behind it belongs to this process.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let Some(fd) = ctx_field::<i64>(&ctx, offset!(sys_exit_ret)) else {
+        return 0;
+    };
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions; the task is only read through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let sk = field::<u64>(task, offset!(task_files))
+        .and_then(|files| field::<u64>(files, offset!(files_fdt)))
+        .and_then(|fdt| field::<u64>(fdt, offset!(fdt_fd)))
+        .and_then(|fds| read::<u64>(fds + (fd as u64) * 8))
+        .and_then(|file| field::<u64>(file, offset!(file_private_data)))
+        .and_then(|socket| field::<u64>(socket, offset!(socket_sk)));
+    if let Some(sk) = sk
+        && sk != 0
+        && matches!(
+            field::<u16>(sk, offset!(skc_family)),
+            Some(AF_INET | AF_INET6)
+        )
+    {
+        let _ = OWNERS.insert(sk, current_owner(), 0);
+    }
     0
 }
 
 #[inline(always)]
-fn emit(ctx: &TracePointContext, kind: RecordKind, skaddr_offset: u32) {
+fn emit(ctx: &TracePointContext, kind: RecordKind, sk: u64, skb: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if FILTER_BY_PID.load() != 0 {
-        let tgid = (pid_tgid >> 32) as u32;
-        // SAFETY: the value is only tested for presence.
-        if unsafe { PIDS.get(tgid) }.is_none() {
-            return;
-        }
+    if global!(FILTER_BY_PID) != 0 && !pid_filter_keeps((pid_tgid >> 32) as u32, sk) {
+        return;
     }
-
     let Some(mut entry) = EVENTS.reserve::<RawTracepoint>(0) else {
         count_lost();
         return;
     };
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points at a reserved, writable ring buffer slot of the right size; every
-    // field is written before submit.
+    // field is written before submit. Facts are filled in place: the BPF stack is too small for
+    // a second copy.
     unsafe {
         let header = &mut (*record).header;
         header.kind = kind as u8;
         header._pad = [0; 3];
         header.cpu = bpf_get_smp_processor_id();
-        header.ktime_ns = bpf_ktime_get_ns();
+        header.ktime_ns = now();
         header.pid_tgid = pid_tgid;
         header.cgroup_id = bpf_get_current_cgroup_id();
         header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let facts = &mut (*record).facts;
+        *facts = SocketFacts {
+            sk_state: NO_SK_STATE,
+            ..SocketFacts::default()
+        };
+        // The segment a reset answers (NULL for resets the kernel sends on its own: close, timers).
+        if skb != 0 {
+            segment_facts(skb, facts);
+        }
+        if sk != 0 {
+            socket_facts(sk, kind, facts);
+        }
         // The tracepoint record sits at the start of a per-CPU buffer of several KiB, so reading
         // RAW_LEN bytes never runs past it even when the record itself is shorter.
         let raw = &mut (*record).raw;
-        if bpf_probe_read_kernel(raw.as_mut_ptr().cast(), RAW_LEN as u32, ctx.as_ptr().cast()) != 0
-        {
+        let src = ctx.as_ptr().cast();
+        if generated::bpf_probe_read_kernel(raw.as_mut_ptr().cast(), RAW_LEN as u32, src) != 0 {
             *raw = [0; RAW_LEN];
             warn!(ctx, "rst-trace: could not copy a tracepoint record");
         }
-        (*record)._pad = [0; 7];
-        (*record).sk_state = NO_SK_STATE;
-        (*record).sk_cookie = 0;
-        let sk = if skaddr_offset == NO_OFFSET {
-            0
-        } else {
-            ctx.read_at::<u64>(skaddr_offset as usize).unwrap_or(0)
-        };
-        if sk != 0 {
-            let state_offset = SK_STATE.load();
-            if state_offset != NO_OFFSET {
-                let state = (sk + u64::from(state_offset)) as *const u8;
-                (*record).sk_state = bpf_probe_read_kernel_value(state).unwrap_or(NO_SK_STATE);
-            }
-            let cookie_offset = SK_COOKIE.load();
-            if cookie_offset != NO_OFFSET {
-                let cookie = (sk + u64::from(cookie_offset)) as *const u64;
-                (*record).sk_cookie = bpf_probe_read_kernel_value(cookie).unwrap_or(0);
-            }
-        }
     }
     entry.submit(0);
+}
+
+/// `--pid`: the running task, the socket's owner, or the process that closed the connection.
+#[inline(always)]
+fn pid_filter_keeps(tgid: u32, sk: u64) -> bool {
+    if pid_kept(tgid) {
+        return true;
+    }
+    if sk == 0 {
+        return false;
+    }
+    // SAFETY: the values are read at once.
+    if unsafe { OWNERS.get(sk) }.is_some_and(|owner| pid_kept(owner.tgid)) {
+        return true;
+    }
+    let mut key = ConnectionKey::default();
+    connection_key(sk, netns_of_sock(sk), &mut key)
+        && unsafe { CLOSED.get(key) }.is_some_and(|closed| pid_kept(closed.closer.tgid))
+}
+
+/// What the socket behind a reset says about it. Fields beyond `sock_common` are read only from
+/// full sockets: a time-wait or request socket is a smaller object.
+#[inline(always)]
+fn socket_facts(sk: u64, kind: RecordKind, facts: &mut SocketFacts) {
+    facts.sk_state = field::<u8>(sk, offset!(skc_state)).unwrap_or(NO_SK_STATE);
+    facts.sk_cookie = field::<u64>(sk, offset!(skc_cookie)).unwrap_or(0);
+    facts.netns = netns_of_sock(sk);
+    // SAFETY: the value is copied out at once.
+    if let Some(owner) = unsafe { OWNERS.get(sk) } {
+        facts.owner = *owner;
+    }
+    let state = u32::from(facts.sk_state);
+    if state == offset!(states.time_wait) {
+        facts.tw_substate = field::<u8>(sk, offset!(tw_substate)).unwrap_or(0);
+    } else if facts.sk_state != NO_SK_STATE && state != offset!(states.new_syn_recv) {
+        facts.flags |= facts::FULL_SOCKET;
+        if field::<u64>(sk, offset!(sk_socket)).is_some_and(|socket| socket != 0) {
+            facts.flags |= facts::HAS_SOCKET_FILE;
+        }
+        let linger_bit = offset!(sock_linger_bit);
+        if linger_bit < 64
+            && field::<u64>(sk, offset!(sk_flags)).is_some_and(|f| f & (1 << linger_bit) != 0)
+            && field::<i64>(sk, offset!(sk_lingertime)) == Some(0)
+        {
+            facts.flags |= facts::LINGER_ZERO;
+        }
+        if kind == RecordKind::ResetReceived {
+            let una = field::<u32>(sk, offset!(tcp_snd_una));
+            if una.is_some() && una == field::<u32>(sk, offset!(tcp_snd_nxt)) {
+                facts.flags |= facts::ALL_SENT_ACKED;
+            }
+            facts.bytes_acked = field::<u64>(sk, offset!(tcp_bytes_acked)).unwrap_or(0);
+            facts.bytes_received = field::<u64>(sk, offset!(tcp_bytes_received)).unwrap_or(0);
+        }
+    }
+    let mut key = ConnectionKey::default();
+    if connection_key(sk, facts.netns, &mut key)
+        // SAFETY: the value is copied out at once.
+        && let Some(closed) = unsafe { CLOSED.get(key) }
+    {
+        facts.closed = *closed;
+    }
+}
+
+/// The flags of the segment a reset answers, and the namespace it arrived in.
+#[inline(always)]
+fn segment_facts(skb: u64, facts: &mut SocketFacts) {
+    let head = field::<u64>(skb, offset!(skb_head)).unwrap_or(0);
+    let transport = field::<u16>(skb, offset!(skb_transport_header)).unwrap_or(u16::MAX);
+    if head != 0
+        && transport != u16::MAX
+        && let Some(flags) = read::<u8>(head + u64::from(transport) + TCP_FLAGS_OFFSET)
+    {
+        facts.tcp_flags = flags;
+        facts.flags |= facts::SEGMENT;
+    }
+    facts.netns = field::<u64>(skb, offset!(skb_dev))
+        .and_then(|dev| field::<u64>(dev, offset!(dev_nd_net)))
+        .and_then(|net| field::<u32>(net, offset!(net_inum)))
+        .unwrap_or(0);
+}
+
+/// The connection's identity as `sock_common` holds it (same layout in every socket kind),
+/// written into `key`; false when the socket is not IPv4 or IPv6.
+#[inline(always)]
+fn connection_key(sk: u64, netns: u32, key: &mut ConnectionKey) -> bool {
+    let Some(family) = field::<u16>(sk, offset!(skc_family)) else {
+        return false;
+    };
+    key.netns = netns;
+    key.family = family;
+    key.local_port = field::<u16>(sk, offset!(skc_num)).unwrap_or(0);
+    key.remote_port_be = field::<u16>(sk, offset!(skc_dport)).unwrap_or(0);
+    let (local, remote, len) = match family {
+        AF_INET => (offset!(skc_rcv_saddr), offset!(skc_daddr), 4),
+        AF_INET6 => (offset!(skc_v6_rcv_saddr), offset!(skc_v6_daddr), 16),
+        _ => return false,
+    };
+    read_into(sk, local, &mut key.local_addr, len)
+        && read_into(sk, remote, &mut key.remote_addr, len)
+}
+
+/// Reads `len` (at most 16) bytes of a struct member into `out`.
+#[inline(always)]
+fn read_into(base: u64, offset: u32, out: &mut [u8; 16], len: u32) -> bool {
+    if base == 0 || offset == NO_OFFSET || len > 16 {
+        return false;
+    }
+    let src = (base + u64::from(offset)) as *const core::ffi::c_void;
+    // SAFETY: bpf_probe_read_kernel checks the source; `out` has room for 16 bytes.
+    unsafe { generated::bpf_probe_read_kernel(out.as_mut_ptr().cast(), len, src) == 0 }
+}
+
+#[inline(always)]
+fn netns_of_sock(sk: u64) -> u32 {
+    field::<u64>(sk, offset!(skc_net))
+        .and_then(|net| field::<u32>(net, offset!(net_inum)))
+        .unwrap_or(0)
+}
+
+#[inline(always)]
+fn current_owner() -> Owner {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Owner {
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        // SAFETY: no preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        since_ns: now(),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn pid_kept(tgid: u32) -> bool {
+    // SAFETY: the value is only tested for presence.
+    tgid != 0 && unsafe { PIDS.get(tgid) }.is_some()
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A field of the tracepoint record at an offset from tracefs.
+#[inline(always)]
+fn ctx_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    if offset == NO_OFFSET {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+/// A kernel struct member at an offset from BTF.
+#[inline(always)]
+fn field<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == NO_OFFSET {
+        return None;
+    }
+    read(base + u64::from(offset))
+}
+
+#[inline(always)]
+fn read<T>(address: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel(address as *const T) }.ok()
 }
 
 #[inline(always)]

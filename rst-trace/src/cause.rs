@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use crate::event::EventKind;
+use crate::event::{Event, EventKind};
 
 macro_rules! causes {
     ($($variant:ident => $id:literal,)*) => {
@@ -65,6 +65,99 @@ impl Serialize for Cause {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.id())
     }
+}
+
+/// Reasons of `enum sk_rst_reason` that reject a malformed or unacceptable segment.
+const INVALID_PACKET_REASONS: &[&str] = &[
+    "TCP_INVALID_ACK_SEQUENCE",
+    "TCP_RFC7323_PAWS",
+    "TCP_TOO_OLD_ACK",
+    "TCP_ACK_UNSENT_DATA",
+    "TCP_FLAGS",
+    "TCP_OLD_ACK",
+    "INVALID_SYN",
+];
+
+/// Decides the cause of `event` from what the kernel reported. `peer` is the cause of the reset
+/// this host sent on the same connection just before, when both ends are on this host.
+pub fn classify(event: &Event, peer: Option<Cause>) -> Cause {
+    let facts = &event.kernel;
+    let state = event.state.as_deref();
+    match event.kind {
+        EventKind::ResetReceived => match state {
+            Some("SYN_SENT") => Cause::ConnectionRefused,
+            Some("CLOSE_WAIT") => Cause::StaleConnectionReuse,
+            _ => peer.unwrap_or(Cause::PeerAbort),
+        },
+        EventKind::QueueDrop => Cause::Other,
+        EventKind::ResetSent => {
+            let time_wait = || {
+                // An orphaned FIN_WAIT2 connection lives on as a time-wait socket: data for it
+                // means the peer still used a connection our application had closed.
+                let orphan = facts.tw_substate.as_deref() == Some("FIN_WAIT2");
+                let syn = facts.segment.is_some_and(|s| s.is_syn());
+                if orphan && !syn {
+                    Cause::DataAfterClose
+                } else {
+                    Cause::Timewait
+                }
+            };
+            let closing = || {
+                if facts.linger_zero {
+                    Cause::LingerAbort
+                } else if facts.full_socket && !facts.has_socket_file {
+                    // Never accepted: the listener it waited on was closed.
+                    Cause::ListenerClosed
+                } else {
+                    Cause::SocketDestroyed
+                }
+            };
+            match event.reason.as_deref() {
+                Some("NO_SOCKET") => match facts.segment {
+                    Some(segment) if segment.is_syn() => Cause::PortClosed,
+                    Some(_) => Cause::HalfOpen,
+                    None => Cause::Other,
+                },
+                Some("TCP_TIMEWAIT_SOCKET") => time_wait(),
+                Some("TCP_ABORT_ON_CLOSE" | "TCP_DISCONNECT_WITH_DATA") => Cause::UnreadDataClose,
+                Some("TCP_ABORT_ON_LINGER") => Cause::LingerAbort,
+                Some("TCP_ABORT_ON_DATA") => Cause::DataAfterClose,
+                Some("TCP_ABORT_ON_MEMORY") => Cause::MemoryPressure,
+                Some("TCP_KEEPALIVE_TIMEOUT") => Cause::KeepaliveTimeout,
+                Some("TCP_STATE") => closing(),
+                Some(reason) if INVALID_PACKET_REASONS.contains(&reason) => Cause::InvalidPacket,
+                Some(_) => Cause::Other,
+                // Kernels before 6.10 give no reason: the state, the socket and whether a segment
+                // was answered have to do.
+                None => match state {
+                    Some("TIME_WAIT") => time_wait(),
+                    Some("CLOSE") if facts.linger_zero => Cause::LingerAbort,
+                    Some("CLOSE") if facts.full_socket && !facts.has_socket_file => {
+                        Cause::ListenerClosed
+                    }
+                    Some("CLOSE") => Cause::UnreadDataClose,
+                    _ if facts.segment.is_some() => Cause::InvalidPacket,
+                    Some("ESTABLISHED") => Cause::KeepaliveTimeout,
+                    Some("FIN_WAIT1" | "FIN_WAIT2" | "LAST_ACK" | "CLOSING") => {
+                        Cause::MemoryPressure
+                    }
+                    _ => Cause::Other,
+                },
+            }
+        }
+    }
+}
+
+/// Whether a sent reset with this cause fires in the process that closed the socket, so that
+/// the running task is the process to name even when the socket has no recorded owner.
+pub fn fires_in_closing_process(cause: Cause) -> bool {
+    matches!(
+        cause,
+        Cause::LingerAbort
+            | Cause::UnreadDataClose
+            | Cause::ListenerClosed
+            | Cause::SocketDestroyed
+    )
 }
 
 /// What `rst-trace explain CAUSE` prints.

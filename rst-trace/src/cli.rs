@@ -25,6 +25,11 @@ pub struct Cli {
 pub enum Command {
     /// Show which event sources this kernel allows, and why any is off.
     Check,
+    /// Explain a cause: what it means, how it shows up in applications, what to change.
+    Explain {
+        /// A cause id, as in the `cause` field (`stale_connection_reuse`); omit to list them all.
+        cause: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -40,6 +45,23 @@ pub struct TraceArgs {
     /// Only events where either end uses this port (repeatable).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
+
+    /// Only events of processes with this command name (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+
+    /// Only events of processes in this cgroup or below it (repeatable), e.g.
+    /// `/system.slice/nginx.service`.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+
+    /// Only events of containers whose id starts with this (repeatable).
+    #[arg(long = "container", value_name = "ID-PREFIX")]
+    pub containers: Vec<String>,
+
+    /// Only events in this network namespace (inode, as `readlink /proc/PID/ns/net`; repeatable).
+    #[arg(long = "netns", value_name = "INODE")]
+    pub netns: Vec<u64>,
 
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
@@ -104,6 +126,30 @@ mod tests {
         assert_eq!(cli.trace.duration, Some(Duration::from_millis(2500)));
         assert_eq!(cli.trace.count, Some(3));
         assert_eq!(cli.trace.ring_buffer_kib, 4096);
+    }
+
+    #[test]
+    fn attribution_filters() {
+        let cli = Cli::try_parse_from([
+            "rst-trace",
+            "--comm",
+            "nginx",
+            "--cgroup",
+            "/system.slice",
+            "--container",
+            "4f1c",
+            "--netns",
+            "4026531840",
+        ])
+        .unwrap();
+        assert_eq!(cli.trace.comms, ["nginx"]);
+        assert_eq!(cli.trace.cgroups, ["/system.slice"]);
+        assert_eq!(cli.trace.containers, ["4f1c"]);
+        assert_eq!(cli.trace.netns, [4026531840]);
+        let cli = Cli::try_parse_from(["rst-trace", "explain", "port_closed"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Explain { cause: Some(c) }) if c == "port_closed")
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@
 use std::mem::size_of;
 
 use anyhow::{Context as _, bail};
-use rst_trace_common::{COMM_LEN, NO_SK_STATE, RawTracepoint, RecordKind};
+use std::time::Duration;
+
+use rst_trace_common::{COMM_LEN, NO_SK_STATE, Owner, RawTracepoint, RecordKind, facts};
 
 use crate::{
-    event::{Event, EventKind, Family, Process, ProcessSource},
+    event::{ClosedBy, Event, EventKind, Family, KernelFacts, Segment, Task},
     layout::ResetLayout,
     names::KernelNames,
 };
@@ -70,26 +72,41 @@ impl Decoder {
         };
         let layout = layout.with_context(|| format!("{kind:?} record from a detached source"))?;
         let fields = layout.decode(&record.raw);
+        let facts = record.facts;
 
         // The record's own state (tcp_send_reset) is 0 when no socket matched; otherwise fall back
         // to what the program read from the socket.
         let state = match fields.state {
             Some(0) => None,
             Some(state) => Some(u64::from(state)),
-            None => (record.sk_state != NO_SK_STATE).then_some(u64::from(record.sk_state)),
+            None => (facts.sk_state != NO_SK_STATE).then_some(u64::from(facts.sk_state)),
         };
         let sock_cookie = fields
             .sock_cookie
-            .or(Some(record.sk_cookie))
+            .or(Some(facts.sk_cookie))
             .filter(|cookie| *cookie != 0);
-
         let tgid = (header.pid_tgid >> 32) as u32;
-        let process = (tgid != 0).then(|| Process {
+        let context = (tgid != 0).then(|| Task {
             pid: tgid,
             tid: header.pid_tgid as u32,
             comm: comm(&header.comm),
-            source: ProcessSource::Context,
+            cgroup_id: header.cgroup_id,
         });
+        let task = |owner: &Owner| {
+            (owner.tgid != 0).then(|| Task {
+                pid: owner.tgid,
+                tid: owner.pid,
+                comm: comm(&owner.comm),
+                cgroup_id: owner.cgroup_id,
+            })
+        };
+        let closed_by = task(&facts.closed.closer).map(|closer| ClosedBy {
+            ago: Duration::from_nanos(header.ktime_ns.saturating_sub(facts.closed.closed_ns)),
+            closer,
+        });
+        let segment = (facts.flags & facts::SEGMENT != 0).then_some(Segment(facts.tcp_flags));
+        let tw_substate = (facts.tw_substate != 0)
+            .then(|| self.names.tcp_states.describe(u64::from(facts.tw_substate)));
 
         Ok(Event {
             time: self.clock.wall_time(header.ktime_ns),
@@ -101,18 +118,33 @@ impl Decoder {
             family: fields.local.map(|addr| Family::of(addr.ip())),
             local: fields.local.map(Into::into),
             remote: fields.remote.map(Into::into),
-            process,
+            process: None,
             cause: None,
-            netns: None,
+            explanation: None,
+            netns: (facts.netns != 0).then_some(u64::from(facts.netns)),
             cgroup: None,
+            container: None,
             sock_cookie,
+            closed_by: None,
             ktime_ns: header.ktime_ns,
-            cgroup_id: (tgid != 0).then_some(header.cgroup_id),
+            kernel: KernelFacts {
+                context,
+                owner: task(&facts.owner),
+                closed_by,
+                segment,
+                tw_substate,
+                linger_zero: facts.flags & facts::LINGER_ZERO != 0,
+                full_socket: facts.flags & facts::FULL_SOCKET != 0,
+                has_socket_file: facts.flags & facts::HAS_SOCKET_FILE != 0,
+                all_sent_acked: facts.flags & facts::ALL_SENT_ACKED != 0,
+                bytes_acked: facts.bytes_acked,
+                bytes_received: facts.bytes_received,
+            },
         })
     }
 }
 
-fn comm(bytes: &[u8; COMM_LEN]) -> String {
+pub(crate) fn comm(bytes: &[u8; COMM_LEN]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
@@ -121,7 +153,7 @@ fn comm(bytes: &[u8; COMM_LEN]) -> String {
 mod tests {
     use std::net::Ipv6Addr;
 
-    use rst_trace_common::{EventHeader, RAW_LEN};
+    use rst_trace_common::{EventHeader, RAW_LEN, SocketFacts};
 
     use super::*;
     use crate::{event::Endpoint, layout::tests::RawBuilder, tracefs::tests::fixture};
@@ -151,9 +183,10 @@ mod tests {
                 cgroup_id: 1,
                 comm: comm_bytes,
             },
-            sk_state: NO_SK_STATE,
-            _pad: [0; 7],
-            sk_cookie: 0,
+            facts: SocketFacts {
+                sk_state: NO_SK_STATE,
+                ..SocketFacts::default()
+            },
             raw,
         }
     }
@@ -189,12 +222,13 @@ mod tests {
             })
         );
         assert_eq!(event.remote.unwrap().port, 35340);
-        let process = event.process.unwrap();
+        assert_eq!(event.process, None, "attribution decides the process");
+        let context = event.kernel.context.unwrap();
         assert_eq!(
-            (process.pid, process.tid, process.comm.as_str()),
+            (context.pid, context.tid, context.comm.as_str()),
             (4242, 4243, "curl")
         );
-        assert_eq!(process.source, ProcessSource::Context);
+        assert_eq!(event.kernel.owner, None);
         assert_eq!(event.sock_cookie, None);
         assert_eq!(event.time.as_nanosecond(), 1_763_776_805_000_000_123);
     }
@@ -211,7 +245,7 @@ mod tests {
                 .put(46, &Ipv6Addr::LOCALHOST.octets())
                 .put(64, &99u64.to_ne_bytes());
             let mut rec = record(RecordKind::ResetReceived, 0, "swapper/0", raw.0);
-            rec.sk_state = 2;
+            rec.facts.sk_state = 2;
             let event = decoder(kernel).decode(&bytes(&rec)).unwrap();
             assert_eq!(event.kind, EventKind::ResetReceived);
             assert_eq!(event.reason, None);
@@ -220,7 +254,7 @@ mod tests {
             assert_eq!(event.local.unwrap().to_string(), "[::1]:41000");
             assert_eq!(event.sock_cookie, Some(99));
             // pid 0 is the idle task: no process to name.
-            assert_eq!(event.process, None);
+            assert_eq!(event.kernel.context, None);
         }
     }
 
@@ -235,7 +269,7 @@ mod tests {
             .put(34, &[127, 0, 0, 1])
             .put(38, &[127, 0, 0, 1]);
         let mut rec = record(RecordKind::ResetSent, (7 << 32) | 7, "postgres", raw.0);
-        rec.sk_cookie = 12345;
+        rec.facts.sk_cookie = 12345;
         let event = decoder("6.1").decode(&bytes(&rec)).unwrap();
         assert_eq!(event.reason, None);
         assert_eq!(event.state.as_deref(), Some("CLOSE"));
@@ -250,5 +284,99 @@ mod tests {
         let mut rec = record(RecordKind::ResetSent, 0, "", [0; RAW_LEN]);
         rec.header.kind = 77;
         assert!(decoder.decode(&bytes(&rec)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod facts_tests {
+    use rst_trace_common::{ClosedConnection, EventHeader, Owner, RAW_LEN, SocketFacts};
+
+    use super::*;
+    use crate::{event::Segment, tracefs::tests::fixture};
+
+    fn comm16(text: &str) -> [u8; COMM_LEN] {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..text.len()].copy_from_slice(text.as_bytes());
+        comm
+    }
+
+    #[test]
+    fn socket_facts_become_kernel_facts() {
+        let send = fixture("6.18", "tcp__tcp_send_reset");
+        let set_state = fixture("6.18", "sock__inet_sock_set_state");
+        let decoder = Decoder {
+            send_reset: Some(ResetLayout::from_format(&send).unwrap()),
+            receive_reset: None,
+            names: KernelNames::from_kernel(Some(&send), Some(&set_state), None),
+            clock: WallClock::with_offset(0),
+        };
+        let owner = Owner {
+            tgid: 10,
+            pid: 11,
+            cgroup_id: 5,
+            since_ns: 1,
+            comm: comm16("nginx"),
+        };
+        let closer = Owner {
+            tgid: 20,
+            pid: 20,
+            cgroup_id: 6,
+            since_ns: 2,
+            comm: comm16("app"),
+        };
+        let record = RawTracepoint {
+            header: EventHeader {
+                kind: RecordKind::ResetSent as u8,
+                _pad: [0; 3],
+                cpu: 0,
+                ktime_ns: 3_000_000_000,
+                pid_tgid: 0,
+                cgroup_id: 0,
+                comm: [0; COMM_LEN],
+            },
+            facts: SocketFacts {
+                netns: 4026531840,
+                sk_state: 6,
+                tw_substate: 5,
+                flags: facts::SEGMENT | facts::LINGER_ZERO,
+                tcp_flags: 0x18,
+                sk_cookie: 0,
+                bytes_acked: 0,
+                bytes_received: 0,
+                owner,
+                closed: ClosedConnection {
+                    closer,
+                    closed_ns: 1_000_000_000,
+                },
+            },
+            raw: [0; RAW_LEN],
+        };
+        // SAFETY: RawTracepoint is repr(C) plain old data with no padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&record as *const RawTracepoint).cast::<u8>(),
+                size_of::<RawTracepoint>(),
+            )
+        };
+        let event = decoder.decode(bytes).unwrap();
+        assert_eq!(event.netns, Some(4026531840));
+        let facts = &event.kernel;
+        assert_eq!(facts.context, None);
+        assert_eq!(
+            facts
+                .owner
+                .as_ref()
+                .map(|o| (o.pid, o.tid, o.comm.as_str())),
+            Some((10, 11, "nginx"))
+        );
+        let closed = facts.closed_by.as_ref().unwrap();
+        assert_eq!(
+            (closed.closer.pid, closed.closer.comm.as_str()),
+            (20, "app")
+        );
+        assert_eq!(closed.ago, Duration::from_secs(2));
+        assert_eq!(facts.segment, Some(Segment(0x18)));
+        assert_eq!(facts.tw_substate.as_deref(), Some("FIN_WAIT2"));
+        assert!(facts.linger_zero && !facts.full_socket && !facts.has_socket_file);
     }
 }

@@ -1,6 +1,4 @@
-//! Enrichment: what the kernel gave as ids, turned into names people use.
-//!
-//! Today: cgroup v2 ids -> cgroup paths (`/system.slice/nginx.service`). A cgroup id is the inode
+//! cgroup v2 ids -> cgroup paths (`/system.slice/nginx.service`). A cgroup id is the inode
 //! number of the cgroup's directory in the cgroup2 filesystem, so the resolver walks that tree once
 //! and again only when it meets an id it does not know (at most once a second).
 
@@ -11,8 +9,6 @@ use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
-
-use crate::event::Event;
 
 const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -37,12 +33,6 @@ impl CgroupResolver {
             root,
             paths: HashMap::new(),
             last_scan: None,
-        }
-    }
-
-    pub fn enrich(&mut self, event: &mut Event) {
-        if let Some(id) = event.cgroup_id {
-            event.cgroup = self.path(id);
         }
     }
 

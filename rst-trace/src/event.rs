@@ -3,9 +3,14 @@
 //! Field names and meanings are a contract with users' scripts (the NDJSON schema in the README):
 //! fields may be added, never renamed.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use serde::{Serialize, Serializer};
+
+use crate::{cause::Cause, container::Container};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,14 +74,74 @@ pub enum ProcessSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Process {
     pub pid: u32,
-    /// The thread that was running (equal to `pid` for a single-threaded process).
+    /// The thread (equal to `pid` for a single-threaded process).
     pub tid: u32,
     pub comm: String,
     pub source: ProcessSource,
+    /// The pid inside the process's own PID namespace (a container's view), when it differs.
+    pub ns_pid: Option<u32>,
+}
+
+/// Who closed a connection before the reset, and how long before.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClosedByView {
+    pub pid: u32,
+    pub comm: String,
+    pub seconds_ago: f64,
+}
+
+/// A task as the kernel programs recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+/// The application close() recorded for a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedBy {
+    pub closer: Task,
+    pub ago: Duration,
+}
+
+/// TCP flags of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment(pub u8);
+
+impl Segment {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+
+    /// A connection request: SYN without ACK.
+    pub fn is_syn(self) -> bool {
+        self.0 & (Self::SYN | Self::ACK) == Self::SYN
+    }
+}
+
+/// What the kernel programs saw, for the attribution stage; not printed as such.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KernelFacts {
+    /// The task that was running when the event fired (in softirq: whoever was interrupted).
+    pub context: Option<Task>,
+    /// The socket's owner from connect, listen or accept.
+    pub owner: Option<Task>,
+    pub closed_by: Option<ClosedBy>,
+    /// The segment a sent reset answered.
+    pub segment: Option<Segment>,
+    /// Substate of a time-wait socket (`FIN_WAIT2` for an orphaned connection).
+    pub tw_substate: Option<String>,
+    pub linger_zero: bool,
+    pub full_socket: bool,
+    pub has_socket_file: bool,
+    pub all_sent_acked: bool,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
 }
 
 /// One decoded event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     #[serde(serialize_with = "rfc3339_nanos")]
     pub time: jiff::Timestamp,
@@ -90,16 +155,21 @@ pub struct Event {
     pub local: Option<Endpoint>,
     pub remote: Option<Endpoint>,
     pub process: Option<Process>,
-    pub cause: Option<&'static str>,
+    pub cause: Option<Cause>,
+    /// One line that says why, in the operator's words.
+    pub explanation: Option<String>,
     pub netns: Option<u64>,
+    /// cgroup v2 path of `process`.
     pub cgroup: Option<String>,
+    pub container: Option<Container>,
     pub sock_cookie: Option<u64>,
+    /// For resets after the application closed the connection: who closed it, how long before.
+    pub closed_by: Option<ClosedByView>,
     /// CLOCK_MONOTONIC nanoseconds from the kernel, for ordering and pairing events.
     #[serde(skip)]
     pub ktime_ns: u64,
-    /// cgroup v2 id of `process`, resolved to `cgroup` by the enrichment stage.
     #[serde(skip)]
-    pub cgroup_id: Option<u64>,
+    pub kernel: KernelFacts,
 }
 
 impl Event {

@@ -56,6 +56,29 @@ impl KernelBtf {
         Ok(offset_bits / 8)
     }
 
+    /// `sizeof(struct name)`.
+    pub fn struct_size(&self, name: &str) -> anyhow::Result<usize> {
+        Ok(self.named_struct(name)?.size())
+    }
+
+    /// Byte offset of a member, checked to lie inside the struct: the self-test behind every
+    /// offset handed to the kernel programs.
+    pub fn checked_offset(&self, name: &str, path: &str) -> anyhow::Result<u32> {
+        let offset = self.member_offset(name, path)?;
+        let size = self.struct_size(name)?;
+        if offset as usize >= size {
+            bail!("{name}.{path} at {offset} lies outside the {size}-byte struct");
+        }
+        Ok(offset)
+    }
+
+    /// The value of enum member `member` of `enum name`.
+    pub fn enum_value(&self, name: &str, member: &str) -> Option<u64> {
+        self.enum_values(name)?
+            .into_iter()
+            .find_map(|(n, value)| (n == member).then_some(value))
+    }
+
     /// Members of the enum called `name` as (name, value).
     pub fn enum_values(&self, name: &str) -> Option<Vec<(String, u64)>> {
         let types = self.btf.resolve_types_by_name(name).ok()?;

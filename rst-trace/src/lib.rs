@@ -1,15 +1,17 @@
 //! rst-trace: every TCP reset a Linux host sends or receives, with the process, socket and cause.
 //!
 //! Data flows one way: kernel programs (`rst-trace-ebpf`) -> ring buffer -> [`decode`] ->
-//! [`enrich`] -> sinks ([`output`]). [`sources`] settles, once at start-up, everything that
+//! [`attribute`] (process, container, [`cause`]) -> [`filter`] -> sinks ([`output`]). [`sources`] settles, once at start-up, everything that
 //! differs between kernels; [`loader`] hands its answers to the kernel programs.
 
+pub mod attribute;
 pub mod cause;
 pub mod cli;
 pub mod container;
 pub mod decode;
 pub mod enrich;
 pub mod event;
+pub mod filter;
 pub mod kernel_btf;
 pub mod layout;
 pub mod loader;

@@ -1,14 +1,16 @@
 //! Loads the embedded kernel programs with this kernel's offsets and attaches every usable source.
 
+use std::collections::HashSet;
+
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use rst_trace_common::{MAX_PID_FILTER, NO_OFFSET};
+use rst_trace_common::MAX_PID_FILTER;
 
-use crate::sources::{KernelSupport, Source};
+use crate::sources::{KernelSupport, Role, Source};
 
 /// The kernel programs, built by build.rs and embedded so that the binary is one file.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace"));
@@ -40,21 +42,10 @@ impl Tracer {
             bail!("at most {MAX_PID_FILTER} --pid filters are supported");
         }
         raise_memlock_limit(&support.release);
-        let skaddr = |source: &Source| {
-            source
-                .layout
-                .as_ref()
-                .map_or(NO_OFFSET, |layout| layout.skaddr.offset as u32)
-        };
-        let send_skaddr = skaddr(&support.send_reset);
-        let receive_skaddr = skaddr(&support.receive_reset);
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
-            .override_global("SEND_RESET_SKADDR", &send_skaddr, true)
-            .override_global("RECEIVE_RESET_SKADDR", &receive_skaddr, true)
-            .override_global("SK_STATE", &support.sock_offsets.state, true)
-            .override_global("SK_COOKIE", &support.sock_offsets.cookie, true)
+            .override_global("OFFSETS", &support.offsets, true)
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("the kernel refused rst-trace's BPF maps or programs")?;
@@ -73,22 +64,31 @@ impl Tracer {
 
         let mut attached = Vec::new();
         let mut failed = Vec::new();
-        for source in support.sources() {
-            if let Err(why) = &source.layout {
+        let mut loaded = HashSet::new();
+        for source in &support.sources {
+            if let Err(why) = &source.status {
                 failed.push((source.name(), why.clone()));
                 continue;
             }
-            match attach(&mut ebpf, source) {
+            match attach(&mut ebpf, source, &mut loaded) {
                 Ok(()) => attached.push(source.name()),
                 Err(error) => failed.push((source.name(), format!("{error:#}"))),
             }
         }
-        if attached.is_empty() {
+        let reports_resets = |name: &String| {
+            support.sources.iter().any(|s| {
+                s.name() == *name && matches!(s.role, Role::ResetSent | Role::ResetReceived)
+            })
+        };
+        if !attached.iter().any(reports_resets) {
             let reasons: Vec<String> = failed
                 .iter()
                 .map(|(name, why)| format!("{name}: {why}"))
                 .collect();
-            bail!("no event source could be attached ({})", reasons.join("; "));
+            bail!(
+                "no reset tracepoint could be attached ({})",
+                reasons.join("; ")
+            );
         }
         Ok(Self {
             ebpf,
@@ -135,14 +135,22 @@ impl LostCounter {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, source: &Source) -> anyhow::Result<()> {
+/// Loads the source's program (once: one program may serve several tracepoints) and attaches it.
+fn attach(
+    ebpf: &mut Ebpf,
+    source: &Source,
+    loaded: &mut HashSet<&'static str>,
+) -> anyhow::Result<()> {
     let program: &mut TracePoint = ebpf
         .program_mut(source.program)
         .ok_or_else(|| anyhow!("program {} missing from the object", source.program))?
         .try_into()?;
-    program
-        .load()
-        .with_context(|| format!("the kernel refused program {}", source.program))?;
+    if !loaded.contains(source.program) {
+        program
+            .load()
+            .with_context(|| format!("the kernel refused program {}", source.program))?;
+        loaded.insert(source.program);
+    }
     program
         .attach(source.system, source.event)
         .with_context(|| format!("attaching to {}", source.name()))?;

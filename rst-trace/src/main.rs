@@ -18,6 +18,9 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Some(Command::Check) => run::check(&mut std::io::stdout().lock()),
+        Some(Command::Explain { cause }) => {
+            run::explain(cause.as_deref(), &mut std::io::stdout().lock())
+        }
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -15,7 +15,14 @@ pub struct Sink<W: Write> {
     format: Format,
     out: W,
     time_zone: jiff::tz::TimeZone,
-    wrote_header: bool,
+    /// The text header printed last, if any; printed again when a container column appears.
+    header: Option<Columns>,
+}
+
+/// Which optional columns the text output has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Columns {
+    container: bool,
 }
 
 impl<W: Write> Sink<W> {
@@ -28,7 +35,7 @@ impl<W: Write> Sink<W> {
             format,
             out,
             time_zone,
-            wrote_header: false,
+            header: None,
         }
     }
 
@@ -39,11 +46,19 @@ impl<W: Write> Sink<W> {
                 self.out.write_all(b"\n")
             }
             Format::Text => {
-                if !self.wrote_header {
-                    self.wrote_header = true;
-                    writeln!(self.out, "{}", text_header())?;
+                // The container column appears once any event has a container.
+                let container =
+                    self.header.is_some_and(|c| c.container) || event.container.is_some();
+                let columns = Columns { container };
+                if self.header != Some(columns) {
+                    self.header = Some(columns);
+                    writeln!(self.out, "{}", text_header(columns))?;
                 }
-                writeln!(self.out, "{}", text_line(event, &self.time_zone))
+                writeln!(self.out, "{}", text_line(event, &self.time_zone, columns))?;
+                if let Some(explanation) = &event.explanation {
+                    writeln!(self.out, "{EXPLANATION_INDENT}{explanation}")?;
+                }
+                Ok(())
             }
         }
     }
@@ -57,23 +72,35 @@ impl<W: Write> Sink<W> {
     }
 }
 
-const TEXT_COLUMNS: [(&str, usize); 8] = [
+const EXPLANATION_INDENT: &str = "    -> ";
+
+/// (name, width); width 0: the last column, not padded.
+const TEXT_COLUMNS: [(&str, usize); 10] = [
     ("TIME", 15),
     ("DIR", 4),
     ("PID", 7),
     ("COMM", 15),
+    ("CONTAINER", 12),
     ("LOCAL", 23),
     ("REMOTE", 23),
     ("STATE", 11),
-    ("REASON", 0),
+    ("REASON", 22),
+    ("CAUSE", 0),
 ];
+const CONTAINER_COLUMN: usize = 4;
 
-pub fn text_header() -> String {
-    join_columns(TEXT_COLUMNS.iter().map(|(name, _)| name.to_string()))
+fn text_header(columns: Columns) -> String {
+    join_columns(
+        TEXT_COLUMNS
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        columns,
+    )
 }
 
-/// `02:14:07.123456 SENT -       -               127.0.0.1:9  127.0.0.1:35340  -  NO_SOCKET`
-pub fn text_line(event: &Event, time_zone: &jiff::tz::TimeZone) -> String {
+/// `02:14:07.123456 SENT -  -  127.0.0.1:9  127.0.0.1:35340  -  NO_SOCKET  port_closed`
+fn text_line(event: &Event, time_zone: &jiff::tz::TimeZone, columns: Columns) -> String {
     let time = event
         .time
         .to_zoned(time_zone.clone())
@@ -84,21 +111,35 @@ pub fn text_line(event: &Event, time_zone: &jiff::tz::TimeZone) -> String {
         Some(process) => (process.pid.to_string(), process.comm.clone()),
         None => (dash(), dash()),
     };
-    join_columns([
-        time,
-        event.kind.label().to_string(),
-        pid,
-        comm,
-        event.local.map_or_else(dash, |end| end.to_string()),
-        event.remote.map_or_else(dash, |end| end.to_string()),
-        event.state.clone().unwrap_or_else(dash),
-        event.reason.clone().unwrap_or_else(dash),
-    ])
+    let container = event
+        .container
+        .as_ref()
+        .map_or_else(dash, |c| c.id.chars().take(12).collect());
+    join_columns(
+        vec![
+            time,
+            event.kind.label().to_string(),
+            pid,
+            comm,
+            container,
+            event.local.map_or_else(dash, |end| end.to_string()),
+            event.remote.map_or_else(dash, |end| end.to_string()),
+            event.state.clone().unwrap_or_else(dash),
+            event.reason.clone().unwrap_or_else(dash),
+            event
+                .cause
+                .map_or_else(dash, |cause| cause.id().to_string()),
+        ],
+        columns,
+    )
 }
 
-fn join_columns(values: impl IntoIterator<Item = String>) -> String {
+fn join_columns(values: Vec<String>, columns: Columns) -> String {
     let mut line = String::new();
-    for (value, (_, width)) in values.into_iter().zip(TEXT_COLUMNS) {
+    for (index, (value, (_, width))) in values.into_iter().zip(TEXT_COLUMNS).enumerate() {
+        if index == CONTAINER_COLUMN && !columns.container {
+            continue;
+        }
         if !line.is_empty() {
             line.push(' ');
         }
@@ -110,7 +151,11 @@ fn join_columns(values: impl IntoIterator<Item = String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Endpoint, EventKind, Family, Process, ProcessSource};
+    use crate::{
+        cause::Cause,
+        container::Container,
+        event::{Endpoint, EventKind, Family, KernelFacts, Process, ProcessSource},
+    };
 
     fn sample() -> Event {
         Event {
@@ -128,12 +173,15 @@ mod tests {
                 port: 35340,
             }),
             process: None,
-            cause: None,
-            netns: None,
+            cause: Some(Cause::PortClosed),
+            explanation: Some("nothing listens on 127.0.0.1:9".into()),
+            netns: Some(4026531840),
             cgroup: None,
+            container: None,
             sock_cookie: None,
+            closed_by: None,
             ktime_ns: 0,
-            cgroup_id: None,
+            kernel: KernelFacts::default(),
         }
     }
 
@@ -145,6 +193,7 @@ mod tests {
             tid: 1235,
             comm: "python3".into(),
             source: ProcessSource::Context,
+            ns_pid: None,
         });
         event.local = Some(Endpoint {
             addr: "::1".parse().unwrap(),
@@ -167,11 +216,14 @@ mod tests {
                 "family": "ipv6",
                 "local": {"addr": "::1", "port": 443},
                 "remote": {"addr": "127.0.0.1", "port": 35340},
-                "process": {"pid": 1234, "tid": 1235, "comm": "python3", "source": "context"},
-                "cause": null,
-                "netns": null,
+                "process": {"pid": 1234, "tid": 1235, "comm": "python3", "source": "context", "ns_pid": null},
+                "cause": "port_closed",
+                "explanation": "nothing listens on 127.0.0.1:9",
+                "netns": 4026531840u64,
                 "cgroup": null,
-                "sock_cookie": 8
+                "container": null,
+                "sock_cookie": 8,
+                "closed_by": null
             })
         );
     }
@@ -190,13 +242,16 @@ mod tests {
     }
 
     #[test]
-    fn text_prints_a_header_then_one_line_per_event() {
+    fn text_prints_a_header_then_a_line_and_an_explanation_per_event() {
         let mut sink = Sink::with_time_zone(Format::Text, Vec::new(), jiff::tz::TimeZone::UTC);
         sink.write(&sample()).unwrap();
         let mut received = sample();
         received.kind = EventKind::ResetReceived;
         received.reason = None;
         received.state = Some("SYN_SENT".into());
+        received.cause = Some(Cause::ConnectionRefused);
+        received.explanation =
+            Some("curl (pid 77) connected to [::1]:9, where nothing listens".into());
         received.local = Some(Endpoint {
             addr: "::1".parse().unwrap(),
             port: 35340,
@@ -209,17 +264,30 @@ mod tests {
             pid: 77,
             tid: 77,
             comm: "curl".into(),
-            source: ProcessSource::Context,
+            source: ProcessSource::Owner,
+            ns_pid: None,
         });
         sink.write(&received).unwrap();
+        let mut in_container = received.clone();
+        in_container.container = Some(Container {
+            id: "4f1c2b9a8e7d6c5b4a39".into(),
+            runtime: "docker",
+            pod_uid: None,
+        });
+        sink.write(&in_container).unwrap();
         let text = String::from_utf8(sink.into_inner()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines,
             [
-                "TIME            DIR  PID     COMM            LOCAL                   REMOTE                  STATE       REASON",
-                "02:14:07.123456 SENT -       -               127.0.0.1:9             127.0.0.1:35340         -           NO_SOCKET",
-                "02:14:07.123456 RECV 77      curl            [::1]:35340             [::1]:9                 SYN_SENT    -",
+                "TIME            DIR  PID     COMM            LOCAL                   REMOTE                  STATE       REASON                 CAUSE",
+                "02:14:07.123456 SENT -       -               127.0.0.1:9             127.0.0.1:35340         -           NO_SOCKET              port_closed",
+                "    -> nothing listens on 127.0.0.1:9",
+                "02:14:07.123456 RECV 77      curl            [::1]:35340             [::1]:9                 SYN_SENT    -                      connection_refused",
+                "    -> curl (pid 77) connected to [::1]:9, where nothing listens",
+                "TIME            DIR  PID     COMM            CONTAINER    LOCAL                   REMOTE                  STATE       REASON                 CAUSE",
+                "02:14:07.123456 RECV 77      curl            4f1c2b9a8e7d [::1]:35340             [::1]:9                 SYN_SENT    -                      connection_refused",
+                "    -> curl (pid 77) connected to [::1]:9, where nothing listens",
             ]
         );
     }

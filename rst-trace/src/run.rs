@@ -18,10 +18,13 @@ use tokio::{
 };
 
 use crate::{
+    attribute::Attributor,
+    cause::Cause,
     cli::TraceArgs,
     decode::{Decoder, WallClock},
     enrich::CgroupResolver,
     event::Event,
+    filter::Filter,
     loader::{LoadOptions, Tracer},
     output::{Format, Sink},
     privileges,
@@ -61,30 +64,34 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
     };
     let mut tracer = Tracer::load(&support, &options)?;
-    for source in support.sources() {
+    for source in &support.sources {
         for note in &source.notes {
             eprintln!("rst-trace: note: {}: {note}", source.name());
         }
     }
+    for missing in &support.missing {
+        eprintln!("rst-trace: note: not in this kernel's BTF: {missing}");
+    }
     for (name, why) in &tracer.failed {
         let serves = support
-            .sources()
-            .into_iter()
+            .sources
+            .iter()
             .find(|source| source.name() == *name)
             .map_or("its events", |source| source.serves);
-        eprintln!("rst-trace: warning: {name} is off, {serves} are not reported: {why}");
+        eprintln!("rst-trace: warning: {name} is off ({serves} not available): {why}");
     }
 
     let decoder = Decoder {
-        send_reset: support.send_reset.layout.clone().ok(),
-        receive_reset: support.receive_reset.layout.clone().ok(),
+        send_reset: support.send_reset,
+        receive_reset: support.receive_reset,
         names: support.names.clone(),
         clock: WallClock::now()?,
     };
     let mut ring = poll(tracer.events()?).context("polling the ring buffer")?;
     let lost_counter = tracer.lost_counter()?;
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
-    let mut cgroups = CgroupResolver::new();
+    let mut attributor = Attributor::new(CgroupResolver::new());
+    let filter = Filter::from_args(&args);
     let format = if args.json {
         Format::Json
     } else {
@@ -100,8 +107,8 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     let mut reported = 0u64;
     let mut pipeline = Pipeline {
         decoder: &decoder,
-        cgroups: &mut cgroups,
-        ports: &args.ports,
+        attributor: &mut attributor,
+        filter: &filter,
     };
 
     eprintln!(
@@ -165,11 +172,11 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     Ok(Summary { reported, lost })
 }
 
-/// Decode, enrich and filter: everything between the ring buffer and a sink.
+/// Decode, attribute and filter: everything between the ring buffer and a sink.
 struct Pipeline<'a> {
     decoder: &'a Decoder,
-    cgroups: &'a mut CgroupResolver,
-    ports: &'a [u16],
+    attributor: &'a mut Attributor,
+    filter: &'a Filter,
 }
 
 impl Pipeline<'_> {
@@ -211,11 +218,9 @@ impl Pipeline<'_> {
                 return None;
             }
         };
-        if !self.ports.is_empty() && !self.ports.iter().any(|port| event.has_port(*port)) {
-            return None;
-        }
-        self.cgroups.enrich(&mut event);
-        Some(event)
+        // Every event is attributed, even one filtered out: pairing needs both ends.
+        self.attributor.attribute(&mut event);
+        self.filter.keeps(&event).then_some(event)
     }
 }
 
@@ -257,11 +262,15 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
     )?;
     writeln!(
         out,
-        "BTF: {} (struct sock: skc_state at {}, skc_cookie at {})",
+        "BTF: {} (struct sock: skc_state at {}, skc_cookie at {}, skc_net at {})",
         crate::kernel_btf::VMLINUX_BTF,
-        support.sock_offsets.state,
-        support.sock_offsets.cookie
+        support.offsets.skc_state,
+        support.offsets.skc_cookie,
+        support.offsets.skc_net
     )?;
+    for missing in &support.missing {
+        writeln!(out, "    not in BTF: {missing}")?;
+    }
     writeln!(
         out,
         "names from the running kernel: {} reset reasons, {} TCP states",
@@ -282,7 +291,7 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
             (Vec::new(), Vec::new())
         }
     };
-    for source in support.sources() {
+    for source in &support.sources {
         let name = source.name();
         let status = if attached.contains(&name) {
             "loaded and attached".to_string()
@@ -293,5 +302,27 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         };
         writeln!(out, "{source}\n    {status}")?;
     }
-    Ok(!attached.is_empty())
+    Ok(tracer.is_ok())
+}
+
+/// `rst-trace explain [CAUSE]`.
+pub fn explain(cause: Option<&str>, out: &mut impl io::Write) -> anyhow::Result<bool> {
+    let Some(id) = cause else {
+        for cause in Cause::ALL {
+            let meaning = cause.explain().meaning;
+            let first = meaning
+                .split(". ")
+                .next()
+                .unwrap_or(meaning)
+                .trim_end_matches('.');
+            writeln!(out, "{:<24} {first}", cause.id())?;
+        }
+        return Ok(true);
+    };
+    let Some(cause) = Cause::from_id(id) else {
+        let ids: Vec<&str> = Cause::ALL.iter().map(|c| c.id()).collect();
+        bail!("`{id}` is not a cause; causes are: {}", ids.join(", "));
+    };
+    writeln!(out, "{cause}\n{}", cause.explain())?;
+    Ok(true)
 }

@@ -1,12 +1,15 @@
 //! What this kernel lets rst-trace observe, decided once at start-up.
 //!
 //! Every difference between kernels is settled here: which tracepoints exist and how their records
-//! are laid out (tracefs), how enum values are named, and where fields of `struct sock` sit (BTF).
-//! The rest of the program asks this module and never compares kernel versions.
+//! are laid out (tracefs), how enum values are named and numbered, and where fields of kernel
+//! structs sit (BTF). The result is a list of [`Source`]s (on, or off with the reason) and the
+//! [`KernelOffsets`] handed to the programs. The rest of the program asks this module and never
+//! compares kernel versions.
 
 use std::fmt;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
+use rst_trace_common::{KernelOffsets, NO_OFFSET, RAW_LEN, TcpStates};
 
 use crate::{
     kernel_btf::KernelBtf,
@@ -15,57 +18,65 @@ use crate::{
     tracefs::{self, EventFormat, Tracefs},
 };
 
-/// One tracepoint rst-trace can attach to.
+/// What a source is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Reports resets sent.
+    ResetSent,
+    /// Reports resets received.
+    ResetReceived,
+    /// Keeps socket owners and closers current (connect, listen, close).
+    Ownership,
+    /// Forgets owners of destroyed sockets.
+    Teardown,
+    /// Records owners of accepted sockets.
+    Accept,
+}
+
+/// One tracepoint rst-trace attaches to.
+#[derive(Debug, Clone)]
 pub struct Source {
-    /// `tcp:tcp_send_reset`
     pub system: &'static str,
     pub event: &'static str,
     /// Name of the kernel program that serves it.
     pub program: &'static str,
+    pub role: Role,
     /// What the user loses when it is off, in their words.
     pub serves: &'static str,
-    /// The record layout, or why the source cannot be used.
-    pub layout: Result<ResetLayout, String>,
+    /// Off, and why, when the kernel does not allow it.
+    pub status: Result<(), String>,
     /// What works differently on this kernel.
     pub notes: Vec<String>,
 }
 
 impl Source {
+    fn new(system: &'static str, event: &'static str, program: &'static str, role: Role) -> Self {
+        let serves = match role {
+            Role::ResetSent => "resets sent by this host",
+            Role::ResetReceived => "resets received by this host",
+            Role::Ownership => {
+                "owners of connecting and listening sockets, and who closed a connection"
+            }
+            Role::Teardown => "forgetting the owners of destroyed sockets",
+            Role::Accept => "owners of accepted connections",
+        };
+        Self {
+            system,
+            event,
+            program,
+            role,
+            serves,
+            status: Ok(()),
+            notes: Vec::new(),
+        }
+    }
+
     pub fn name(&self) -> String {
         format!("{}:{}", self.system, self.event)
     }
 
     pub fn is_usable(&self) -> bool {
-        self.layout.is_ok()
-    }
-}
-
-/// Offsets into `struct sock` that the kernel programs read, from BTF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SockOffsets {
-    /// `__sk_common.skc_state`
-    pub state: u32,
-    /// `__sk_common.skc_cookie`
-    pub cookie: u32,
-}
-
-impl SockOffsets {
-    /// Resolves the offsets and checks that they are plausible, refusing to run on anything else.
-    pub fn resolve(btf: &KernelBtf) -> anyhow::Result<Self> {
-        let common = btf.member_offset("sock", "__sk_common")?;
-        if common != 0 {
-            bail!("struct sock does not start with __sk_common (offset {common})");
-        }
-        let state = btf.member_offset("sock_common", "skc_state")?;
-        let cookie = btf.member_offset("sock_common", "skc_cookie")?;
-        // struct sock_common is about 136 bytes on 64-bit kernels; skc_state sits in its first
-        // cache line, after the addresses and ports.
-        if !(8..64).contains(&state) || !cookie.is_multiple_of(8) || !(8..256).contains(&cookie) {
-            bail!(
-                "implausible offsets in struct sock_common: skc_state {state}, skc_cookie {cookie}"
-            );
-        }
-        Ok(Self { state, cookie })
+        self.status.is_ok()
     }
 }
 
@@ -73,10 +84,13 @@ impl SockOffsets {
 pub struct KernelSupport {
     pub release: String,
     pub tracefs: Tracefs,
-    pub send_reset: Source,
-    pub receive_reset: Source,
+    pub sources: Vec<Source>,
+    pub send_reset: Option<ResetLayout>,
+    pub receive_reset: Option<ResetLayout>,
     pub names: KernelNames,
-    pub sock_offsets: SockOffsets,
+    pub offsets: KernelOffsets,
+    /// Kernel struct members that could not be resolved, with what that turns off.
+    pub missing: Vec<String>,
 }
 
 impl KernelSupport {
@@ -85,68 +99,298 @@ impl KernelSupport {
     pub fn probe() -> anyhow::Result<Self> {
         let tracefs = tracefs::ensure_mounted()?;
         let btf = KernelBtf::load()?;
-        let sock_offsets = SockOffsets::resolve(&btf).context(
-            "rst-trace could not find the fields it reads in this kernel's struct sock (BTF)",
-        )?;
         let root = tracefs.path();
-        let send_format = tracefs::read_format(root, "tcp", "tcp_send_reset")?;
-        let receive_format = tracefs::read_format(root, "tcp", "tcp_receive_reset")?;
-        let set_state_format = tracefs::read_format(root, "sock", "inet_sock_set_state")?;
-        let names =
-            KernelNames::from_kernel(send_format.as_ref(), set_state_format.as_ref(), Some(&btf));
+        let read = |system, event| tracefs::read_format(root, system, event);
+        let formats = Formats {
+            send_reset: read("tcp", "tcp_send_reset")?,
+            receive_reset: read("tcp", "tcp_receive_reset")?,
+            set_state: read("sock", "inet_sock_set_state")?,
+            destroy_sock: read("tcp", "tcp_destroy_sock")?,
+            exit_accept4: read("syscalls", "sys_exit_accept4")?,
+            exit_accept: read("syscalls", "sys_exit_accept")?,
+        };
+        let names = KernelNames::from_kernel(
+            formats.send_reset.as_ref(),
+            formats.set_state.as_ref(),
+            Some(&btf),
+        );
+        Self::from_parts(kernel_release(), tracefs, &formats, names, &btf)
+    }
+
+    fn from_parts(
+        release: String,
+        tracefs: Tracefs,
+        formats: &Formats,
+        names: KernelNames,
+        btf: &KernelBtf,
+    ) -> anyhow::Result<Self> {
+        let mut sources = formats.sources();
+        let layout = |format: &Option<EventFormat>| {
+            format
+                .as_ref()
+                .and_then(|f| ResetLayout::from_format(f).ok())
+        };
+        let send_reset = layout(&formats.send_reset);
+        let receive_reset = layout(&formats.receive_reset);
+        let mut offsets = KernelOffsets {
+            states: tcp_states(&names)?,
+            ..KernelOffsets::NONE
+        };
+        formats.record_offsets(&mut offsets);
+        resolve_socket_offsets(btf, &mut offsets).context(
+            "rst-trace could not find the fields it reads in this kernel's struct sock (BTF); \
+             it refuses to run on offsets it cannot check",
+        )?;
+        let missing = resolve_optional_offsets(btf, &mut offsets);
+        if offsets.skb_head == NO_OFFSET || offsets.skb_transport_header == NO_OFFSET {
+            for source in sources.iter_mut().filter(|s| s.role == Role::ResetSent) {
+                source.notes.push(
+                    "the segment behind a reset with no socket cannot be read, so a closed port \
+                     and a half-open connection are not told apart"
+                        .to_string(),
+                );
+            }
+        }
         Ok(Self {
-            release: kernel_release(),
+            release,
             tracefs,
-            send_reset: send_reset_source(send_format.as_ref()),
-            receive_reset: receive_reset_source(receive_format.as_ref()),
+            sources,
+            send_reset,
+            receive_reset,
             names,
-            sock_offsets,
+            offsets,
+            missing,
         })
     }
 
-    pub fn sources(&self) -> [&Source; 2] {
-        [&self.send_reset, &self.receive_reset]
+    pub fn source(&self, role: Role) -> impl Iterator<Item = &Source> {
+        self.sources
+            .iter()
+            .filter(move |source| source.role == role)
     }
 }
 
-pub fn send_reset_source(format: Option<&EventFormat>) -> Source {
-    let mut source = Source {
-        system: "tcp",
-        event: "tcp_send_reset",
-        program: "tcp_send_reset",
-        serves: "resets sent by this host",
-        layout: layout(format),
-        notes: Vec::new(),
-    };
-    if let Ok(layout) = &source.layout
-        && layout.reason.is_none()
-    {
-        // Before 6.10 the tracepoint had no reason and was not called for resets sent without a
-        // socket (tcp_v4_send_reset with sk == NULL).
-        source.notes.push(
-            "this kernel's tcp_send_reset has no reason field and does not fire for resets sent \
-             with no socket (a SYN to a closed port, a segment for a forgotten connection): those \
-             are not reported, and causes come from the TCP state alone"
-                .to_string(),
+/// The format files of every tracepoint rst-trace uses (None: not on this kernel).
+struct Formats {
+    send_reset: Option<EventFormat>,
+    receive_reset: Option<EventFormat>,
+    set_state: Option<EventFormat>,
+    destroy_sock: Option<EventFormat>,
+    exit_accept4: Option<EventFormat>,
+    exit_accept: Option<EventFormat>,
+}
+
+impl Formats {
+    fn sources(&self) -> Vec<Source> {
+        let mut send = Source::new("tcp", "tcp_send_reset", "tcp_send_reset", Role::ResetSent);
+        send.status = reset_status(self.send_reset.as_ref());
+        if self
+            .send_reset
+            .as_ref()
+            .is_some_and(|f| f.field("reason").is_none())
+        {
+            // Before 6.10 the tracepoint had no reason and was not called for resets sent without
+            // a socket (tcp_v4_send_reset with sk == NULL).
+            send.notes.push(
+                "this kernel's tcp_send_reset has no reason field and does not fire for resets \
+                 sent with no socket (a SYN to a closed port, a segment for a forgotten \
+                 connection): those are not reported, and causes come from the TCP state alone"
+                    .to_string(),
+            );
+        }
+        let mut receive = Source::new(
+            "tcp",
+            "tcp_receive_reset",
+            "tcp_receive_reset",
+            Role::ResetReceived,
         );
+        receive.status = reset_status(self.receive_reset.as_ref());
+        let mut set_state = Source::new(
+            "sock",
+            "inet_sock_set_state",
+            "inet_sock_set_state",
+            Role::Ownership,
+        );
+        set_state.status = fields_status(
+            self.set_state.as_ref(),
+            &["skaddr", "oldstate", "newstate", "protocol"],
+        );
+        let mut destroy = Source::new(
+            "tcp",
+            "tcp_destroy_sock",
+            "tcp_destroy_sock",
+            Role::Teardown,
+        );
+        destroy.status = fields_status(self.destroy_sock.as_ref(), &["skaddr"]);
+        let mut accept4 = Source::new(
+            "syscalls",
+            "sys_exit_accept4",
+            "sys_exit_accept",
+            Role::Accept,
+        );
+        accept4.status = fields_status(self.exit_accept4.as_ref(), &["ret"]);
+        let mut accept = Source::new(
+            "syscalls",
+            "sys_exit_accept",
+            "sys_exit_accept",
+            Role::Accept,
+        );
+        accept.status = fields_status(self.exit_accept.as_ref(), &["ret"]);
+        vec![send, receive, set_state, destroy, accept4, accept]
     }
-    source
+
+    fn record_offsets(&self, offsets: &mut KernelOffsets) {
+        let at = |format: &Option<EventFormat>, name: &str| {
+            format
+                .as_ref()
+                .and_then(|f| f.field(name))
+                .filter(|field| field.end() <= RAW_LEN)
+                .map_or(NO_OFFSET, |field| field.offset as u32)
+        };
+        offsets.send_reset_skaddr = at(&self.send_reset, "skaddr");
+        offsets.send_reset_skbaddr = at(&self.send_reset, "skbaddr");
+        offsets.receive_reset_skaddr = at(&self.receive_reset, "skaddr");
+        offsets.set_state_skaddr = at(&self.set_state, "skaddr");
+        offsets.set_state_oldstate = at(&self.set_state, "oldstate");
+        offsets.set_state_newstate = at(&self.set_state, "newstate");
+        offsets.set_state_protocol = at(&self.set_state, "protocol");
+        offsets.destroy_sock_skaddr = at(&self.destroy_sock, "skaddr");
+        // Both accept exits share one program, so they must agree on where `ret` is.
+        let accept4 = at(&self.exit_accept4, "ret");
+        let accept = at(&self.exit_accept, "ret");
+        offsets.sys_exit_ret = if accept4 == NO_OFFSET {
+            accept
+        } else {
+            accept4
+        };
+    }
 }
 
-pub fn receive_reset_source(format: Option<&EventFormat>) -> Source {
-    Source {
-        system: "tcp",
-        event: "tcp_receive_reset",
-        program: "tcp_receive_reset",
-        serves: "resets received by this host",
-        layout: layout(format),
-        notes: Vec::new(),
-    }
-}
-
-fn layout(format: Option<&EventFormat>) -> Result<ResetLayout, String> {
+fn reset_status(format: Option<&EventFormat>) -> Result<(), String> {
     let format = format.ok_or_else(|| "this kernel has no such tracepoint".to_string())?;
-    ResetLayout::from_format(format).map_err(|error| format!("{error:#}"))
+    ResetLayout::from_format(format)
+        .map(|_| ())
+        .map_err(|error| format!("{error:#}"))
+}
+
+fn fields_status(format: Option<&EventFormat>, fields: &[&str]) -> Result<(), String> {
+    let format = format.ok_or_else(|| "this kernel has no such tracepoint".to_string())?;
+    for name in fields {
+        match format.field(name) {
+            Some(field) if field.end() <= RAW_LEN => {}
+            Some(_) => {
+                return Err(format!(
+                    "field `{name}` lies beyond the bytes rst-trace reads"
+                ));
+            }
+            None => return Err(format!("the tracepoint has no field `{name}`")),
+        }
+    }
+    Ok(())
+}
+
+fn tcp_states(names: &KernelNames) -> anyhow::Result<TcpStates> {
+    let state = |name: &str| {
+        names
+            .tcp_states
+            .value_of(name)
+            .map(|value| value as u32)
+            .ok_or_else(|| anyhow!("the kernel names no TCP state {name}"))
+    };
+    Ok(TcpStates {
+        established: state("ESTABLISHED")?,
+        syn_sent: state("SYN_SENT")?,
+        syn_recv: state("SYN_RECV")?,
+        fin_wait1: state("FIN_WAIT1")?,
+        time_wait: state("TIME_WAIT")?,
+        close: state("CLOSE")?,
+        close_wait: state("CLOSE_WAIT")?,
+        last_ack: state("LAST_ACK")?,
+        listen: state("LISTEN")?,
+        new_syn_recv: state("NEW_SYN_RECV")?,
+    })
+}
+
+/// Members every socket event needs: without them rst-trace refuses to run.
+fn resolve_socket_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> anyhow::Result<()> {
+    if btf.member_offset("sock", "__sk_common")? != 0 {
+        bail!("struct sock does not start with __sk_common");
+    }
+    let common = |path| btf.checked_offset("sock_common", path);
+    o.skc_daddr = common("skc_daddr")?;
+    o.skc_rcv_saddr = common("skc_rcv_saddr")?;
+    o.skc_dport = common("skc_dport")?;
+    o.skc_num = common("skc_num")?;
+    o.skc_family = common("skc_family")?;
+    o.skc_state = common("skc_state")?;
+    o.skc_net = common("skc_net.net")?;
+    o.skc_v6_daddr = common("skc_v6_daddr")?;
+    o.skc_v6_rcv_saddr = common("skc_v6_rcv_saddr")?;
+    o.skc_cookie = common("skc_cookie")?;
+    o.net_inum = btf.checked_offset("net", "ns.inum")?;
+    Ok(())
+}
+
+/// Members that sharpen attribution and causes; each one missing turns one thing off.
+fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut resolve = |target: &mut u32, name: &str, path: &str, loses: &str| match btf
+        .checked_offset(name, path)
+    {
+        Ok(offset) => *target = offset,
+        Err(error) => missing.push(format!("{name}.{path} ({error:#}): {loses}")),
+    };
+    let linger = "SO_LINGER aborts are not told apart from other closes";
+    resolve(
+        &mut o.sk_socket,
+        "sock",
+        "sk_socket",
+        "never-accepted connections are not recognised",
+    );
+    // sk_flags moved into sock_common (skc_flags) in recent kernels.
+    match btf.checked_offset("sock_common", "skc_flags") {
+        Ok(offset) => o.sk_flags = offset,
+        Err(_) => resolve(&mut o.sk_flags, "sock", "sk_flags", linger),
+    }
+    resolve(&mut o.sk_lingertime, "sock", "sk_lingertime", linger);
+    resolve(
+        &mut o.tw_substate,
+        "inet_timewait_sock",
+        "tw_substate",
+        "data after close is reported as timewait",
+    );
+    let acked = "received resets do not say whether the exchange had completed";
+    resolve(&mut o.tcp_snd_una, "tcp_sock", "snd_una", acked);
+    resolve(&mut o.tcp_snd_nxt, "tcp_sock", "snd_nxt", acked);
+    resolve(&mut o.tcp_bytes_acked, "tcp_sock", "bytes_acked", acked);
+    resolve(
+        &mut o.tcp_bytes_received,
+        "tcp_sock",
+        "bytes_received",
+        acked,
+    );
+    let segment = "resets with no socket are not told apart (closed port or half-open)";
+    resolve(&mut o.skb_head, "sk_buff", "head", segment);
+    resolve(
+        &mut o.skb_transport_header,
+        "sk_buff",
+        "transport_header",
+        segment,
+    );
+    let netns = "resets with no socket have no network namespace";
+    resolve(&mut o.skb_dev, "sk_buff", "dev", netns);
+    resolve(&mut o.dev_nd_net, "net_device", "nd_net.net", netns);
+    let accept = "accepted connections have no owner until they close";
+    resolve(&mut o.task_files, "task_struct", "files", accept);
+    resolve(&mut o.files_fdt, "files_struct", "fdt", accept);
+    resolve(&mut o.fdt_fd, "fdtable", "fd", accept);
+    resolve(&mut o.file_private_data, "file", "private_data", accept);
+    resolve(&mut o.socket_sk, "socket", "sk", accept);
+    match btf.enum_value("sock_flags", "SOCK_LINGER") {
+        Some(bit) if bit < 64 => o.sock_linger_bit = bit as u32,
+        _ => missing.push(format!("enum sock_flags has no SOCK_LINGER: {linger}")),
+    }
+    missing
 }
 
 /// `uname -r`.
@@ -170,11 +414,11 @@ pub fn release_before(release: &str, (major, minor): (u32, u32)) -> bool {
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.layout {
-            Ok(_) => write!(f, "{}: on ({})", self.name(), self.serves)?,
+        match &self.status {
+            Ok(()) => write!(f, "{}: on ({})", self.name(), self.serves)?,
             Err(why) => write!(
                 f,
-                "{}: off, {} are not reported: {why}",
+                "{}: off, {} not available: {why}",
                 self.name(),
                 self.serves
             )?,
@@ -191,26 +435,75 @@ mod tests {
     use super::*;
     use crate::tracefs::tests::fixture;
 
+    fn formats(kernel: &str) -> Formats {
+        Formats {
+            send_reset: Some(fixture(kernel, "tcp__tcp_send_reset")),
+            receive_reset: Some(fixture(kernel, "tcp__tcp_receive_reset")),
+            set_state: Some(fixture(kernel, "sock__inet_sock_set_state")),
+            destroy_sock: None,
+            exit_accept4: None,
+            exit_accept: None,
+        }
+    }
+
     #[test]
-    fn sources_on_6_18_are_on_without_notes() {
-        let send = send_reset_source(Some(&fixture("6.18", "tcp__tcp_send_reset")));
+    fn sources_on_6_18() {
+        let sources = formats("6.18").sources();
+        let send = &sources[0];
         assert!(send.is_usable() && send.notes.is_empty());
-        let receive = receive_reset_source(Some(&fixture("6.18", "tcp__tcp_receive_reset")));
         assert_eq!(
-            receive.to_string(),
+            sources[1].to_string(),
             "tcp:tcp_receive_reset: on (resets received by this host)"
+        );
+        assert!(sources[2].is_usable(), "{}", sources[2]);
+        assert_eq!(
+            sources[3].to_string(),
+            "tcp:tcp_destroy_sock: off, forgetting the owners of destroyed sockets not \
+             available: this kernel has no such tracepoint"
         );
     }
 
     #[test]
     fn send_reset_on_6_1_says_what_is_missing() {
-        let send = send_reset_source(Some(&fixture("6.1", "tcp__tcp_send_reset")));
-        assert!(send.is_usable());
-        assert_eq!(send.notes.len(), 1);
+        let sources = formats("6.1").sources();
+        assert!(sources[0].is_usable());
+        assert_eq!(sources[0].notes.len(), 1);
         assert!(
-            send.to_string()
+            sources[0]
+                .to_string()
                 .contains("does not fire for resets sent with no socket")
         );
+    }
+
+    #[test]
+    fn record_offsets_come_from_the_format_files() {
+        let mut offsets = KernelOffsets::NONE;
+        formats("6.18").record_offsets(&mut offsets);
+        assert_eq!(offsets.send_reset_skaddr, 16);
+        assert_eq!(offsets.send_reset_skbaddr, 8);
+        assert_eq!(offsets.receive_reset_skaddr, 8);
+        assert_eq!(
+            (
+                offsets.set_state_skaddr,
+                offsets.set_state_oldstate,
+                offsets.set_state_newstate
+            ),
+            (8, 16, 20)
+        );
+        assert_eq!(offsets.set_state_protocol, 30);
+        assert_eq!(offsets.destroy_sock_skaddr, NO_OFFSET);
+    }
+
+    #[test]
+    fn tcp_state_numbers_come_from_the_kernel() {
+        let set_state = fixture("6.1", "sock__inet_sock_set_state");
+        let names = KernelNames::from_kernel(None, Some(&set_state), None);
+        let states = tcp_states(&names).unwrap();
+        assert_eq!(
+            (states.established, states.time_wait, states.new_syn_recv),
+            (1, 6, 12)
+        );
+        assert!(tcp_states(&KernelNames::default()).is_err());
     }
 
     #[test]
@@ -219,16 +512,5 @@ mod tests {
         assert!(!release_before("5.11.0", (5, 11)));
         assert!(!release_before("6.18.44-fc-v657", (5, 11)));
         assert!(!release_before("weird", (5, 11)));
-    }
-
-    #[test]
-    fn a_missing_tracepoint_turns_its_source_off() {
-        let receive = receive_reset_source(None);
-        assert!(!receive.is_usable());
-        assert_eq!(
-            receive.to_string(),
-            "tcp:tcp_receive_reset: off, resets received by this host are not reported: this \
-             kernel has no such tracepoint"
-        );
     }
 }

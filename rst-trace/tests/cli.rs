@@ -35,7 +35,15 @@ fn check_lists_each_source_and_attaches_it() {
         stdout.contains("tcp:tcp_receive_reset: on (resets received by this host)"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("loaded and attached").count(), 2, "{stdout}");
+    for source in [
+        "sock:inet_sock_set_state: on",
+        "tcp:tcp_destroy_sock: on",
+        "syscalls:sys_exit_accept4: on",
+        "syscalls:sys_exit_accept: on",
+    ] {
+        assert!(stdout.contains(source), "{source}: {stdout}");
+    }
+    assert_eq!(stdout.matches("loaded and attached").count(), 6, "{stdout}");
     assert!(stdout.contains("BTF: /sys/kernel/btf/vmlinux"), "{stdout}");
 }
 
@@ -161,7 +169,24 @@ fn duration_ends_the_run_and_text_output_has_a_header() {
         .find(|line| line.contains(" SENT ") && line.contains(&format!("127.0.0.1:{port} ")))
         .unwrap_or_else(|| panic!("no SENT line for port {port}:\n{stdout}"));
     let expected = sent_reason("NO_SOCKET");
-    assert!(sent.ends_with(expected.as_str().unwrap_or("-")), "{sent}");
+    assert!(
+        sent.contains(&format!(" {} ", expected.as_str().unwrap_or("-"))),
+        "{sent}"
+    );
+    assert!(sent.ends_with(" port_closed"), "{sent}");
+    let explanation = stdout
+        .lines()
+        .skip_while(|line| line != sent)
+        .nth(1)
+        .unwrap_or_default();
+    assert_eq!(
+        explanation.trim(),
+        format!(
+            "-> nothing listens on 127.0.0.1:{port}: the SYN from {} was refused (no process \
+             owns a closed port)",
+            sent.split_whitespace().nth(5).unwrap_or_default()
+        )
+    );
 }
 
 #[test]

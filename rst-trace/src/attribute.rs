@@ -1,0 +1,321 @@
+//! Attribution: which process, which container and which cause an event belongs to.
+//!
+//! The kernel programs record each socket's owner when it connects, listens or is accepted, and
+//! who closed a connection. Here that becomes the event's `process` (the owner, never whatever
+//! task a softirq interrupted), its cgroup and container, its cause with a one-line explanation,
+//! and the pairing of both ends of a connection when both are on this host.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs,
+    time::Duration,
+};
+
+use crate::{
+    cause::{Cause, classify, fires_in_closing_process},
+    container::Container,
+    enrich::CgroupResolver,
+    event::{ClosedByView, Endpoint, Event, EventKind, Process, ProcessSource, Task},
+};
+
+/// How long a sent reset waits for the other end's received reset.
+const PAIRING_WINDOW: Duration = Duration::from_secs(2);
+const PAIRING_CAPACITY: usize = 4096;
+const NS_PID_CACHE: usize = 4096;
+
+/// A reset this host sent, remembered to explain the reset the other end (also on this host)
+/// received.
+struct SentReset {
+    ktime_ns: u64,
+    local: Endpoint,
+    remote: Endpoint,
+    cause: Cause,
+    process: Option<Process>,
+}
+
+pub struct Attributor {
+    cgroups: CgroupResolver,
+    ns_pids: HashMap<u32, Option<u32>>,
+    recent_sent: VecDeque<SentReset>,
+}
+
+impl Attributor {
+    pub fn new(cgroups: CgroupResolver) -> Self {
+        Self {
+            cgroups,
+            ns_pids: HashMap::new(),
+            recent_sent: VecDeque::new(),
+        }
+    }
+
+    pub fn attribute(&mut self, event: &mut Event) {
+        let peer = self.peer_of(event);
+        let cause = classify(event, peer.as_ref().map(|sent| sent.cause));
+        event.cause = Some(cause);
+
+        let (task, source) = self.process_task(event, cause);
+        if let Some(task) = task.cloned() {
+            event.cgroup = self.cgroups.path(task.cgroup_id);
+            event.container = event.cgroup.as_deref().and_then(Container::from_cgroup);
+            event.process = Some(Process {
+                pid: task.pid,
+                tid: task.tid,
+                comm: task.comm.clone(),
+                source,
+                ns_pid: self.ns_pid(task.pid),
+            });
+        }
+        event.closed_by = event.kernel.closed_by.as_ref().map(|closed| ClosedByView {
+            pid: closed.closer.pid,
+            comm: closed.closer.comm.clone(),
+            seconds_ago: (closed.ago.as_secs_f64() * 1000.0).round() / 1000.0,
+        });
+        event.explanation = Some(explain(event, cause, peer.as_ref()));
+
+        if event.kind == EventKind::ResetSent
+            && let (Some(local), Some(remote)) = (event.local, event.remote)
+        {
+            self.remember_sent(SentReset {
+                ktime_ns: event.ktime_ns,
+                local,
+                remote,
+                cause,
+                process: event.process.clone(),
+            });
+        }
+    }
+
+    /// The process to name, and where it came from.
+    fn process_task<'e>(
+        &self,
+        event: &'e Event,
+        cause: Cause,
+    ) -> (Option<&'e Task>, ProcessSource) {
+        let facts = &event.kernel;
+        let same_process = |task: &Task| facts.context.as_ref().is_some_and(|c| c.pid == task.pid);
+        if let Some(owner) = &facts.owner {
+            let source = if same_process(owner) {
+                ProcessSource::Context
+            } else {
+                ProcessSource::Owner
+            };
+            return (Some(owner), source);
+        }
+        if event.kind == EventKind::ResetSent && fires_in_closing_process(cause) {
+            // Sent by close() itself: the running task is the process that closed the socket.
+            return (facts.context.as_ref(), ProcessSource::Context);
+        }
+        if let Some(closed) = &facts.closed_by {
+            let source = if same_process(&closed.closer) {
+                ProcessSource::Context
+            } else {
+                ProcessSource::Owner
+            };
+            return (Some(&closed.closer), source);
+        }
+        (None, ProcessSource::Owner)
+    }
+
+    /// The reset this host sent on the same connection, when the other end is here too.
+    fn peer_of(&mut self, event: &Event) -> Option<SentReset> {
+        self.forget_old(event.ktime_ns);
+        if event.kind != EventKind::ResetReceived {
+            return None;
+        }
+        let (local, remote) = (event.local?, event.remote?);
+        let index = self
+            .recent_sent
+            .iter()
+            .rposition(|sent| sent.local == remote && sent.remote == local)?;
+        self.recent_sent.remove(index)
+    }
+
+    fn remember_sent(&mut self, sent: SentReset) {
+        if self.recent_sent.len() >= PAIRING_CAPACITY {
+            self.recent_sent.pop_front();
+        }
+        self.recent_sent.push_back(sent);
+    }
+
+    fn forget_old(&mut self, now_ns: u64) {
+        let window = PAIRING_WINDOW.as_nanos() as u64;
+        while self
+            .recent_sent
+            .front()
+            .is_some_and(|sent| now_ns.saturating_sub(sent.ktime_ns) > window)
+        {
+            self.recent_sent.pop_front();
+        }
+    }
+
+    /// The pid inside the process's own PID namespace, from `/proc/<pid>/status` (`NSpid`), when
+    /// it differs from the host pid.
+    fn ns_pid(&mut self, pid: u32) -> Option<u32> {
+        if let Some(cached) = self.ns_pids.get(&pid) {
+            return *cached;
+        }
+        if self.ns_pids.len() >= NS_PID_CACHE {
+            self.ns_pids.clear();
+        }
+        let ns_pid = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| innermost_ns_pid(&status))
+            .filter(|ns_pid| *ns_pid != pid);
+        self.ns_pids.insert(pid, ns_pid);
+        ns_pid
+    }
+}
+
+/// The last number of the `NSpid:` line: the pid in the innermost namespace.
+pub fn innermost_ns_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .and_then(|pids| pids.split_whitespace().last())
+        .and_then(|pid| pid.parse().ok())
+}
+
+fn who(process: Option<&Process>) -> String {
+    process.map_or_else(
+        || "a process".to_string(),
+        |p| format!("{} (pid {})", p.comm, p.pid),
+    )
+}
+
+fn endpoint(end: Option<Endpoint>) -> String {
+    end.map_or_else(|| "?".to_string(), |end| end.to_string())
+}
+
+fn ago(duration: Duration) -> String {
+    let secs = duration.as_secs_f64();
+    if secs < 1.0 {
+        format!("{} ms", duration.as_millis())
+    } else if secs < 120.0 {
+        format!("{secs:.1} s")
+    } else {
+        format!("{:.0} min", secs / 60.0)
+    }
+}
+
+/// The one line printed under an event.
+fn explain(event: &Event, cause: Cause, peer: Option<&SentReset>) -> String {
+    let process = who(event.process.as_ref());
+    let local = endpoint(event.local);
+    let remote = endpoint(event.remote);
+    let facts = &event.kernel;
+    let closer = facts.closed_by.as_ref().map(|closed| {
+        format!(
+            "{} (pid {}) closed it {} before",
+            closed.closer.comm,
+            closed.closer.pid,
+            ago(closed.ago)
+        )
+    });
+    let peer_process = peer.and_then(|sent| sent.process.as_ref());
+    match cause {
+        Cause::PortClosed => format!(
+            "nothing listens on {local}: the SYN from {remote} was refused (no process owns a \
+             closed port)"
+        ),
+        Cause::HalfOpen => format!(
+            "a segment from {remote} (not a SYN) arrived for a connection {local} does not know: \
+             the peer believes it still exists"
+        ),
+        Cause::ConnectionRefused => {
+            format!("{process} connected to {remote}, where nothing listens (connection refused)")
+        }
+        Cause::LingerAbort => match peer {
+            Some(_) => format!(
+                "{} closed the other end with SO_LINGER {{on, 0}}, aborting it with a reset",
+                who(peer_process)
+            ),
+            None => {
+                format!("{process} closed the connection with SO_LINGER {{on, 0}}, aborting it")
+            }
+        },
+        Cause::UnreadDataClose => match peer {
+            Some(_) => format!(
+                "{} closed the other end with unread data in its receive buffer",
+                who(peer_process)
+            ),
+            None => format!(
+                "{process} closed the connection with unread data in its receive buffer, which \
+                 forces a reset"
+            ),
+        },
+        Cause::DataAfterClose => match closer {
+            Some(closer) => format!(
+                "data from {remote} arrived for a connection the application had closed: {closer}"
+            ),
+            None => format!(
+                "data from {remote} arrived for a connection the application on {local} had \
+                 already closed"
+            ),
+        },
+        Cause::StaleConnectionReuse => format!(
+            "{process} sent on a connection {remote} had already closed (CLOSE_WAIT): make the \
+             client's idle timeout shorter than the server's keep-alive timeout, or retry \
+             idempotent requests"
+        ),
+        Cause::ListenerClosed => format!(
+            "{process} closed the listener on port {} while this connection waited in its accept \
+             queue",
+            event.local.map_or(0, |end| end.port)
+        ),
+        Cause::Timewait => format!("a segment from {remote} arrived for {local} in TIME_WAIT"),
+        Cause::KeepaliveTimeout => format!(
+            "keep-alive probes from {local} to {remote} went unanswered; the kernel gave up on \
+             the connection of {process}"
+        ),
+        Cause::MemoryPressure => {
+            "the kernel aborted the connection under orphan-socket or TCP memory limits".to_string()
+        }
+        Cause::InvalidPacket => format!(
+            "the kernel rejected a segment from {remote} ({})",
+            event.reason.as_deref().unwrap_or("invalid segment")
+        ),
+        Cause::SocketDestroyed => format!("{process} destroyed the socket (tcp_abort, ss -K)"),
+        Cause::PeerAbort => {
+            let mut line =
+                format!("{remote} reset the connection; nothing on this host explains it");
+            if facts.all_sent_acked && facts.bytes_acked > 0 {
+                line.push_str(&format!(
+                    "; the exchange had completed: all {} bytes this host sent were acknowledged \
+                     before the reset",
+                    facts.bytes_acked
+                ));
+            }
+            line
+        }
+        Cause::AcceptQueueFull
+        | Cause::SynQueueFull
+        | Cause::SocketBacklogFull
+        | Cause::ReceiveBufferFull
+        | Cause::CpuBacklogFull => cause.explain().meaning.to_string(),
+        Cause::Other => format!(
+            "kernel reason {} in state {}",
+            event.reason.as_deref().unwrap_or("-"),
+            event.state.as_deref().unwrap_or("-")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_innermost_pid_namespace() {
+        let status = "Name:\tnginx\nTgid:\t4321\nPid:\t4321\nNSpid:\t4321\t7\n";
+        assert_eq!(innermost_ns_pid(status), Some(7));
+        assert_eq!(innermost_ns_pid("Name:\tx\nNSpid:\t12\n"), Some(12));
+        assert_eq!(innermost_ns_pid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(ago(Duration::from_millis(250)), "250 ms");
+        assert_eq!(ago(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(ago(Duration::from_secs(600)), "10 min");
+    }
+}
