@@ -161,7 +161,7 @@ fn duration_ends_the_run_and_text_output_has_a_header() {
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
-        lines[0].starts_with("TIME") && lines[0].ends_with("REASON"),
+        lines[0].starts_with("TIME") && lines[0].ends_with("REASON                 CAUSE"),
         "{stdout}"
     );
     let sent = lines
