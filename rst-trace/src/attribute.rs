@@ -20,6 +20,9 @@ use crate::{
 
 /// How long a sent reset waits for the other end's received reset.
 const PAIRING_WINDOW: Duration = Duration::from_secs(2);
+/// How long a received reset waits for the other end's sent reset: on loopback the kernel
+/// delivers the reset (and fires tcp_receive_reset) before tcp_send_reset fires in the sender.
+pub const HOLD: Duration = Duration::from_millis(100);
 const PAIRING_CAPACITY: usize = 4096;
 const NS_PID_CACHE: usize = 4096;
 
@@ -30,13 +33,23 @@ struct SentReset {
     local: Endpoint,
     remote: Endpoint,
     cause: Cause,
-    process: Option<Process>,
+    explanation: String,
+}
+
+/// An event waiting in arrival order until it is attributed.
+struct Pending {
+    event: Event,
+    /// Attributed and ready to go out.
+    ready: bool,
+    /// CLOCK_MONOTONIC after which a waiting received reset is attributed without a peer.
+    deadline_ns: u64,
 }
 
 pub struct Attributor {
     cgroups: CgroupResolver,
     ns_pids: HashMap<u32, Option<u32>>,
     recent_sent: VecDeque<SentReset>,
+    pending: VecDeque<Pending>,
 }
 
 impl Attributor {
@@ -45,11 +58,72 @@ impl Attributor {
             cgroups,
             ns_pids: HashMap::new(),
             recent_sent: VecDeque::new(),
+            pending: VecDeque::new(),
         }
     }
 
-    pub fn attribute(&mut self, event: &mut Event) {
-        let peer = self.peer_of(event);
+    /// Takes an event in; attributed events come out of [`Attributor::release`] in the order
+    /// they went in. A received reset on an established connection waits up to [`HOLD`] for the
+    /// reset this host may have sent on the same connection, which explains it.
+    pub fn push(&mut self, mut event: Event) {
+        match event.kind {
+            EventKind::ResetReceived => {
+                let peer = self.peer_of(&event);
+                let pairable = !matches!(event.state.as_deref(), Some("SYN_SENT" | "CLOSE_WAIT"));
+                if peer.is_none() && pairable {
+                    let deadline_ns = event.ktime_ns + HOLD.as_nanos() as u64;
+                    self.pending.push_back(Pending {
+                        event,
+                        ready: false,
+                        deadline_ns,
+                    });
+                    return;
+                }
+                self.attribute(&mut event, peer);
+            }
+            EventKind::ResetSent => {
+                self.attribute(&mut event, None);
+                // The other end's received reset may already be waiting for this one.
+                let partner = self.pending.iter().position(|p| {
+                    !p.ready && p.event.local == event.remote && p.event.remote == event.local
+                });
+                if let Some(index) = partner
+                    && let Some(mut waiting) = self.pending.remove(index)
+                {
+                    let sent = self.recent_sent.pop_back();
+                    self.attribute(&mut waiting.event, sent);
+                    waiting.ready = true;
+                    self.pending.insert(index, waiting);
+                }
+            }
+            EventKind::QueueDrop => self.attribute(&mut event, None),
+        }
+        self.pending.push_back(Pending {
+            event,
+            ready: true,
+            deadline_ns: 0,
+        });
+    }
+
+    /// Events attributed by now, in order; with `flush`, everything (at the end of a trace).
+    pub fn release(&mut self, now_ns: u64, flush: bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(front) = self.pending.front() {
+            if !front.ready && !flush && now_ns < front.deadline_ns {
+                break;
+            }
+            let Some(mut pending) = self.pending.pop_front() else {
+                break;
+            };
+            if !pending.ready {
+                self.attribute(&mut pending.event, None);
+            }
+            out.push(pending.event);
+        }
+        out
+    }
+
+    fn attribute(&mut self, event: &mut Event, peer: Option<SentReset>) {
         let cause = classify(event, peer.as_ref().map(|sent| sent.cause));
         event.cause = Some(cause);
 
@@ -80,7 +154,7 @@ impl Attributor {
                 local,
                 remote,
                 cause,
-                process: event.process.clone(),
+                explanation: event.explanation.clone().unwrap_or_default(),
             });
         }
     }
@@ -116,7 +190,8 @@ impl Attributor {
         (None, ProcessSource::Owner)
     }
 
-    /// The reset this host sent on the same connection, when the other end is here too.
+    /// The reset this host sent on the same connection before `event`, when the other end is
+    /// here too.
     fn peer_of(&mut self, event: &Event) -> Option<SentReset> {
         self.forget_old(event.ktime_ns);
         if event.kind != EventKind::ResetReceived {
@@ -199,6 +274,27 @@ fn ago(duration: Duration) -> String {
 
 /// The one line printed under an event.
 fn explain(event: &Event, cause: Cause, peer: Option<&SentReset>) -> String {
+    let mut line = match peer {
+        // Both ends are here: the sender's side says why.
+        Some(sent) => format!(
+            "the other end is on this host and sent it: {}",
+            sent.explanation
+        ),
+        None => explain_cause(event, cause),
+    };
+    let facts = &event.kernel;
+    if event.kind == EventKind::ResetReceived && facts.all_sent_acked && facts.bytes_acked > 0 {
+        // S13: a client that aborts after reading the response; the request itself completed.
+        line.push_str(&format!(
+            "; the exchange had completed: all {} bytes this host sent were acknowledged before \
+             the reset",
+            facts.bytes_acked
+        ));
+    }
+    line
+}
+
+fn explain_cause(event: &Event, cause: Cause) -> String {
     let process = who(event.process.as_ref());
     let local = endpoint(event.local);
     let remote = endpoint(event.remote);
@@ -211,7 +307,6 @@ fn explain(event: &Event, cause: Cause, peer: Option<&SentReset>) -> String {
             ago(closed.ago)
         )
     });
-    let peer_process = peer.and_then(|sent| sent.process.as_ref());
     match cause {
         Cause::PortClosed => format!(
             "nothing listens on {local}: the SYN from {remote} was refused (no process owns a \
@@ -224,25 +319,13 @@ fn explain(event: &Event, cause: Cause, peer: Option<&SentReset>) -> String {
         Cause::ConnectionRefused => {
             format!("{process} connected to {remote}, where nothing listens (connection refused)")
         }
-        Cause::LingerAbort => match peer {
-            Some(_) => format!(
-                "{} closed the other end with SO_LINGER {{on, 0}}, aborting it with a reset",
-                who(peer_process)
-            ),
-            None => {
-                format!("{process} closed the connection with SO_LINGER {{on, 0}}, aborting it")
-            }
-        },
-        Cause::UnreadDataClose => match peer {
-            Some(_) => format!(
-                "{} closed the other end with unread data in its receive buffer",
-                who(peer_process)
-            ),
-            None => format!(
-                "{process} closed the connection with unread data in its receive buffer, which \
-                 forces a reset"
-            ),
-        },
+        Cause::LingerAbort => {
+            format!("{process} closed the connection with SO_LINGER {{on, 0}}, aborting it")
+        }
+        Cause::UnreadDataClose => format!(
+            "{process} closed the connection with unread data in its receive buffer, which forces \
+             a reset"
+        ),
         Cause::DataAfterClose => match closer {
             Some(closer) => format!(
                 "data from {remote} arrived for a connection the application had closed: {closer}"
@@ -276,16 +359,7 @@ fn explain(event: &Event, cause: Cause, peer: Option<&SentReset>) -> String {
         ),
         Cause::SocketDestroyed => format!("{process} destroyed the socket (tcp_abort, ss -K)"),
         Cause::PeerAbort => {
-            let mut line =
-                format!("{remote} reset the connection; nothing on this host explains it");
-            if facts.all_sent_acked && facts.bytes_acked > 0 {
-                line.push_str(&format!(
-                    "; the exchange had completed: all {} bytes this host sent were acknowledged \
-                     before the reset",
-                    facts.bytes_acked
-                ));
-            }
-            line
+            format!("{remote} reset the connection; nothing on this host explains it")
         }
         Cause::AcceptQueueFull
         | Cause::SynQueueFull

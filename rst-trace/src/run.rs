@@ -18,12 +18,11 @@ use tokio::{
 };
 
 use crate::{
-    attribute::Attributor,
+    attribute::{self, Attributor},
     cause::Cause,
     cli::TraceArgs,
     decode::{Decoder, WallClock},
     enrich::CgroupResolver,
-    event::Event,
     filter::Filter,
     loader::{LoadOptions, Tracer},
     output::{Format, Sink},
@@ -103,6 +102,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(|duration| Instant::now() + duration);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
+    let mut release_tick = tokio::time::interval(attribute::HOLD / 2);
     let mut lost_reported = 0u64;
     let mut reported = 0u64;
     let mut pipeline = Pipeline {
@@ -137,6 +137,13 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            _ = release_tick.tick() => {
+                // Received resets that waited for a partner long enough go out now.
+                let limit = args.count.map(|count| count - reported);
+                let (written, full) = pipeline.release(&mut sink, limit, false)?;
+                reported += written;
+                done = full || args.count.is_some_and(|count| reported >= count);
+            }
             _ = lost_check.tick() => {
                 let lost = lost_counter.total()?;
                 if lost > lost_reported {
@@ -162,8 +169,12 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     // Whatever the kernel delivered before we stopped still counts.
     if args.count.is_none_or(|count| reported < count) {
         let limit = args.count.map(|count| count - reported);
-        let (written, _) = pipeline.drain(ring.get_mut(), &mut sink, limit)?;
+        let (written, full) = pipeline.drain(ring.get_mut(), &mut sink, limit)?;
         reported += written;
+        if !full {
+            let limit = args.count.map(|count| count - reported);
+            reported += pipeline.release(&mut sink, limit, true)?.0;
+        }
     }
     sink.flush().or_else(ignore_broken_pipe)?;
     drop(tracer);
@@ -180,19 +191,36 @@ struct Pipeline<'a> {
 }
 
 impl Pipeline<'_> {
-    /// Writes what the ring buffer holds; returns (events written, limit reached or output gone).
+    /// Takes in what the ring buffer holds and writes what attribution has finished; returns
+    /// (events written, limit reached or output gone).
     fn drain<W: io::Write>(
         &mut self,
         ring: &mut RingBuf<MapData>,
         sink: &mut Sink<W>,
         limit: Option<u64>,
     ) -> anyhow::Result<(u64, bool)> {
-        let mut written = 0;
         while let Some(item) = ring.next() {
-            let Some(event) = self.process(&item) else {
+            match self.decoder.decode(&item) {
+                // Every event is attributed, even one filtered out later: pairing needs both ends.
+                Ok(event) => self.attributor.push(event),
+                Err(error) => log::warn!("skipped a record: {error:#}"),
+            }
+        }
+        self.release(sink, limit, false)
+    }
+
+    /// Writes the events attribution has finished (all of them with `flush`).
+    fn release<W: io::Write>(
+        &mut self,
+        sink: &mut Sink<W>,
+        limit: Option<u64>,
+        flush: bool,
+    ) -> anyhow::Result<(u64, bool)> {
+        let mut written = 0;
+        for event in self.attributor.release(monotonic_ns(), flush) {
+            if !self.filter.keeps(&event) {
                 continue;
-            };
-            drop(item);
+            }
             match sink.write(&event) {
                 Ok(()) => written += 1,
                 Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
@@ -209,19 +237,13 @@ impl Pipeline<'_> {
             other => other.map(|()| (written, false)).context("writing events"),
         }
     }
+}
 
-    fn process(&mut self, bytes: &[u8]) -> Option<Event> {
-        let mut event = match self.decoder.decode(bytes) {
-            Ok(event) => event,
-            Err(error) => {
-                log::warn!("skipped a record: {error:#}");
-                return None;
-            }
-        };
-        // Every event is attributed, even one filtered out: pairing needs both ends.
-        self.attributor.attribute(&mut event);
-        self.filter.keeps(&event).then_some(event)
-    }
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's timestamps.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(u64::MAX)
 }
 
 /// Registers a map's file descriptor with tokio.

@@ -10,6 +10,76 @@ use common::*;
 use serde_json::{Value, json};
 use socket2::{Domain, Socket, Type};
 
+/// The network namespace inode of this test process.
+fn host_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").expect("netns").ino()
+}
+
+/// The next sequence number `socket` will send, read in TCP_REPAIR mode (root only).
+fn send_sequence(socket: &Socket) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    const TCP_REPAIR: libc::c_int = 19;
+    const TCP_REPAIR_QUEUE: libc::c_int = 20;
+    const TCP_QUEUE_SEQ: libc::c_int = 21;
+    const TCP_SEND_QUEUE: libc::c_int = 2;
+    let fd = socket.as_raw_fd();
+    let set = |option: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt with a pointer to a local int.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                option,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            ret,
+            0,
+            "setsockopt {option}: {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    set(TCP_REPAIR, 1);
+    set(TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+    let mut seq: u32 = 0;
+    let mut len = size_of::<u32>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local u32.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            TCP_QUEUE_SEQ,
+            (&mut seq as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(ret, 0, "TCP_QUEUE_SEQ: {}", std::io::Error::last_os_error());
+    set(TCP_REPAIR, 0);
+    seq
+}
+
+/// S3 and S9 start alike: the server closed an idle keep-alive connection (its orphaned
+/// FIN_WAIT2 connection now lives on as a time-wait socket) while the client, which only ACKed
+/// the FIN, sits in CLOSE_WAIT holding the connection in its pool.
+fn idle_connection_closed_by_server(port: u16, listener: &Socket) -> (Socket, u16) {
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    drop(server);
+    // The client reads the FIN (EOF) once it has arrived.
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    assert_eq!(client.recv(&mut buf).expect("the server's FIN"), 0);
+    (client, client_port)
+}
+
 fn s1_closed_port(ip: &str, family: &str) {
     let port = closed_port(ip);
     let tracer = Tracer::start(&["--port", &port.to_string()]);
@@ -28,6 +98,9 @@ fn s1_closed_port(ip: &str, family: &str) {
     assert_eq!(sent["local"], json!({"addr": ip, "port": port}));
     assert_eq!(sent["remote"], json!({"addr": ip, "port": client_port}));
     assert_eq!(sent["sock_cookie"], Value::Null);
+    assert_eq!(sent["cause"], "port_closed");
+    assert_eq!(sent["process"], Value::Null, "nothing owns a closed port");
+    assert_eq!(sent["netns"], host_netns());
 
     let received = tracer.wait_for("the RST reaching the client", |e| {
         kind(e) == "reset_received" && local_port_of(e) == u64::from(client_port)
@@ -91,6 +164,13 @@ fn s4_linger_zero_close_sends_reset_from_the_closing_process() {
     });
     assert_eq!(received["state"], "ESTABLISHED");
     assert_eq!(remote_port_of(&received), u64::from(client_port));
+    // Both ends are on this host: the received reset is explained by the sent one.
+    assert_eq!(received["cause"], "linger_abort");
+    assert_eq!(
+        pid_of(&received),
+        u64::from(std::process::id()),
+        "the accepting process"
+    );
     tracer.stop();
 }
 
@@ -118,11 +198,13 @@ fn s5_close_with_unread_data_sends_reset_from_the_server() {
     assert_eq!(sent["state"], "CLOSE");
     assert_eq!(remote_port_of(&sent), u64::from(client_port));
     assert_eq!(sent["process"]["pid"], std::process::id());
+    assert_eq!(sent["cause"], "unread_data_close");
 
     let received = tracer.wait_for("the client seeing it", |e| {
         kind(e) == "reset_received" && local_port_of(e) == u64::from(client_port)
     });
     assert_eq!(received["state"], "ESTABLISHED");
+    assert_eq!(received["cause"], "unread_data_close");
     let _ = client.shutdown(Shutdown::Both);
     tracer.stop();
 }
@@ -160,6 +242,7 @@ fn s8_closing_a_listener_resets_every_queued_connection() {
             kind(e) == "reset_received" && local_port_of(e) == u64::from(*client_port)
         });
         assert_eq!(received["state"], "ESTABLISHED");
+        assert_eq!(received["cause"], "listener_closed");
     }
     let finished = tracer.stop();
     let sent = finished
@@ -218,5 +301,96 @@ fn ipv4_traffic_on_a_dual_stack_socket_is_reported_as_ipv4() {
     assert_eq!(received["family"], "ipv4");
     assert_eq!(received["remote"]["addr"], "127.0.0.1");
     assert_eq!(received["local"]["addr"], "127.0.0.1");
+    tracer.stop();
+}
+
+#[test]
+fn s3_stale_keepalive_reuse_is_attributed_to_client_and_server() {
+    let (listener, port) = listener("127.0.0.1", 16);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let (client, client_port) = idle_connection_closed_by_server(port, &listener);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The pool hands out the stale connection: the request goes out, the reset comes back.
+    (&client)
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+
+    let sent = tracer.wait_for("the server-side time-wait reset", |e| {
+        kind(e) == "reset_sent" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(sent["reason"], sent_reason("TCP_TIMEWAIT_SOCKET"));
+    assert_eq!(sent["state"], "TIME_WAIT");
+    assert_eq!(sent["cause"], "data_after_close");
+    assert_eq!(remote_port_of(&sent), u64::from(client_port));
+    let closed_by = &sent["closed_by"];
+    assert_eq!(
+        closed_by["pid"],
+        std::process::id(),
+        "the server process closed it: {sent}"
+    );
+    let ago = closed_by["seconds_ago"].as_f64().expect("seconds_ago");
+    assert!(
+        (0.2..10.0).contains(&ago),
+        "closed {ago} s before the reset"
+    );
+    assert!(
+        sent["explanation"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("closed it"),
+        "{sent}"
+    );
+
+    let received = tracer.wait_for("the client's reset", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(received["state"], "CLOSE_WAIT");
+    assert_eq!(received["cause"], "stale_connection_reuse");
+    assert_eq!(
+        pid_of(&received),
+        u64::from(std::process::id()),
+        "the client process"
+    );
+    let explanation = received["explanation"].as_str().unwrap_or_default();
+    assert!(
+        explanation.contains("idle timeout shorter than the server's keep-alive timeout")
+            && explanation.contains("retry idempotent requests"),
+        "{explanation}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn s9_syn_for_a_time_wait_connection_is_timewait_not_data_after_close() {
+    let (listener, port) = listener("127.0.0.1", 16);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let (client, client_port) = idle_connection_closed_by_server(port, &listener);
+    // A new SYN on the same four-tuple reaches the time-wait socket (a real TIME_WAIT answers
+    // everything with an ACK on 6.18, so the time-wait socket of the orphaned connection is the
+    // one that resets). It resets a SYN inside its receive window, which starts at the client's
+    // next sequence number: TCP_REPAIR reads it. hping3 crafts the SYN from the client's port.
+    let seq = send_sequence(&client);
+    let status = std::process::Command::new("hping3")
+        .args(["-q", "-S", "-c", "1", "-k", "-M", &seq.to_string()])
+        .args([
+            "-s",
+            &client_port.to_string(),
+            "-p",
+            &port.to_string(),
+            "127.0.0.1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("hping3 (cargo xtask setup installs it)");
+    assert!(status.code().is_some(), "hping3 did not run");
+
+    let sent = tracer.wait_for("the time-wait socket's reset", |e| {
+        kind(e) == "reset_sent" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(sent["reason"], sent_reason("TCP_TIMEWAIT_SOCKET"));
+    assert_eq!(sent["state"], "TIME_WAIT");
+    assert_eq!(sent["cause"], "timewait");
+    assert_eq!(remote_port_of(&sent), u64::from(client_port));
     tracer.stop();
 }
