@@ -275,9 +275,16 @@ fn ago(duration: Duration) -> String {
 /// The one line printed under an event.
 fn explain(event: &Event, cause: Cause, peer: Option<&SentReset>) -> String {
     let mut line = match peer {
-        // Both ends are here: the sender's side says why.
+        // Both ends are here and the sender's side explains the reset.
+        Some(sent) if sent.cause == cause => {
+            format!(
+                "the other end is on this host and sent it: {}",
+                sent.explanation
+            )
+        }
         Some(sent) => format!(
-            "the other end is on this host and sent it: {}",
+            "{}; the other end is on this host: {}",
+            explain_cause(event, cause),
             sent.explanation
         ),
         None => explain_cause(event, cause),

@@ -87,7 +87,11 @@ pub fn classify(event: &Event, peer: Option<Cause>) -> Cause {
         EventKind::ResetReceived => match state {
             Some("SYN_SENT") => Cause::ConnectionRefused,
             Some("CLOSE_WAIT") => Cause::StaleConnectionReuse,
-            _ => peer.unwrap_or(Cause::PeerAbort),
+            // The other end, on this host, aborted: its reason is this end's reason too. Causes
+            // that describe what the sender saw (a closed port, a forgotten connection) are not.
+            _ => peer
+                .filter(|cause| cause.explains_a_received_reset())
+                .unwrap_or(Cause::PeerAbort),
         },
         EventKind::QueueDrop => Cause::Other,
         EventKind::ResetSent => {
@@ -145,6 +149,21 @@ pub fn classify(event: &Event, peer: Option<Cause>) -> Cause {
                 },
             }
         }
+    }
+}
+
+impl Cause {
+    /// A sent reset with this cause also explains the reset the other end received.
+    pub fn explains_a_received_reset(self) -> bool {
+        matches!(
+            self,
+            Cause::LingerAbort
+                | Cause::UnreadDataClose
+                | Cause::ListenerClosed
+                | Cause::SocketDestroyed
+                | Cause::KeepaliveTimeout
+                | Cause::MemoryPressure
+        )
     }
 }
 
