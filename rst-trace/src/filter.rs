@@ -41,7 +41,7 @@ impl Filter {
         }) && any(!self.ports.is_empty(), &|| {
             self.ports.iter().any(|port| event.has_port(*port))
         }) && any(!self.comms.is_empty(), &|| {
-            process.is_some_and(|p| self.comms.iter().any(|comm| p.comm == *comm))
+            process.is_some_and(|p| self.comms.contains(&p.comm))
         }) && any(!self.cgroups.is_empty(), &|| {
             event.cgroup.as_deref().is_some_and(|cgroup| {
                 self.cgroups.iter().any(|prefix| {
