@@ -420,6 +420,7 @@ impl fmt::Display for Explanation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{KernelFacts, Segment};
 
     #[test]
     fn ids_round_trip_and_match_scenarios_md() {
@@ -455,6 +456,177 @@ mod tests {
             assert!(!explanation.meaning.is_empty() && !explanation.fix.is_empty());
         }
         assert_eq!(Cause::from_id("nope"), None);
+    }
+
+    fn event(kind: EventKind, reason: Option<&str>, state: Option<&str>) -> Event {
+        Event {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            kind,
+            reason: reason.map(str::to_string),
+            state: state.map(str::to_string),
+            family: None,
+            local: None,
+            remote: None,
+            process: None,
+            cause: None,
+            explanation: None,
+            netns: None,
+            cgroup: None,
+            container: None,
+            sock_cookie: None,
+            closed_by: None,
+            ktime_ns: 0,
+            kernel: KernelFacts::default(),
+        }
+    }
+
+    fn sent(reason: &str, state: Option<&str>) -> Event {
+        event(EventKind::ResetSent, Some(reason), state)
+    }
+
+    const SYN: Segment = Segment(0x02);
+    const PSH_ACK: Segment = Segment(0x18);
+
+    #[test]
+    fn no_socket_is_port_closed_for_a_syn_and_half_open_otherwise() {
+        let mut e = sent("NO_SOCKET", None);
+        e.kernel.segment = Some(SYN);
+        assert_eq!(classify(&e, None), Cause::PortClosed);
+        e.kernel.segment = Some(PSH_ACK);
+        assert_eq!(classify(&e, None), Cause::HalfOpen);
+        e.kernel.segment = Some(Segment(0x12)); // SYN-ACK: not a connection request
+        assert_eq!(classify(&e, None), Cause::HalfOpen);
+        e.kernel.segment = None;
+        assert_eq!(classify(&e, None), Cause::Other);
+    }
+
+    #[test]
+    fn time_wait_socket_is_data_after_close_only_for_an_orphaned_connection() {
+        let mut e = sent("TCP_TIMEWAIT_SOCKET", Some("TIME_WAIT"));
+        e.kernel.tw_substate = Some("FIN_WAIT2".into());
+        e.kernel.segment = Some(PSH_ACK);
+        assert_eq!(classify(&e, None), Cause::DataAfterClose);
+        e.kernel.segment = Some(SYN);
+        assert_eq!(classify(&e, None), Cause::Timewait);
+        e.kernel.tw_substate = Some("TIME_WAIT".into());
+        e.kernel.segment = Some(PSH_ACK);
+        assert_eq!(classify(&e, None), Cause::Timewait);
+    }
+
+    #[test]
+    fn tcp_state_resets_from_close_are_told_apart_by_the_socket() {
+        let mut e = sent("TCP_STATE", Some("CLOSE"));
+        e.kernel.full_socket = true;
+        e.kernel.has_socket_file = true;
+        e.kernel.linger_zero = true;
+        assert_eq!(classify(&e, None), Cause::LingerAbort);
+        e.kernel.linger_zero = false;
+        e.kernel.has_socket_file = false;
+        assert_eq!(classify(&e, None), Cause::ListenerClosed, "never accepted");
+        e.kernel.has_socket_file = true;
+        assert_eq!(classify(&e, None), Cause::SocketDestroyed);
+    }
+
+    #[test]
+    fn reasons_map_to_causes() {
+        let cases = [
+            ("TCP_ABORT_ON_CLOSE", Cause::UnreadDataClose),
+            ("TCP_DISCONNECT_WITH_DATA", Cause::UnreadDataClose),
+            ("TCP_ABORT_ON_LINGER", Cause::LingerAbort),
+            ("TCP_ABORT_ON_DATA", Cause::DataAfterClose),
+            ("TCP_ABORT_ON_MEMORY", Cause::MemoryPressure),
+            ("TCP_KEEPALIVE_TIMEOUT", Cause::KeepaliveTimeout),
+            ("TCP_RFC7323_PAWS", Cause::InvalidPacket),
+            ("TCP_INVALID_ACK_SEQUENCE", Cause::InvalidPacket),
+            ("INVALID_SYN", Cause::InvalidPacket),
+            ("MPTCP_RST_EUNSPEC", Cause::Other),
+            ("UNKNOWN(99)", Cause::Other),
+        ];
+        for (reason, cause) in cases {
+            assert_eq!(
+                classify(&sent(reason, Some("ESTABLISHED")), None),
+                cause,
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn kernels_without_a_reason_use_state_and_socket() {
+        let mut e = event(EventKind::ResetSent, None, Some("CLOSE"));
+        e.kernel.full_socket = true;
+        e.kernel.has_socket_file = true;
+        assert_eq!(classify(&e, None), Cause::UnreadDataClose);
+        e.kernel.linger_zero = true;
+        assert_eq!(classify(&e, None), Cause::LingerAbort);
+        e.kernel.linger_zero = false;
+        e.kernel.has_socket_file = false;
+        assert_eq!(classify(&e, None), Cause::ListenerClosed);
+        let established = event(EventKind::ResetSent, None, Some("ESTABLISHED"));
+        assert_eq!(
+            classify(&established, None),
+            Cause::KeepaliveTimeout,
+            "a timer, no segment"
+        );
+        let mut answered = established.clone();
+        answered.kernel.segment = Some(PSH_ACK);
+        assert_eq!(classify(&answered, None), Cause::InvalidPacket);
+        let orphan = event(EventKind::ResetSent, None, Some("FIN_WAIT1"));
+        assert_eq!(classify(&orphan, None), Cause::MemoryPressure);
+        let mut tw = event(EventKind::ResetSent, None, Some("TIME_WAIT"));
+        tw.kernel.tw_substate = Some("FIN_WAIT2".into());
+        tw.kernel.segment = Some(PSH_ACK);
+        assert_eq!(classify(&tw, None), Cause::DataAfterClose);
+    }
+
+    #[test]
+    fn received_resets_follow_the_socket_state_then_the_other_end() {
+        let received = |state| event(EventKind::ResetReceived, None, Some(state));
+        assert_eq!(
+            classify(&received("SYN_SENT"), None),
+            Cause::ConnectionRefused
+        );
+        assert_eq!(
+            classify(&received("CLOSE_WAIT"), None),
+            Cause::StaleConnectionReuse
+        );
+        assert_eq!(
+            classify(&received("CLOSE_WAIT"), Some(Cause::DataAfterClose)),
+            Cause::StaleConnectionReuse,
+            "the state says more than the sender's view"
+        );
+        assert_eq!(classify(&received("ESTABLISHED"), None), Cause::PeerAbort);
+        assert_eq!(
+            classify(&received("ESTABLISHED"), Some(Cause::LingerAbort)),
+            Cause::LingerAbort
+        );
+        assert_eq!(
+            classify(&received("ESTABLISHED"), Some(Cause::ListenerClosed)),
+            Cause::ListenerClosed
+        );
+        assert_eq!(
+            classify(&received("ESTABLISHED"), Some(Cause::HalfOpen)),
+            Cause::PeerAbort,
+            "half_open is the sender's view"
+        );
+    }
+
+    #[test]
+    fn resets_sent_by_close_fire_in_the_closing_process() {
+        for cause in [
+            Cause::LingerAbort,
+            Cause::UnreadDataClose,
+            Cause::ListenerClosed,
+        ] {
+            assert!(fires_in_closing_process(cause));
+        }
+        for cause in [
+            Cause::PortClosed,
+            Cause::KeepaliveTimeout,
+            Cause::DataAfterClose,
+        ] {
+            assert!(!fires_in_closing_process(cause));
+        }
     }
 
     #[test]
