@@ -139,6 +139,9 @@ pub struct SocketFacts {
     pub sk_cookie: u64,
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// Inode number of the socket's file (as in `/proc/PID/fd` `socket:[N]`), read when the owner
+    /// map has no owner: userspace finds the process holding it.
+    pub socket_ino: u64,
     /// The socket's owner from the owner map (`tgid` 0: none known).
     pub owner: Owner,
     /// Who closed this connection, for sockets past close().
@@ -220,6 +223,9 @@ pub struct KernelOffsets {
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    /// From a `struct socket` to its inode number (`socket_alloc.vfs_inode.i_ino`).
+    pub socket_ino: u32,
+    pub _pad: u32,
     pub states: TcpStates,
 }
 
@@ -264,6 +270,8 @@ impl KernelOffsets {
         fdt_fd: NO_OFFSET,
         file_private_data: NO_OFFSET,
         socket_sk: NO_OFFSET,
+        socket_ino: NO_OFFSET,
+        _pad: 0,
         states: TcpStates {
             established: NO_OFFSET,
             syn_sent: NO_OFFSET,
@@ -302,8 +310,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<Owner>(), 40);
         assert_eq!(core::mem::size_of::<ConnectionKey>(), 48);
         assert_eq!(core::mem::size_of::<ClosedConnection>(), 48);
-        assert_eq!(core::mem::size_of::<SocketFacts>(), 8 + 24 + 40 + 48);
-        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 120 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<SocketFacts>(), 8 + 32 + 40 + 48);
+        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 128 + RAW_LEN);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);

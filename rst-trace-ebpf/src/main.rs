@@ -251,8 +251,14 @@ fn socket_facts(sk: u64, kind: RecordKind, facts: &mut SocketFacts) {
         facts.tw_substate = field::<u8>(sk, offset!(tw_substate)).unwrap_or(0);
     } else if facts.sk_state != NO_SK_STATE && state != offset!(states.new_syn_recv) {
         facts.flags |= facts::FULL_SOCKET;
-        if field::<u64>(sk, offset!(sk_socket)).is_some_and(|socket| socket != 0) {
+        let socket = field::<u64>(sk, offset!(sk_socket)).unwrap_or(0);
+        if socket != 0 {
             facts.flags |= facts::HAS_SOCKET_FILE;
+            if facts.owner.tgid == 0 {
+                // Created before rst-trace started, or passed between processes: userspace
+                // finds who holds the file.
+                facts.socket_ino = field::<u64>(socket, offset!(socket_ino)).unwrap_or(0);
+            }
         }
         let linger_bit = offset!(sock_linger_bit);
         if linger_bit < 64

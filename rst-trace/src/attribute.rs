@@ -14,7 +14,7 @@ use std::{
 use crate::{
     cause::{Cause, classify, fires_in_closing_process},
     container::Container,
-    enrich::CgroupResolver,
+    enrich::{CgroupResolver, SocketHolders, process_cgroup},
     event::{ClosedByView, Endpoint, Event, EventKind, Process, ProcessSource, Task},
 };
 
@@ -36,6 +36,13 @@ struct SentReset {
     explanation: String,
 }
 
+/// Who an event belongs to.
+enum Attribution {
+    Process(Task, ProcessSource),
+    /// No process to name, and why.
+    Nobody(&'static str),
+}
+
 /// An event waiting in arrival order until it is attributed.
 struct Pending {
     event: Event,
@@ -47,6 +54,7 @@ struct Pending {
 
 pub struct Attributor {
     cgroups: CgroupResolver,
+    sockets: SocketHolders,
     ns_pids: HashMap<u32, Option<u32>>,
     recent_sent: VecDeque<SentReset>,
     pending: VecDeque<Pending>,
@@ -56,6 +64,7 @@ impl Attributor {
     pub fn new(cgroups: CgroupResolver) -> Self {
         Self {
             cgroups,
+            sockets: SocketHolders::default(),
             ns_pids: HashMap::new(),
             recent_sent: VecDeque::new(),
             pending: VecDeque::new(),
@@ -127,24 +136,36 @@ impl Attributor {
         let cause = classify(event, peer.as_ref().map(|sent| sent.cause));
         event.cause = Some(cause);
 
-        let (task, source) = self.process_task(event, cause);
-        if let Some(task) = task.cloned() {
-            event.cgroup = self.cgroups.path(task.cgroup_id);
-            event.container = event.cgroup.as_deref().and_then(Container::from_cgroup);
-            event.process = Some(Process {
-                pid: task.pid,
-                tid: task.tid,
-                comm: task.comm.clone(),
-                source,
-                ns_pid: self.ns_pid(task.pid),
-            });
+        let mut nobody = None;
+        match self.process_task(event, cause) {
+            Attribution::Process(task, source) => {
+                event.cgroup = match task.cgroup_id {
+                    0 => process_cgroup(task.pid),
+                    id => self.cgroups.path(id),
+                };
+                event.container = event.cgroup.as_deref().and_then(Container::from_cgroup);
+                event.process = Some(Process {
+                    pid: task.pid,
+                    tid: task.tid,
+                    comm: task.comm,
+                    source,
+                    ns_pid: self.ns_pid(task.pid),
+                });
+            }
+            Attribution::Nobody(why) => nobody = Some(why),
         }
         event.closed_by = event.kernel.closed_by.as_ref().map(|closed| ClosedByView {
             pid: closed.closer.pid,
             comm: closed.closer.comm.clone(),
             seconds_ago: (closed.ago.as_secs_f64() * 1000.0).round() / 1000.0,
         });
-        event.explanation = Some(explain(event, cause, peer.as_ref()));
+        let mut explanation = explain(event, cause, peer.as_ref());
+        if let Some(why) = nobody
+            && cause != Cause::PortClosed
+        {
+            explanation.push_str(&format!(" (no process named: {why})"));
+        }
+        event.explanation = Some(explanation);
 
         if event.kind == EventKind::ResetSent
             && let (Some(local), Some(remote)) = (event.local, event.remote)
@@ -160,34 +181,47 @@ impl Attributor {
     }
 
     /// The process to name, and where it came from.
-    fn process_task<'e>(
-        &self,
-        event: &'e Event,
-        cause: Cause,
-    ) -> (Option<&'e Task>, ProcessSource) {
+    fn process_task(&mut self, event: &Event, cause: Cause) -> Attribution {
         let facts = &event.kernel;
-        let same_process = |task: &Task| facts.context.as_ref().is_some_and(|c| c.pid == task.pid);
+        let source = |task: &Task| match &facts.context {
+            Some(context) if context.pid == task.pid => ProcessSource::Context,
+            _ => ProcessSource::Owner,
+        };
         if let Some(owner) = &facts.owner {
-            let source = if same_process(owner) {
-                ProcessSource::Context
-            } else {
-                ProcessSource::Owner
-            };
-            return (Some(owner), source);
+            return Attribution::Process(owner.clone(), source(owner));
         }
-        if event.kind == EventKind::ResetSent && fires_in_closing_process(cause) {
+        if event.kind == EventKind::ResetSent
+            && fires_in_closing_process(cause)
+            && let Some(context) = &facts.context
+        {
             // Sent by close() itself: the running task is the process that closed the socket.
-            return (facts.context.as_ref(), ProcessSource::Context);
+            return Attribution::Process(context.clone(), ProcessSource::Context);
         }
         if let Some(closed) = &facts.closed_by {
-            let source = if same_process(&closed.closer) {
-                ProcessSource::Context
-            } else {
-                ProcessSource::Owner
-            };
-            return (Some(&closed.closer), source);
+            return Attribution::Process(closed.closer.clone(), source(&closed.closer));
         }
-        (None, ProcessSource::Owner)
+        if let Some(inode) = facts.socket_ino
+            && let Some(holder) = self.sockets.holder(inode)
+        {
+            let source = source(&holder);
+            return Attribution::Process(holder, source);
+        }
+        Attribution::Nobody(
+            match (
+                facts.full_socket,
+                facts.segment.is_some(),
+                facts.context.is_some(),
+            ) {
+                _ if event.state.is_none() => "no socket matched, so no process owns it",
+                (true, _, _) if !facts.has_socket_file => {
+                    "the socket had no file: it was never accepted, or its process had closed it"
+                }
+                (true, _, _) => {
+                    "its owner is unknown: the socket was set up before rst-trace started"
+                }
+                _ => "its owner is unknown: the connection was set up before rst-trace started",
+            },
+        )
     }
 
     /// The reset this host sent on the same connection before `event`, when the other end is

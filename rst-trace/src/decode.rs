@@ -139,6 +139,7 @@ impl Decoder {
                 all_sent_acked: facts.flags & facts::ALL_SENT_ACKED != 0,
                 bytes_acked: facts.bytes_acked,
                 bytes_received: facts.bytes_received,
+                socket_ino: (facts.socket_ino != 0).then_some(facts.socket_ino),
             },
         })
     }
@@ -343,6 +344,7 @@ mod facts_tests {
                 sk_cookie: 0,
                 bytes_acked: 0,
                 bytes_received: 0,
+                socket_ino: 0,
                 owner,
                 closed: ClosedConnection {
                     closer,

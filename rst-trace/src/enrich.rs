@@ -1,3 +1,5 @@
+//! Enrichment: ids the kernel gives, turned into names people use.
+//!
 //! cgroup v2 ids -> cgroup paths (`/system.slice/nginx.service`). A cgroup id is the inode
 //! number of the cgroup's directory in the cgroup2 filesystem, so the resolver walks that tree once
 //! and again only when it meets an id it does not know (at most once a second).
@@ -9,6 +11,8 @@ use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use crate::event::Task;
 
 const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -59,6 +63,91 @@ impl Default for CgroupResolver {
     }
 }
 
+/// The cgroup v2 path of a running process, from `/proc/PID/cgroup` (`0::/path`).
+pub fn process_cgroup(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// Socket inode -> the process holding a file for it, from `/proc/*/fd`: the owner of sockets
+/// the kernel programs never saw being set up (created before rst-trace started, or passed
+/// between processes). The walk is repeated on a miss at most every [`SOCKET_RESCAN_INTERVAL`].
+#[derive(Default)]
+pub struct SocketHolders {
+    holders: HashMap<u64, Task>,
+    last_scan: Option<Instant>,
+}
+
+const SOCKET_RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+impl SocketHolders {
+    pub fn holder(&mut self, inode: u64) -> Option<Task> {
+        if !self.holders.contains_key(&inode)
+            && self
+                .last_scan
+                .is_none_or(|at| at.elapsed() >= SOCKET_RESCAN_INTERVAL)
+        {
+            self.last_scan = Some(Instant::now());
+            self.holders = scan_socket_holders();
+        }
+        self.holders.get(&inode).cloned()
+    }
+}
+
+fn scan_socket_holders() -> HashMap<u64, Task> {
+    let mut holders = HashMap::new();
+    let Ok(processes) = fs::read_dir("/proc") else {
+        return holders;
+    };
+    for entry in processes.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let mut comm = None;
+        for fd in fds.flatten() {
+            let Some(inode) = fs::read_link(fd.path())
+                .ok()
+                .and_then(|target| socket_inode(&target))
+            else {
+                continue;
+            };
+            let comm = comm.get_or_insert_with(|| {
+                fs::read_to_string(entry.path().join("comm"))
+                    .map(|c| c.trim_end().to_string())
+                    .unwrap_or_default()
+            });
+            // The first process found keeps it: a forked child sharing the socket is rarer than
+            // the parent that created it.
+            holders.entry(inode).or_insert_with(|| Task {
+                pid,
+                tid: pid,
+                comm: comm.clone(),
+                cgroup_id: 0,
+            });
+        }
+    }
+    holders
+}
+
+/// `socket:[12345]` -> 12345
+fn socket_inode(target: &Path) -> Option<u64> {
+    target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 fn scan(root: &Path, dir: &Path, paths: &mut HashMap<u64, String>) {
     let Ok(metadata) = fs::metadata(dir) else {
         return;
@@ -104,6 +193,24 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
         assert_eq!(cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
+
+    #[test]
+    fn finds_the_process_holding_a_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let inode = std::fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&listener)
+        ))
+        .unwrap()
+        .ino();
+        let holder = SocketHolders::default()
+            .holder(inode)
+            .expect("our own socket");
+        assert_eq!(holder.pid, std::process::id());
+        assert_eq!(socket_inode(Path::new("socket:[42]")), Some(42));
+        assert_eq!(socket_inode(Path::new("/dev/null")), None);
+        assert!(process_cgroup(std::process::id()).is_some_and(|path| path.starts_with('/')));
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub struct KernelFacts {
     pub all_sent_acked: bool,
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// Inode of the socket's file, when the owner map had no owner.
+    pub socket_ino: Option<u64>,
 }
 
 /// One decoded event.

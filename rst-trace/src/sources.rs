@@ -386,6 +386,23 @@ fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<Strin
     resolve(&mut o.fdt_fd, "fdtable", "fd", accept);
     resolve(&mut o.file_private_data, "file", "private_data", accept);
     resolve(&mut o.socket_sk, "socket", "sk", accept);
+    // A struct socket is the first member of struct socket_alloc, followed by its inode.
+    let socket_ino = btf
+        .member_offset("socket_alloc", "socket")
+        .and_then(|socket| {
+            if socket != 0 {
+                anyhow::bail!("struct socket_alloc does not start with its socket");
+            }
+            Ok(btf.checked_offset("socket_alloc", "vfs_inode")?
+                + btf.checked_offset("inode", "i_ino")?)
+        });
+    match socket_ino {
+        Ok(offset) => o.socket_ino = offset,
+        Err(error) => missing.push(format!(
+            "socket_alloc.vfs_inode.i_ino ({error:#}): sockets created before rst-trace started \
+             have no owner"
+        )),
+    }
     match btf.enum_value("sock_flags", "SOCK_LINGER") {
         Some(bit) if bit < 64 => o.sock_linger_bit = bit as u32,
         _ => missing.push(format!("enum sock_flags has no SOCK_LINGER: {linger}")),

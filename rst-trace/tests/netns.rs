@@ -357,3 +357,77 @@ fn s11_segment_for_a_forgotten_connection_is_half_open() {
     let finished = tracer.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
 }
+
+/// Busy loops on every CPU, so that a timer softirq interrupts one of them.
+struct BusyLoops(Vec<std::process::Child>);
+
+impl BusyLoops {
+    fn on_every_cpu() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let loops = (0..cpus)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .expect("spawn a busy loop")
+            })
+            .collect();
+        Self(loops)
+    }
+
+    fn pids(&self) -> Vec<u64> {
+        self.0.iter().map(|child| u64::from(child.id())).collect()
+    }
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn softirq_reset_names_the_owner_not_the_interrupted_task() {
+    require_root();
+    let peers = Peers::new("sirq", 12);
+    let (listener, port) = in_netns(&peers.server_ns, || listener(&peers.server_ip, 4));
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let (client, client_port) = connect_from(&peers, port);
+    let (_server, _) = listener.accept().expect("accept");
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(1))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(2);
+    client.set_tcp_keepalive(&keepalive).expect("keep-alive");
+    peers.server_nft(
+        "table inet rst_sirq {
+           chain in { type filter hook input priority 0; policy drop; }
+           chain out { type filter hook output priority 0; policy drop; }
+         }",
+    );
+    // While every CPU runs a busy loop, the keep-alive timer fires in softirq and interrupts
+    // whatever runs there; the test process itself sleeps in wait_for.
+    let busy = BusyLoops::on_every_cpu();
+    let sent = tracer.wait_for("the keep-alive reset from the timer", |e| {
+        kind(e) == "reset_sent" && local_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(sent["cause"], "keepalive_timeout", "{sent}");
+    assert_eq!(
+        sent["process"]["pid"],
+        std::process::id(),
+        "the socket's owner: {sent}"
+    );
+    assert!(
+        !busy.pids().contains(&pid_of(&sent)),
+        "not an interrupted busy loop: {sent}"
+    );
+    assert_eq!(
+        sent["process"]["source"], "owner",
+        "the timer did not run in the owner: {sent}"
+    );
+    drop(busy);
+    tracer.stop();
+}

@@ -394,3 +394,35 @@ fn s9_syn_for_a_time_wait_connection_is_timewait_not_data_after_close() {
     assert_eq!(remote_port_of(&sent), u64::from(client_port));
     tracer.stop();
 }
+
+#[test]
+fn sockets_set_up_before_rst_trace_started_are_attributed_through_their_file() {
+    let (listener, port) = listener("127.0.0.1", 16);
+    // The connection exists before the tracer: no connect or accept for it will be seen.
+    let client = ForkedClient::fork(port, ClientAction::LingerAbort);
+    let client_port = client.port();
+    let (_server, _) = listener.accept().expect("accept");
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    client.go_and_wait();
+
+    let sent = tracer.wait_for("the client's abort", |e| {
+        kind(e) == "reset_sent" && local_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(sent["cause"], "linger_abort");
+    assert_eq!(
+        pid_of(&sent),
+        client.pid as u64,
+        "fired in the closing client"
+    );
+    let received = tracer.wait_for("the server's reset", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(received["cause"], "linger_abort");
+    assert_eq!(
+        pid_of(&received),
+        u64::from(std::process::id()),
+        "the process holding the server socket: {received}"
+    );
+    assert_eq!(received["process"]["source"], "owner", "{received}");
+    tracer.stop();
+}
