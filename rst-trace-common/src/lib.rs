@@ -14,6 +14,9 @@ pub const RAW_LEN: usize = 96;
 /// Length of a task's `comm`, as the kernel defines `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
 
+/// Drop reasons are numbered below this; the kernel program keeps a bitmap of the queue ones.
+pub const MAX_DROP_REASONS: usize = 256;
+
 /// Entries in the kernel-side `--pid` filter map.
 pub const MAX_PID_FILTER: u32 = 64;
 
@@ -25,6 +28,8 @@ pub enum RecordKind {
     ResetSent = 1,
     /// `tcp:tcp_receive_reset` fired: a socket on this host received a RST.
     ResetReceived = 2,
+    /// `skb:kfree_skb` fired with a queue-overflow reason.
+    QueueDrop = 3,
 }
 
 impl RecordKind {
@@ -32,6 +37,7 @@ impl RecordKind {
         match value {
             1 => Some(Self::ResetSent),
             2 => Some(Self::ResetReceived),
+            3 => Some(Self::QueueDrop),
             _ => None,
         }
     }
@@ -77,7 +83,7 @@ pub mod facts {
     pub const FULL_SOCKET: u8 = 4;
     /// `tcp_flags` holds the flags of the segment that caused a reset.
     pub const SEGMENT: u8 = 8;
-    /// Everything this host sent on the connection had been acknowledged.
+    /// This host had sent data on the connection, and all of it had been acknowledged.
     pub const ALL_SENT_ACKED: u8 = 16;
 }
 
@@ -121,6 +127,19 @@ pub struct ClosedConnection {
     pub closed_ns: u64,
 }
 
+/// Both ends of a dropped segment's connection: the socket's local end, the segment's source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// AF_INET or AF_INET6; 0 when not read.
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
 /// What the programs read from the socket (or the segment) behind a reset.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -146,6 +165,12 @@ pub struct SocketFacts {
     pub owner: Owner,
     /// Who closed this connection, for sockets past close().
     pub closed: ClosedConnection,
+    /// For queue drops: the listener's accept queue (or the socket's receive memory) and its
+    /// limit when the segment was dropped.
+    pub queue_len: u32,
+    pub queue_max: u32,
+    /// For queue drops (their tracepoint carries no addresses).
+    pub endpoints: Endpoints,
 }
 
 /// A tracepoint record copied verbatim, behind the common header, with what the programs read
@@ -212,8 +237,19 @@ pub struct KernelOffsets {
     pub tcp_snd_nxt: u32,
     pub tcp_bytes_acked: u32,
     pub tcp_bytes_received: u32,
+    pub tcp_data_segs_out: u32,
+    // Queue drops: skb:kfree_skb's record, and queue lengths and limits in struct sock.
+    pub kfree_skb_reason: u32,
+    pub kfree_skb_rx_sk: u32,
+    pub kfree_skb_skbaddr: u32,
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    pub sk_rmem_alloc: u32,
+    pub sk_rcvbuf: u32,
     // struct sk_buff and what leads from it to a network namespace.
+    pub skb_sk: u32,
     pub skb_head: u32,
+    pub skb_network_header: u32,
     pub skb_transport_header: u32,
     pub skb_dev: u32,
     pub dev_nd_net: u32,
@@ -261,7 +297,17 @@ impl KernelOffsets {
         tcp_snd_nxt: NO_OFFSET,
         tcp_bytes_acked: NO_OFFSET,
         tcp_bytes_received: NO_OFFSET,
+        tcp_data_segs_out: NO_OFFSET,
+        kfree_skb_reason: NO_OFFSET,
+        kfree_skb_rx_sk: NO_OFFSET,
+        kfree_skb_skbaddr: NO_OFFSET,
+        sk_ack_backlog: NO_OFFSET,
+        sk_max_ack_backlog: NO_OFFSET,
+        sk_rmem_alloc: NO_OFFSET,
+        sk_rcvbuf: NO_OFFSET,
+        skb_sk: NO_OFFSET,
         skb_head: NO_OFFSET,
+        skb_network_header: NO_OFFSET,
         skb_transport_header: NO_OFFSET,
         skb_dev: NO_OFFSET,
         dev_nd_net: NO_OFFSET,
@@ -310,8 +356,12 @@ mod tests {
         assert_eq!(core::mem::size_of::<Owner>(), 40);
         assert_eq!(core::mem::size_of::<ConnectionKey>(), 48);
         assert_eq!(core::mem::size_of::<ClosedConnection>(), 48);
-        assert_eq!(core::mem::size_of::<SocketFacts>(), 8 + 32 + 40 + 48);
-        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 128 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<Endpoints>(), 40);
+        assert_eq!(
+            core::mem::size_of::<SocketFacts>(),
+            8 + 32 + 40 + 48 + 8 + 40
+        );
+        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 176 + RAW_LEN);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);
@@ -319,7 +369,11 @@ mod tests {
 
     #[test]
     fn record_kind_round_trips() {
-        for kind in [RecordKind::ResetSent, RecordKind::ResetReceived] {
+        for kind in [
+            RecordKind::ResetSent,
+            RecordKind::ResetReceived,
+            RecordKind::QueueDrop,
+        ] {
             assert_eq!(RecordKind::from_u8(kind as u8), Some(kind));
         }
         assert_eq!(RecordKind::from_u8(0), None);

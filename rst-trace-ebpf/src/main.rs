@@ -23,9 +23,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use rst_trace_common::{
-    ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS, MAX_OWNED_SOCKETS,
-    MAX_PID_FILTER, NO_OFFSET, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint, RecordKind, SocketFacts,
-    facts,
+    ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS,
+    MAX_OWNED_SOCKETS, MAX_PID_FILTER, NO_OFFSET, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint,
+    RecordKind, SocketFacts, facts,
 };
 
 const AF_INET: u16 = 2;
@@ -58,6 +58,11 @@ static CLOSED: LruHashMap<ConnectionKey, ClosedConnection> =
 /// Set by userspace when `--pid` is given.
 #[unsafe(no_mangle)]
 static FILTER_BY_PID: u8 = 0;
+
+/// Bitmap of the queue-overflow drop reasons (TCP_LISTEN_OVERFLOW, SOCKET_BACKLOG, ...) in the
+/// running kernel's numbering, filled by userspace.
+#[unsafe(no_mangle)]
+static QUEUE_DROP_REASONS: [u64; MAX_DROP_REASONS / 64] = [0; MAX_DROP_REASONS / 64];
 
 /// Resolved by userspace at start-up (tracefs and BTF); see `KernelOffsets`.
 #[unsafe(no_mangle)]
@@ -93,6 +98,31 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let sk = ctx_field::<u64>(&ctx, offset!(receive_reset_skaddr)).unwrap_or(0);
     emit(&ctx, RecordKind::ResetReceived, sk, 0);
+    0
+}
+
+/// Packets the kernel dropped; only queue overflows go further. The reason is the first thing
+/// read: every other drop costs one load and a bit test.
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let Some(reason) = ctx_field::<u32>(&ctx, offset!(kfree_skb_reason)) else {
+        return 0;
+    };
+    let reason = reason as usize;
+    if reason >= MAX_DROP_REASONS {
+        return 0;
+    }
+    let word = global!(QUEUE_DROP_REASONS[reason / 64]);
+    if word & (1 << (reason % 64)) == 0 {
+        return 0;
+    }
+    let skb = ctx_field::<u64>(&ctx, offset!(kfree_skb_skbaddr)).unwrap_or(0);
+    // 6.11+ names the socket the packet was meant for; before that, the skb may still hold it.
+    let sk = match ctx_field::<u64>(&ctx, offset!(kfree_skb_rx_sk)) {
+        Some(sk) if sk != 0 => sk,
+        _ => field::<u64>(skb, offset!(skb_sk)).unwrap_or(0),
+    };
+    emit(&ctx, RecordKind::QueueDrop, sk, skb);
     0
 }
 
@@ -205,6 +235,9 @@ fn emit(ctx: &TracePointContext, kind: RecordKind, sk: u64, skb: u64) {
         if sk != 0 {
             socket_facts(sk, kind, facts);
         }
+        if kind == RecordKind::QueueDrop {
+            drop_facts(sk, skb, facts);
+        }
         // The tracepoint record sits at the start of a per-CPU buffer of several KiB, so reading
         // RAW_LEN bytes never runs past it even when the record itself is shorter.
         let raw = &mut (*record).raw;
@@ -269,7 +302,8 @@ fn socket_facts(sk: u64, kind: RecordKind, facts: &mut SocketFacts) {
         }
         if kind == RecordKind::ResetReceived {
             let una = field::<u32>(sk, offset!(tcp_snd_una));
-            if una.is_some() && una == field::<u32>(sk, offset!(tcp_snd_nxt)) {
+            let sent_data = field::<u32>(sk, offset!(tcp_data_segs_out)).is_some_and(|n| n > 0);
+            if sent_data && una.is_some() && una == field::<u32>(sk, offset!(tcp_snd_nxt)) {
                 facts.flags |= facts::ALL_SENT_ACKED;
             }
             facts.bytes_acked = field::<u64>(sk, offset!(tcp_bytes_acked)).unwrap_or(0);
@@ -282,6 +316,63 @@ fn socket_facts(sk: u64, kind: RecordKind, facts: &mut SocketFacts) {
         && let Some(closed) = unsafe { CLOSED.get(key) }
     {
         facts.closed = *closed;
+    }
+}
+
+/// A dropped segment: the queue it did not fit in, and both ends (the drop record has no
+/// addresses): the socket's local end and the segment's source.
+#[inline(always)]
+fn drop_facts(sk: u64, skb: u64, facts: &mut SocketFacts) {
+    let ends = &mut facts.endpoints;
+    if sk != 0 {
+        let listening = u32::from(facts.sk_state) == offset!(states.listen);
+        let (len, max) = if listening {
+            (offset!(sk_ack_backlog), offset!(sk_max_ack_backlog))
+        } else {
+            (offset!(sk_rmem_alloc), offset!(sk_rcvbuf))
+        };
+        facts.queue_len = field::<u32>(sk, len).unwrap_or(0);
+        facts.queue_max = field::<u32>(sk, max).unwrap_or(0);
+        if let Some(family) = field::<u16>(sk, offset!(skc_family)) {
+            ends.family = family;
+            ends.local_port = field::<u16>(sk, offset!(skc_num)).unwrap_or(0);
+            let (local, len) = if family == AF_INET6 {
+                (offset!(skc_v6_rcv_saddr), 16)
+            } else {
+                (offset!(skc_rcv_saddr), 4)
+            };
+            read_into(sk, local, &mut ends.local_addr, len);
+        }
+    }
+    let head = field::<u64>(skb, offset!(skb_head)).unwrap_or(0);
+    let network = field::<u16>(skb, offset!(skb_network_header)).unwrap_or(u16::MAX);
+    let transport = field::<u16>(skb, offset!(skb_transport_header)).unwrap_or(u16::MAX);
+    if head == 0 || network == u16::MAX || transport == u16::MAX {
+        return;
+    }
+    let ip = head + u64::from(network);
+    // The IP version is the high nibble of the first byte of either header.
+    let version = read::<u8>(ip).unwrap_or(0) >> 4;
+    let (source, len, family) = match version {
+        4 => (ip + 12, 4, AF_INET),
+        6 => (ip + 8, 16, AF_INET6),
+        _ => return,
+    };
+    if ends.family == 0 {
+        ends.family = family;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the source; the buffer has room for 16 bytes.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            ends.remote_addr.as_mut_ptr().cast(),
+            len,
+            source as *const core::ffi::c_void,
+        );
+    }
+    let sport = read::<u16>(head + u64::from(transport)).unwrap_or(0);
+    ends.remote_port = u16::from_be(sport);
+    if ends.local_port == 0 {
+        ends.local_port = u16::from_be(read::<u16>(head + u64::from(transport) + 2).unwrap_or(0));
     }
 }
 

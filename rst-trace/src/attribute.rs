@@ -284,6 +284,26 @@ pub fn innermost_ns_pid(status: &str) -> Option<u32> {
         .and_then(|pid| pid.parse().ok())
 }
 
+/// ` (2/1)`: a queue's length and limit.
+fn queue(event: &Event) -> String {
+    event
+        .queue
+        .map_or_else(String::new, |q| format!(" ({}/{})", q.len, q.max))
+}
+
+/// `3 connection attempts` (with the counter that saw them).
+fn dropped(event: &Event, what: &str) -> String {
+    let drops = event.drops.unwrap_or(1);
+    let plural = if drops == 1 { "" } else { "s" };
+    match &event.counter {
+        Some(counter) => format!(
+            "{drops} {what}{plural} (kernel counter {} +{})",
+            counter.name, counter.delta
+        ),
+        None => format!("{drops} {what}{plural}"),
+    }
+}
+
 fn who(process: Option<&Process>) -> String {
     process.map_or_else(
         || "a process".to_string(),
@@ -324,13 +344,12 @@ fn explain(event: &Event, cause: Cause, peer: Option<&SentReset>) -> String {
         None => explain_cause(event, cause),
     };
     let facts = &event.kernel;
-    if event.kind == EventKind::ResetReceived && facts.all_sent_acked && facts.bytes_acked > 0 {
+    if event.kind == EventKind::ResetReceived && facts.all_sent_acked {
         // S13: a client that aborts after reading the response; the request itself completed.
-        line.push_str(&format!(
-            "; the exchange had completed: all {} bytes this host sent were acknowledged before \
-             the reset",
-            facts.bytes_acked
-        ));
+        line.push_str(
+            "; the exchange had completed: everything this host sent had been acknowledged \
+             before the reset",
+        );
     }
     line
 }
@@ -402,11 +421,30 @@ fn explain_cause(event: &Event, cause: Cause) -> String {
         Cause::PeerAbort => {
             format!("{remote} reset the connection; nothing on this host explains it")
         }
-        Cause::AcceptQueueFull
-        | Cause::SynQueueFull
-        | Cause::SocketBacklogFull
-        | Cause::ReceiveBufferFull
-        | Cause::CpuBacklogFull => cause.explain().meaning.to_string(),
+        Cause::AcceptQueueFull => format!(
+            "the accept queue of {process}'s listener on {local} was full{}: {} dropped; accept \
+             faster, or raise the listen() backlog and net.core.somaxconn in its network namespace",
+            queue(event),
+            dropped(event, "connection attempt"),
+        ),
+        Cause::SynQueueFull => format!(
+            "the SYN queue of {process}'s listener on {local} was full and syncookies are off: {} \
+             dropped; enable net.ipv4.tcp_syncookies or raise tcp_max_syn_backlog and the backlog",
+            dropped(event, "SYN"),
+        ),
+        Cause::SocketBacklogFull => format!(
+            "{process} held its socket {local} while its backlog filled: a segment from {remote} \
+             was dropped"
+        ),
+        Cause::ReceiveBufferFull => format!(
+            "the receive buffer of {process}'s socket {local} was full{}: data from {remote} was \
+             dropped; read faster or raise SO_RCVBUF / net.ipv4.tcp_rmem",
+            queue(event),
+        ),
+        Cause::CpuBacklogFull => format!(
+            "the per-CPU input backlog was full (net.core.netdev_max_backlog): a packet from \
+             {remote} was dropped before TCP saw it"
+        ),
         Cause::Other => format!(
             "kernel reason {} in state {}",
             event.reason.as_deref().unwrap_or("-"),

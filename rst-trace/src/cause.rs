@@ -93,7 +93,14 @@ pub fn classify(event: &Event, peer: Option<Cause>) -> Cause {
                 .filter(|cause| cause.explains_a_received_reset())
                 .unwrap_or(Cause::PeerAbort),
         },
-        EventKind::QueueDrop => Cause::Other,
+        EventKind::QueueDrop => match event.reason.as_deref() {
+            Some("TCP_LISTEN_OVERFLOW") => Cause::AcceptQueueFull,
+            Some("SOCKET_BACKLOG") => Cause::SocketBacklogFull,
+            Some("SOCKET_RCVBUFF" | "TCP_OFO_QUEUE_PRUNE") => Cause::ReceiveBufferFull,
+            Some("CPU_BACKLOG") => Cause::CpuBacklogFull,
+            // Drops seen through counters carry their cause already.
+            _ => event.cause.unwrap_or(Cause::Other),
+        },
         EventKind::ResetSent => {
             let time_wait = || {
                 // An orphaned FIN_WAIT2 connection lives on as a time-wait socket: data for it
@@ -475,6 +482,9 @@ mod tests {
             container: None,
             sock_cookie: None,
             closed_by: None,
+            queue: None,
+            drops: None,
+            counter: None,
             ktime_ns: 0,
             kernel: KernelFacts::default(),
         }

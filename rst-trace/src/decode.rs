@@ -9,11 +9,13 @@ use std::mem::size_of;
 use anyhow::{Context as _, bail};
 use std::time::Duration;
 
-use rst_trace_common::{COMM_LEN, NO_SK_STATE, Owner, RawTracepoint, RecordKind, facts};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use rst_trace_common::{COMM_LEN, Endpoints, NO_SK_STATE, Owner, RawTracepoint, RecordKind, facts};
 
 use crate::{
-    event::{ClosedBy, Event, EventKind, Family, KernelFacts, Segment, Task},
-    layout::ResetLayout,
+    event::{ClosedBy, Event, EventKind, Family, KernelFacts, Queue, Segment, Task},
+    layout::{ResetFields, ResetLayout},
     names::KernelNames,
 };
 
@@ -50,6 +52,8 @@ impl WallClock {
 pub struct Decoder {
     pub send_reset: Option<ResetLayout>,
     pub receive_reset: Option<ResetLayout>,
+    /// Offset of `reason` in skb:kfree_skb's record.
+    pub drop_reason: Option<usize>,
     pub names: KernelNames,
     pub clock: WallClock,
 }
@@ -63,16 +67,36 @@ impl Decoder {
         // gives no alignment guarantee beyond 8, so read unaligned.
         let record = unsafe { bytes.as_ptr().cast::<RawTracepoint>().read_unaligned() };
         let header = record.header;
-        let (kind, layout) = match RecordKind::from_u8(header.kind) {
-            Some(RecordKind::ResetSent) => (EventKind::ResetSent, self.send_reset.as_ref()),
+        let facts = record.facts;
+        let reset = |kind: EventKind, layout: Option<&ResetLayout>| {
+            let layout =
+                layout.with_context(|| format!("{kind:?} record from a detached source"))?;
+            anyhow::Ok((kind, layout.decode(&record.raw), &self.names.reset_reasons))
+        };
+        let (kind, fields, reasons) = match RecordKind::from_u8(header.kind) {
+            Some(RecordKind::ResetSent) => reset(EventKind::ResetSent, self.send_reset.as_ref())?,
             Some(RecordKind::ResetReceived) => {
-                (EventKind::ResetReceived, self.receive_reset.as_ref())
+                reset(EventKind::ResetReceived, self.receive_reset.as_ref())?
+            }
+            Some(RecordKind::QueueDrop) => {
+                let offset = self
+                    .drop_reason
+                    .context("queue drop record from a detached source")?;
+                let mut reason = [0u8; 4];
+                reason.copy_from_slice(&record.raw[offset..offset + 4]);
+                let (local, remote) = endpoints(&facts.endpoints);
+                let fields = ResetFields {
+                    skaddr: 0,
+                    state: None,
+                    reason: Some(u32::from_ne_bytes(reason)),
+                    sock_cookie: None,
+                    local,
+                    remote,
+                };
+                (EventKind::QueueDrop, fields, &self.names.drop_reasons)
             }
             None => bail!("unknown record kind {}", header.kind),
         };
-        let layout = layout.with_context(|| format!("{kind:?} record from a detached source"))?;
-        let fields = layout.decode(&record.raw);
-        let facts = record.facts;
 
         // The record's own state (tcp_send_reset) is 0 when no socket matched; otherwise fall back
         // to what the program read from the socket.
@@ -111,9 +135,7 @@ impl Decoder {
         Ok(Event {
             time: self.clock.wall_time(header.ktime_ns),
             kind,
-            reason: fields
-                .reason
-                .map(|r| self.names.reset_reasons.describe(u64::from(r))),
+            reason: fields.reason.map(|r| reasons.describe(u64::from(r))),
             state: state.map(|s| self.names.tcp_states.describe(s)),
             family: fields.local.map(|addr| Family::of(addr.ip())),
             local: fields.local.map(Into::into),
@@ -126,6 +148,12 @@ impl Decoder {
             container: None,
             sock_cookie,
             closed_by: None,
+            queue: (kind == EventKind::QueueDrop && facts.queue_max != 0).then_some(Queue {
+                len: facts.queue_len,
+                max: facts.queue_max,
+            }),
+            drops: (kind == EventKind::QueueDrop).then_some(1),
+            counter: None,
             ktime_ns: header.ktime_ns,
             kernel: KernelFacts {
                 context,
@@ -143,6 +171,25 @@ impl Decoder {
             },
         })
     }
+}
+
+/// A queue drop's two ends, as the program read them from the socket and the segment.
+fn endpoints(ends: &Endpoints) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let ip = |bytes: &[u8; 16]| match i32::from(ends.family) {
+        libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        libc::AF_INET6 => {
+            let v6 = Ipv6Addr::from(*bytes);
+            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+        }
+        _ => None,
+    };
+    let local = ip(&ends.local_addr).map(|addr| SocketAddr::new(addr, ends.local_port));
+    let remote = ip(&ends.remote_addr)
+        .filter(|_| ends.remote_port != 0)
+        .map(|addr| SocketAddr::new(addr, ends.remote_port));
+    (local, remote)
 }
 
 pub(crate) fn comm(bytes: &[u8; COMM_LEN]) -> String {
@@ -166,6 +213,7 @@ mod tests {
         Decoder {
             send_reset: Some(ResetLayout::from_format(&send).unwrap()),
             receive_reset: Some(ResetLayout::from_format(&receive).unwrap()),
+            drop_reason: None,
             names: KernelNames::from_kernel(Some(&send), Some(&set_state), None),
             clock: WallClock::with_offset(1_763_776_800_000_000_000),
         }
@@ -308,6 +356,7 @@ mod facts_tests {
         let decoder = Decoder {
             send_reset: Some(ResetLayout::from_format(&send).unwrap()),
             receive_reset: None,
+            drop_reason: None,
             names: KernelNames::from_kernel(Some(&send), Some(&set_state), None),
             clock: WallClock::with_offset(0),
         };
@@ -350,6 +399,7 @@ mod facts_tests {
                     closer,
                     closed_ns: 1_000_000_000,
                 },
+                ..SocketFacts::default()
             },
             raw: [0; RAW_LEN],
         };

@@ -90,6 +90,18 @@ pub struct ClosedByView {
     pub seconds_ago: f64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Queue {
+    pub len: u32,
+    pub max: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Counter {
+    pub name: &'static str,
+    pub delta: u64,
+}
+
 /// A task as the kernel programs recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
@@ -167,6 +179,12 @@ pub struct Event {
     pub sock_cookie: Option<u64>,
     /// For resets after the application closed the connection: who closed it, how long before.
     pub closed_by: Option<ClosedByView>,
+    /// For queue drops: the queue's length and limit at the drop (or the interval's maximum).
+    pub queue: Option<Queue>,
+    /// For queue drops: how many drops this event stands for.
+    pub drops: Option<u64>,
+    /// For queue drops seen through a kernel counter: the counter and its increase.
+    pub counter: Option<Counter>,
     /// CLOCK_MONOTONIC nanoseconds from the kernel, for ordering and pairing events.
     #[serde(skip)]
     pub ktime_ns: u64,

@@ -105,6 +105,9 @@ mod tests {
             }),
             sock_cookie: None,
             closed_by: None,
+            queue: None,
+            drops: None,
+            counter: None,
             ktime_ns: 0,
             kernel: KernelFacts::default(),
         }

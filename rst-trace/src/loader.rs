@@ -46,6 +46,7 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
             .override_global("OFFSETS", &support.offsets, true)
+            .override_global("QUEUE_DROP_REASONS", &support.queue_drop_reasons, true)
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("the kernel refused rst-trace's BPF maps or programs")?;

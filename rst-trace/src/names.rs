@@ -61,6 +61,8 @@ pub struct KernelNames {
     pub reset_reasons: NameTable,
     /// TCP states, without the `TCP_` prefix.
     pub tcp_states: NameTable,
+    /// `enum skb_drop_reason`, without the `SKB_DROP_REASON_` prefix.
+    pub drop_reasons: NameTable,
 }
 
 impl KernelNames {
@@ -98,6 +100,22 @@ impl KernelNames {
         Self {
             reset_reasons,
             tcp_states,
+            drop_reasons: NameTable::default(),
+        }
+    }
+
+    /// Drop reason names from skb:kfree_skb's `print fmt`, or BTF.
+    pub fn add_drop_reasons(&mut self, kfree_skb: Option<&EventFormat>, btf: Option<&KernelBtf>) {
+        self.drop_reasons = NameTable::new(
+            kfree_skb
+                .map(|f| f.symbolic_names("reason"))
+                .unwrap_or_default(),
+            "",
+        );
+        if self.drop_reasons.is_empty()
+            && let Some(values) = btf.and_then(|btf| btf.enum_values("skb_drop_reason"))
+        {
+            self.drop_reasons = NameTable::new(swap(values), "SKB_DROP_REASON_");
         }
     }
 }

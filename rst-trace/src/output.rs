@@ -180,6 +180,9 @@ mod tests {
             container: None,
             sock_cookie: None,
             closed_by: None,
+            queue: None,
+            drops: None,
+            counter: None,
             ktime_ns: 0,
             kernel: KernelFacts::default(),
         }
@@ -223,7 +226,10 @@ mod tests {
                 "cgroup": null,
                 "container": null,
                 "sock_cookie": 8,
-                "closed_by": null
+                "closed_by": null,
+                "queue": null,
+                "drops": null,
+                "counter": null
             })
         );
     }

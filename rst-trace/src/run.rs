@@ -83,6 +83,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     let decoder = Decoder {
         send_reset: support.send_reset,
         receive_reset: support.receive_reset,
+        drop_reason: support.drop_reason,
         names: support.names.clone(),
         clock: WallClock::now()?,
     };

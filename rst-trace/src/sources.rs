@@ -9,12 +9,12 @@
 use std::fmt;
 
 use anyhow::{Context as _, anyhow, bail};
-use rst_trace_common::{KernelOffsets, NO_OFFSET, RAW_LEN, TcpStates};
+use rst_trace_common::{KernelOffsets, MAX_DROP_REASONS, NO_OFFSET, RAW_LEN, TcpStates};
 
 use crate::{
     kernel_btf::KernelBtf,
     layout::ResetLayout,
-    names::KernelNames,
+    names::{KernelNames, NameTable},
     tracefs::{self, EventFormat, Tracefs},
 };
 
@@ -31,6 +31,8 @@ pub enum Role {
     Teardown,
     /// Records owners of accepted sockets.
     Accept,
+    /// Reports packets dropped because a queue was full.
+    QueueDrop,
 }
 
 /// One tracepoint rst-trace attaches to.
@@ -59,6 +61,9 @@ impl Source {
             }
             Role::Teardown => "forgetting the owners of destroyed sockets",
             Role::Accept => "owners of accepted connections",
+            Role::QueueDrop => {
+                "packets dropped from full queues (accept queue, backlog, receive buffer)"
+            }
         };
         Self {
             system,
@@ -87,6 +92,10 @@ pub struct KernelSupport {
     pub sources: Vec<Source>,
     pub send_reset: Option<ResetLayout>,
     pub receive_reset: Option<ResetLayout>,
+    /// Offset of `reason` in skb:kfree_skb's record.
+    pub drop_reason: Option<usize>,
+    /// Bitmap of the drop reasons that are queue overflows, in this kernel's numbering.
+    pub queue_drop_reasons: [u64; MAX_DROP_REASONS / 64],
     pub names: KernelNames,
     pub offsets: KernelOffsets,
     /// Kernel struct members that could not be resolved, with what that turns off.
@@ -108,12 +117,14 @@ impl KernelSupport {
             destroy_sock: read("tcp", "tcp_destroy_sock")?,
             exit_accept4: read("syscalls", "sys_exit_accept4")?,
             exit_accept: read("syscalls", "sys_exit_accept")?,
+            kfree_skb: read("skb", "kfree_skb")?,
         };
-        let names = KernelNames::from_kernel(
+        let mut names = KernelNames::from_kernel(
             formats.send_reset.as_ref(),
             formats.set_state.as_ref(),
             Some(&btf),
         );
+        names.add_drop_reasons(formats.kfree_skb.as_ref(), Some(&btf));
         Self::from_parts(kernel_release(), tracefs, &formats, names, &btf)
     }
 
@@ -132,6 +143,13 @@ impl KernelSupport {
         };
         let send_reset = layout(&formats.send_reset);
         let receive_reset = layout(&formats.receive_reset);
+        let drop_reason = formats
+            .kfree_skb
+            .as_ref()
+            .and_then(|f| f.field("reason"))
+            .filter(|field| field.size == 4 && field.end() <= RAW_LEN)
+            .map(|field| field.offset);
+        let queue_drop_reasons = queue_drop_bitmap(&names.drop_reasons);
         let mut offsets = KernelOffsets {
             states: tcp_states(&names)?,
             ..KernelOffsets::NONE
@@ -157,6 +175,8 @@ impl KernelSupport {
             sources,
             send_reset,
             receive_reset,
+            drop_reason,
+            queue_drop_reasons,
             names,
             offsets,
             missing,
@@ -178,6 +198,7 @@ struct Formats {
     destroy_sock: Option<EventFormat>,
     exit_accept4: Option<EventFormat>,
     exit_accept: Option<EventFormat>,
+    kfree_skb: Option<EventFormat>,
 }
 
 impl Formats {
@@ -236,7 +257,22 @@ impl Formats {
             Role::Accept,
         );
         accept.status = fields_status(self.exit_accept.as_ref(), &["ret"]);
-        vec![send, receive, set_state, destroy, accept4, accept]
+        let mut drops = Source::new("skb", "kfree_skb", "kfree_skb", Role::QueueDrop);
+        drops.status = fields_status(self.kfree_skb.as_ref(), &["skbaddr", "reason"]);
+        if drops.is_usable()
+            && self
+                .kfree_skb
+                .as_ref()
+                .is_some_and(|f| f.field("rx_sk").is_none())
+        {
+            // rx_sk arrived in 6.11; before it, only a socket still attached to the skb is seen.
+            drops.notes.push(
+                "this kernel's kfree_skb does not name the receiving socket: drops are attributed \
+                 only when the packet was already attached to its socket"
+                    .to_string(),
+            );
+        }
+        vec![send, receive, set_state, destroy, accept4, accept, drops]
     }
 
     fn record_offsets(&self, offsets: &mut KernelOffsets) {
@@ -258,12 +294,38 @@ impl Formats {
         // Both accept exits share one program, so they must agree on where `ret` is.
         let accept4 = at(&self.exit_accept4, "ret");
         let accept = at(&self.exit_accept, "ret");
+        offsets.kfree_skb_reason = at(&self.kfree_skb, "reason");
+        offsets.kfree_skb_rx_sk = at(&self.kfree_skb, "rx_sk");
+        offsets.kfree_skb_skbaddr = at(&self.kfree_skb, "skbaddr");
         offsets.sys_exit_ret = if accept4 == NO_OFFSET {
             accept
         } else {
             accept4
         };
     }
+}
+
+/// Drop reasons that mean a queue was full (kernel names; numbers differ between kernels).
+pub const QUEUE_DROP_REASONS: &[&str] = &[
+    "TCP_LISTEN_OVERFLOW",
+    "SOCKET_BACKLOG",
+    "SOCKET_RCVBUFF",
+    "CPU_BACKLOG",
+    "TCP_OFO_QUEUE_PRUNE",
+];
+
+fn queue_drop_bitmap(names: &NameTable) -> [u64; MAX_DROP_REASONS / 64] {
+    let mut bitmap = [0u64; MAX_DROP_REASONS / 64];
+    for value in QUEUE_DROP_REASONS
+        .iter()
+        .filter_map(|name| names.value_of(name))
+    {
+        let value = value as usize;
+        if value < MAX_DROP_REASONS {
+            bitmap[value / 64] |= 1 << (value % 64);
+        }
+    }
+    bitmap
 }
 
 fn reset_status(format: Option<&EventFormat>) -> Result<(), String> {
@@ -369,8 +431,27 @@ fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<Strin
         "bytes_received",
         acked,
     );
+    resolve(&mut o.tcp_data_segs_out, "tcp_sock", "data_segs_out", acked);
     let segment = "resets with no socket are not told apart (closed port or half-open)";
     resolve(&mut o.skb_head, "sk_buff", "head", segment);
+    let queue = "queue drops do not say how full the queue was";
+    resolve(&mut o.sk_ack_backlog, "sock", "sk_ack_backlog", queue);
+    resolve(
+        &mut o.sk_max_ack_backlog,
+        "sock",
+        "sk_max_ack_backlog",
+        queue,
+    );
+    resolve(&mut o.sk_rmem_alloc, "sock", "sk_backlog.rmem_alloc", queue);
+    resolve(&mut o.sk_rcvbuf, "sock", "sk_rcvbuf", queue);
+    let drop_socket = "queue drops before 6.11 are not attributed to a socket";
+    resolve(&mut o.skb_sk, "sk_buff", "sk", drop_socket);
+    resolve(
+        &mut o.skb_network_header,
+        "sk_buff",
+        "network_header",
+        "queue drops have no remote address",
+    );
     resolve(
         &mut o.skb_transport_header,
         "sk_buff",
@@ -460,6 +541,7 @@ mod tests {
             destroy_sock: None,
             exit_accept4: None,
             exit_accept: None,
+            kfree_skb: Some(fixture(kernel, "skb__kfree_skb")),
         }
     }
 
@@ -509,6 +591,25 @@ mod tests {
         );
         assert_eq!(offsets.set_state_protocol, 30);
         assert_eq!(offsets.destroy_sock_skaddr, NO_OFFSET);
+    }
+
+    #[test]
+    fn queue_drop_reasons_are_numbered_by_the_running_kernel() {
+        for (kernel, listen_overflow, socket_backlog) in
+            [("6.18", Some(40u64), 29u64), ("6.1", None, 20)]
+        {
+            let mut names = KernelNames::default();
+            names.add_drop_reasons(Some(&fixture(kernel, "skb__kfree_skb")), None);
+            let bitmap = queue_drop_bitmap(&names.drop_reasons);
+            let set = |value: u64| bitmap[value as usize / 64] & (1 << (value % 64)) != 0;
+            assert!(set(socket_backlog), "{kernel}");
+            if let Some(value) = listen_overflow {
+                assert!(set(value), "{kernel}");
+            }
+            let count: u32 = bitmap.iter().map(|word| word.count_ones()).sum();
+            let expected = if kernel == "6.18" { 5 } else { 4 };
+            assert_eq!(count, expected, "{kernel}: TCP_LISTEN_OVERFLOW is 6.15+");
+        }
     }
 
     #[test]

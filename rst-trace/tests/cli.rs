@@ -40,10 +40,11 @@ fn check_lists_each_source_and_attaches_it() {
         "tcp:tcp_destroy_sock: on",
         "syscalls:sys_exit_accept4: on",
         "syscalls:sys_exit_accept: on",
+        "skb:kfree_skb: on",
     ] {
         assert!(stdout.contains(source), "{source}: {stdout}");
     }
-    assert_eq!(stdout.matches("loaded and attached").count(), 6, "{stdout}");
+    assert_eq!(stdout.matches("loaded and attached").count(), 7, "{stdout}");
     assert!(stdout.contains("BTF: /sys/kernel/btf/vmlinux"), "{stdout}");
 }
 
