@@ -17,6 +17,9 @@ pub const COMM_LEN: usize = 16;
 /// Drop reasons are numbered below this; the kernel program keeps a bitmap of the queue ones.
 pub const MAX_DROP_REASONS: usize = 256;
 
+/// Distinct kernel stacks kept for `--stack`.
+pub const MAX_STACKS: u32 = 16384;
+
 /// Entries in the kernel-side `--pid` filter map.
 pub const MAX_PID_FILTER: u32 = 64;
 
@@ -30,6 +33,9 @@ pub enum RecordKind {
     ResetReceived = 2,
     /// `skb:kfree_skb` fired with a queue-overflow reason.
     QueueDrop = 3,
+    /// A probe on `tcp_v4_send_reset`/`tcp_v6_send_reset` saw a reset sent with no socket
+    /// (kernels before 6.10, whose tracepoint does not fire then). No tracepoint record follows.
+    ResetSentNoSocket = 4,
 }
 
 impl RecordKind {
@@ -38,6 +44,7 @@ impl RecordKind {
             1 => Some(Self::ResetSent),
             2 => Some(Self::ResetReceived),
             3 => Some(Self::QueueDrop),
+            4 => Some(Self::ResetSentNoSocket),
             _ => None,
         }
     }
@@ -171,6 +178,8 @@ pub struct SocketFacts {
     pub queue_max: u32,
     /// For queue drops (their tracepoint carries no addresses).
     pub endpoints: Endpoints,
+    /// With `--stack`: the kernel stack's id in the `STACKS` map; negative when none.
+    pub stack_id: i64,
 }
 
 /// A tracepoint record copied verbatim, behind the common header, with what the programs read
@@ -359,9 +368,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<Endpoints>(), 40);
         assert_eq!(
             core::mem::size_of::<SocketFacts>(),
-            8 + 32 + 40 + 48 + 8 + 40
+            8 + 32 + 40 + 48 + 8 + 40 + 8
         );
-        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 176 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 184 + RAW_LEN);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);
@@ -373,6 +382,7 @@ mod tests {
             RecordKind::ResetSent,
             RecordKind::ResetReceived,
             RecordKind::QueueDrop,
+            RecordKind::ResetSentNoSocket,
         ] {
             assert_eq!(RecordKind::from_u8(kind as u8), Some(kind));
         }

@@ -17,20 +17,22 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated,
     },
-    macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    macros::{kprobe, map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{ProbeContext, TracePointContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::warn;
 use rst_trace_common::{
     ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS,
-    MAX_OWNED_SOCKETS, MAX_PID_FILTER, NO_OFFSET, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint,
-    RecordKind, SocketFacts, facts,
+    MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, NO_OFFSET, NO_SK_STATE, Owner, RAW_LEN,
+    RawTracepoint, RecordKind, SocketFacts, facts,
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
+/// bpf_get_stackid: replace a different stack that hashes to the same bucket.
+const BPF_F_REUSE_STACKID: u64 = 1 << 10;
 /// The flags byte of a TCP header.
 const TCP_FLAGS_OFFSET: u64 = 13;
 
@@ -54,6 +56,14 @@ static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(MAX_OWNED_S
 #[map]
 static CLOSED: LruHashMap<ConnectionKey, ClosedConnection> =
     LruHashMap::with_max_entries(MAX_CLOSED_CONNECTIONS, 0);
+
+/// Kernel stacks of events, with `--stack`.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+
+/// Set by userspace when `--stack` is given: stacks cost a walk per event.
+#[unsafe(no_mangle)]
+static RECORD_STACKS: u8 = 0;
 
 /// Set by userspace when `--pid` is given.
 #[unsafe(no_mangle)]
@@ -124,6 +134,30 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     };
     emit(&ctx, RecordKind::QueueDrop, sk, skb);
     0
+}
+
+/// Kernels before 6.10 call tcp_send_reset's tracepoint only with a socket: a SYN to a closed
+/// port goes unseen. These probes see the resets sent without one (and only those, so nothing
+/// is reported twice); userspace attaches them only on such kernels.
+#[kprobe]
+pub fn tcp_v4_send_reset(ctx: ProbeContext) -> u32 {
+    reset_without_socket(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn tcp_v6_send_reset(ctx: ProbeContext) -> u32 {
+    reset_without_socket(&ctx);
+    0
+}
+
+#[inline(always)]
+fn reset_without_socket(ctx: &ProbeContext) {
+    let sk: u64 = ctx.arg(0).unwrap_or(1);
+    let skb: u64 = ctx.arg(1).unwrap_or(0);
+    if sk == 0 && skb != 0 {
+        emit(ctx, RecordKind::ResetSentNoSocket, 0, skb);
+    }
 }
 
 /// Connection set-up and teardown: connect and listen give a socket its owner; close records
@@ -201,7 +235,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn emit(ctx: &TracePointContext, kind: RecordKind, sk: u64, skb: u64) {
+fn emit<C: EbpfContext + StackIdContext>(ctx: &C, kind: RecordKind, sk: u64, skb: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if global!(FILTER_BY_PID) != 0 && !pid_filter_keeps((pid_tgid >> 32) as u32, sk) {
         return;
@@ -211,6 +245,7 @@ fn emit(ctx: &TracePointContext, kind: RecordKind, sk: u64, skb: u64) {
         return;
     };
     let record = entry.as_mut_ptr();
+    let record_stacks = global!(RECORD_STACKS) != 0;
     // SAFETY: `record` points at a reserved, writable ring buffer slot of the right size; every
     // field is written before submit. Facts are filled in place: the BPF stack is too small for
     // a second copy.
@@ -226,8 +261,15 @@ fn emit(ctx: &TracePointContext, kind: RecordKind, sk: u64, skb: u64) {
         let facts = &mut (*record).facts;
         *facts = SocketFacts {
             sk_state: NO_SK_STATE,
+            stack_id: -1,
             ..SocketFacts::default()
         };
+        if record_stacks {
+            // Identical stacks share an id; a colliding different stack replaces the old one.
+            facts.stack_id = ctx
+                .get_stackid(&STACKS, BPF_F_REUSE_STACKID)
+                .map_or(-1, i64::from);
+        }
         // The segment a reset answers (NULL for resets the kernel sends on its own: close, timers).
         if skb != 0 {
             segment_facts(skb, facts);
@@ -235,15 +277,18 @@ fn emit(ctx: &TracePointContext, kind: RecordKind, sk: u64, skb: u64) {
         if sk != 0 {
             socket_facts(sk, kind, facts);
         }
-        if kind == RecordKind::QueueDrop {
+        if matches!(kind, RecordKind::QueueDrop | RecordKind::ResetSentNoSocket) {
             drop_facts(sk, skb, facts);
         }
         // The tracepoint record sits at the start of a per-CPU buffer of several KiB, so reading
-        // RAW_LEN bytes never runs past it even when the record itself is shorter.
+        // RAW_LEN bytes never runs past it even when the record itself is shorter. A probe has
+        // no record: everything is in the facts.
         let raw = &mut (*record).raw;
+        *raw = [0; RAW_LEN];
         let src = ctx.as_ptr().cast();
-        if generated::bpf_probe_read_kernel(raw.as_mut_ptr().cast(), RAW_LEN as u32, src) != 0 {
-            *raw = [0; RAW_LEN];
+        if kind != RecordKind::ResetSentNoSocket
+            && generated::bpf_probe_read_kernel(raw.as_mut_ptr().cast(), RAW_LEN as u32, src) != 0
+        {
             warn!(ctx, "rst-trace: could not copy a tracepoint record");
         }
     }
@@ -319,7 +364,8 @@ fn socket_facts(sk: u64, kind: RecordKind, facts: &mut SocketFacts) {
     }
 }
 
-/// A dropped segment: the queue it did not fit in, and both ends (the drop record has no
+/// A dropped segment (or one answered with a reset for want of a socket): the queue it did not
+/// fit in, and both ends (the drop record has no
 /// addresses): the socket's local end and the segment's source.
 #[inline(always)]
 fn drop_facts(sk: u64, skb: u64, facts: &mut SocketFacts) {
@@ -359,7 +405,17 @@ fn drop_facts(sk: u64, skb: u64, facts: &mut SocketFacts) {
         _ => return,
     };
     if ends.family == 0 {
+        // No socket: this host's end is where the segment was going.
         ends.family = family;
+        let destination = source + u64::from(len);
+        // SAFETY: bpf_probe_read_kernel checks the source; the buffer has room for 16 bytes.
+        unsafe {
+            generated::bpf_probe_read_kernel(
+                ends.local_addr.as_mut_ptr().cast(),
+                len,
+                destination as *const core::ffi::c_void,
+            );
+        }
     }
     // SAFETY: bpf_probe_read_kernel checks the source; the buffer has room for 16 bytes.
     unsafe {

@@ -15,7 +15,11 @@ use crate::{
     cause::{Cause, classify, fires_in_closing_process},
     container::Container,
     enrich::{CgroupResolver, SocketHolders, process_cgroup},
-    event::{ClosedByView, Endpoint, Event, EventKind, Process, ProcessSource, Task},
+    event::{
+        ClosedByView, Counter, Endpoint, Event, EventKind, Family, KernelFacts, Process,
+        ProcessSource, Queue, Task,
+    },
+    listeners::{DropKind, ListenerDrop},
 };
 
 /// How long a sent reset waits for the other end's received reset.
@@ -53,6 +57,9 @@ struct Pending {
 }
 
 pub struct Attributor {
+    /// Accept-queue drops the kernel reported itself (kfree_skb), per (netns, port), since the
+    /// last listener sample: the namespace counter counts them too.
+    reported_listen_overflows: HashMap<(u64, u16), u64>,
     cgroups: CgroupResolver,
     sockets: SocketHolders,
     ns_pids: HashMap<u32, Option<u32>>,
@@ -63,6 +70,7 @@ pub struct Attributor {
 impl Attributor {
     pub fn new(cgroups: CgroupResolver) -> Self {
         Self {
+            reported_listen_overflows: HashMap::new(),
             cgroups,
             sockets: SocketHolders::default(),
             ns_pids: HashMap::new(),
@@ -105,13 +113,80 @@ impl Attributor {
                     self.pending.insert(index, waiting);
                 }
             }
-            EventKind::QueueDrop => self.attribute(&mut event, None),
+            EventKind::QueueDrop => {
+                self.attribute(&mut event, None);
+                if event.cause == Some(Cause::AcceptQueueFull)
+                    && let (Some(netns), Some(local)) = (event.netns, event.local)
+                {
+                    *self
+                        .reported_listen_overflows
+                        .entry((netns, local.port))
+                        .or_default() += event.drops.unwrap_or(1);
+                }
+            }
         }
         self.pending.push_back(Pending {
             event,
             ready: true,
             deadline_ns: 0,
         });
+    }
+
+    /// The event for drops a listener sample found, less those the kernel already reported
+    /// one by one; None when nothing is left to report.
+    pub fn listener_drop_event(&mut self, drop: &ListenerDrop) -> Option<Event> {
+        let listener = &drop.listener;
+        let (cause, queue_len) = match drop.kind {
+            DropKind::AcceptQueueFull => (Cause::AcceptQueueFull, listener.accept_len),
+            DropKind::SynQueueFull => (Cause::SynQueueFull, listener.syn_queue),
+        };
+        let mut drops = drop.drops;
+        if cause == Cause::AcceptQueueFull {
+            let key = (listener.netns, listener.local.port());
+            drops = drops.saturating_sub(self.reported_listen_overflows.remove(&key).unwrap_or(0));
+        }
+        if drops == 0 {
+            return None;
+        }
+        let mut event = Event {
+            time: jiff::Timestamp::now(),
+            kind: EventKind::QueueDrop,
+            reason: None,
+            state: Some("LISTEN".to_string()),
+            family: Some(Family::of(listener.local.ip())),
+            local: Some(listener.local.into()),
+            remote: None,
+            process: None,
+            cause: Some(cause),
+            explanation: None,
+            netns: Some(listener.netns),
+            cgroup: None,
+            container: None,
+            sock_cookie: None,
+            closed_by: None,
+            queue: Some(Queue {
+                len: queue_len,
+                max: listener.accept_max,
+            }),
+            drops: Some(drops),
+            counter: Some(Counter {
+                name: drop.counter,
+                delta: drop.counter_delta,
+            }),
+            stack: None,
+            ktime_ns: 0,
+            kernel: KernelFacts {
+                socket_ino: (listener.inode != 0).then_some(listener.inode),
+                full_socket: true,
+                has_socket_file: true,
+                ..KernelFacts::default()
+            },
+        };
+        self.attribute(&mut event, None);
+        if let (Some(note), Some(explanation)) = (&drop.note, event.explanation.as_mut()) {
+            explanation.push_str(&format!(" ({note})"));
+        }
+        Some(event)
     }
 
     /// Events attributed by now, in order; with `flush`, everything (at the end of a trace).

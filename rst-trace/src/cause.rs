@@ -141,6 +141,12 @@ pub fn classify(event: &Event, peer: Option<Cause>) -> Cause {
                 // Kernels before 6.10 give no reason: the state, the socket and whether a segment
                 // was answered have to do.
                 None => match state {
+                    // No socket matched the segment (seen by a probe on older kernels).
+                    None => match facts.segment {
+                        Some(segment) if segment.is_syn() => Cause::PortClosed,
+                        Some(_) => Cause::HalfOpen,
+                        None => Cause::Other,
+                    },
                     Some("TIME_WAIT") => time_wait(),
                     Some("CLOSE") if facts.linger_zero => Cause::LingerAbort,
                     Some("CLOSE") if facts.full_socket && !facts.has_socket_file => {
@@ -485,6 +491,7 @@ mod tests {
             queue: None,
             drops: None,
             counter: None,
+            stack: None,
             ktime_ns: 0,
             kernel: KernelFacts::default(),
         }
@@ -581,6 +588,15 @@ mod tests {
         let mut answered = established.clone();
         answered.kernel.segment = Some(PSH_ACK);
         assert_eq!(classify(&answered, None), Cause::InvalidPacket);
+        let mut no_socket = event(EventKind::ResetSent, None, None);
+        no_socket.kernel.segment = Some(SYN);
+        assert_eq!(
+            classify(&no_socket, None),
+            Cause::PortClosed,
+            "a probe on 6.1"
+        );
+        no_socket.kernel.segment = Some(PSH_ACK);
+        assert_eq!(classify(&no_socket, None), Cause::HalfOpen);
         let orphan = event(EventKind::ResetSent, None, Some("FIN_WAIT1"));
         assert_eq!(classify(&orphan, None), Cause::MemoryPressure);
         let mut tw = event(EventKind::ResetSent, None, Some("TIME_WAIT"));

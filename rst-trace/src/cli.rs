@@ -1,6 +1,6 @@
 //! Command-line interface. Flag names are a contract with users' scripts: add, never rename.
 
-use std::time::Duration;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Show which event sources this kernel allows, and why any is off.
     Check,
+    /// Watch every listener in every network namespace and report those that drop
+    /// connections (accept queue or SYN queue full), with the fix.
+    Backlog(BacklogArgs),
     /// Explain a cause: what it means, how it shows up in applications, what to change.
     Explain {
         /// A cause id, as in the `cause` field (`stale_connection_reuse`); omit to list them all.
@@ -32,12 +35,9 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct TraceArgs {
-    /// Print one JSON object per event (NDJSON) instead of text.
-    #[arg(long)]
-    pub json: bool,
-
+/// Filters shared by tracing and `backlog`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
     /// Only events of this process (repeatable; filtered in the kernel).
     #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
@@ -62,6 +62,35 @@ pub struct TraceArgs {
     /// Only events in this network namespace (inode, as `readlink /proc/PID/ns/net`; repeatable).
     #[arg(long = "netns", value_name = "INODE")]
     pub netns: Vec<u64>,
+}
+
+/// `rst-trace backlog`.
+#[derive(Debug, Clone, Args)]
+pub struct BacklogArgs {
+    /// One JSON object per listener that dropped, per interval.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Seconds between samples of every listener.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// Print one JSON object per event (NDJSON) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
 
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
@@ -74,6 +103,49 @@ pub struct TraceArgs {
     /// Size of the kernel-to-userspace ring buffer in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_buffer_kib)]
     pub ring_buffer_kib: u32,
+
+    /// Instead of one line per event, a table of the top causes by process and local port every
+    /// SECS seconds (redrawn in place on a terminal), and the totals at the end.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub summary: Option<Duration>,
+
+    /// Record the kernel stack where each reset or drop was generated.
+    #[arg(long)]
+    pub stack: bool,
+
+    /// Serve Prometheus metrics on ADDR:PORT (a bare PORT binds 127.0.0.1). Combine with
+    /// --quiet to print no events.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen_addr)]
+    pub metrics: Option<SocketAddr>,
+
+    /// Print no per-event output (with --metrics: metrics only).
+    #[arg(long)]
+    pub quiet: bool,
+
+    /// Also append every event as NDJSON to FILE (for log shippers).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Colour in the text output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// When standard output is a terminal and NO_COLOR is not set.
+    Auto,
+    Always,
+    Never,
+}
+
+/// `9100` -> 127.0.0.1:9100; `0.0.0.0:9100` and `[::]:9100` as given.
+fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("`{text}` is not a port or an ADDR:PORT such as 0.0.0.0:9100"))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -121,8 +193,8 @@ mod tests {
         .unwrap();
         assert!(cli.command.is_none());
         assert!(cli.trace.json);
-        assert_eq!(cli.trace.pids, [10, 11]);
-        assert_eq!(cli.trace.ports, [80]);
+        assert_eq!(cli.trace.filters.pids, [10, 11]);
+        assert_eq!(cli.trace.filters.ports, [80]);
         assert_eq!(cli.trace.duration, Some(Duration::from_millis(2500)));
         assert_eq!(cli.trace.count, Some(3));
         assert_eq!(cli.trace.ring_buffer_kib, 4096);
@@ -142,14 +214,44 @@ mod tests {
             "4026531840",
         ])
         .unwrap();
-        assert_eq!(cli.trace.comms, ["nginx"]);
-        assert_eq!(cli.trace.cgroups, ["/system.slice"]);
-        assert_eq!(cli.trace.containers, ["4f1c"]);
-        assert_eq!(cli.trace.netns, [4026531840]);
+        assert_eq!(cli.trace.filters.comms, ["nginx"]);
+        assert_eq!(cli.trace.filters.cgroups, ["/system.slice"]);
+        assert_eq!(cli.trace.filters.containers, ["4f1c"]);
+        assert_eq!(cli.trace.filters.netns, [4026531840]);
         let cli = Cli::try_parse_from(["rst-trace", "explain", "port_closed"]).unwrap();
         assert!(
             matches!(cli.command, Some(Command::Explain { cause: Some(c) }) if c == "port_closed")
         );
+    }
+
+    #[test]
+    fn output_modes() {
+        let cli = Cli::try_parse_from([
+            "rst-trace",
+            "--summary",
+            "5",
+            "--metrics",
+            "9100",
+            "--quiet",
+            "--stack",
+            "--output",
+            "/tmp/x.ndjson",
+            "--color",
+            "never",
+        ])
+        .unwrap();
+        assert_eq!(cli.trace.summary, Some(Duration::from_secs(5)));
+        assert_eq!(cli.trace.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(cli.trace.quiet && cli.trace.stack);
+        assert_eq!(
+            cli.trace.output.as_deref(),
+            Some(std::path::Path::new("/tmp/x.ndjson"))
+        );
+        assert_eq!(cli.trace.color, ColorChoice::Never);
+        let cli = Cli::try_parse_from(["rst-trace", "--metrics", "[::]:9100"]).unwrap();
+        assert_eq!(cli.trace.metrics, Some("[::]:9100".parse().unwrap()));
+        assert!(Cli::try_parse_from(["rst-trace", "--metrics", "localhost"]).is_err());
+        assert!(Cli::try_parse_from(["rst-trace", "--color", "sometimes"]).is_err());
     }
 
     #[test]

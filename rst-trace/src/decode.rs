@@ -78,6 +78,19 @@ impl Decoder {
             Some(RecordKind::ResetReceived) => {
                 reset(EventKind::ResetReceived, self.receive_reset.as_ref())?
             }
+            Some(RecordKind::ResetSentNoSocket) => {
+                // From a probe: the segment's ends are all there is; no reason before 6.10.
+                let (local, remote) = endpoints(&facts.endpoints);
+                let fields = ResetFields {
+                    skaddr: 0,
+                    state: None,
+                    reason: None,
+                    sock_cookie: None,
+                    local,
+                    remote,
+                };
+                (EventKind::ResetSent, fields, &self.names.reset_reasons)
+            }
             Some(RecordKind::QueueDrop) => {
                 let offset = self
                     .drop_reason
@@ -154,6 +167,7 @@ impl Decoder {
             }),
             drops: (kind == EventKind::QueueDrop).then_some(1),
             counter: None,
+            stack: None,
             ktime_ns: header.ktime_ns,
             kernel: KernelFacts {
                 context,

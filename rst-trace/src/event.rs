@@ -185,6 +185,8 @@ pub struct Event {
     pub drops: Option<u64>,
     /// For queue drops seen through a kernel counter: the counter and its increase.
     pub counter: Option<Counter>,
+    /// With `--stack`: the kernel stack where the reset or drop was generated, innermost first.
+    pub stack: Option<Vec<String>>,
     /// CLOCK_MONOTONIC nanoseconds from the kernel, for ordering and pairing events.
     #[serde(skip)]
     pub ktime_ns: u64,

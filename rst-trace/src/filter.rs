@@ -2,7 +2,7 @@
 //! kernel, to the running task and the socket's owner; here it is checked against the process the
 //! event was attributed to.)
 
-use crate::{cli::TraceArgs, event::Event};
+use crate::{cli::FilterArgs, event::Event};
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -15,7 +15,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn from_args(args: &TraceArgs) -> Self {
+    pub fn from_args(args: &FilterArgs) -> Self {
         Self {
             pids: args.pids.clone(),
             ports: args.ports.clone(),
@@ -108,6 +108,7 @@ mod tests {
             queue: None,
             drops: None,
             counter: None,
+            stack: None,
             ktime_ns: 0,
             kernel: KernelFacts::default(),
         }

@@ -5,6 +5,7 @@
 //! differs between kernels; [`loader`] hands its answers to the kernel programs.
 
 pub mod attribute;
+pub mod backlog;
 pub mod cause;
 pub mod cli;
 pub mod container;
@@ -14,12 +15,16 @@ pub mod event;
 pub mod filter;
 pub mod kernel_btf;
 pub mod layout;
+pub mod listeners;
 pub mod loader;
+pub mod metrics;
 pub mod names;
 pub mod output;
 pub mod privileges;
 pub mod run;
 pub mod sources;
+pub mod stack;
+pub mod summary;
 pub mod tracefs;
 
 /// Prints warnings from rst-trace and from the kernel programs (aya-log) to stderr.

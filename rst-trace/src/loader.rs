@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{KProbe, TracePoint},
 };
 use rst_trace_common::MAX_PID_FILTER;
 
@@ -21,6 +21,8 @@ pub struct LoadOptions {
     /// Keep only these processes (`--pid`), filtered in the kernel.
     pub pids: Vec<u32>,
     pub ring_buffer_bytes: u32,
+    /// Record kernel stacks (`--stack`).
+    pub stacks: bool,
 }
 
 /// Forwards the kernel programs' aya-log messages to the `log` crate.
@@ -43,8 +45,10 @@ impl Tracer {
         }
         raise_memlock_limit(&support.release);
         let filter_by_pid = u8::from(!options.pids.is_empty());
+        let record_stacks = u8::from(options.stacks);
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
+            .override_global("RECORD_STACKS", &record_stacks, true)
             .override_global("OFFSETS", &support.offsets, true)
             .override_global("QUEUE_DROP_REASONS", &support.queue_drop_reasons, true)
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
@@ -108,6 +112,15 @@ impl Tracer {
         Ok(RingBuf::try_from(map)?)
     }
 
+    /// Kernel stacks of events (filled with `LoadOptions::stacks`).
+    pub fn stacks(&mut self) -> anyhow::Result<StackTraceMap<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("STACKS")
+            .ok_or_else(|| anyhow!("STACKS map missing"))?;
+        Ok(StackTraceMap::try_from(map)?)
+    }
+
     /// Per-CPU count of records the kernel could not put in the ring buffer.
     pub fn lost_counter(&mut self) -> anyhow::Result<LostCounter> {
         let map = self
@@ -115,6 +128,20 @@ impl Tracer {
             .take_map("LOST")
             .ok_or_else(|| anyhow!("LOST map missing"))?;
         Ok(LostCounter(PerCpuArray::try_from(map)?))
+    }
+
+    /// Each loaded program's (name, run time in ns, run count) since load, for `--metrics`. The
+    /// kernel counts only while `kernel.bpf_stats_enabled=1` (or a `BPF_ENABLE_STATS` fd is
+    /// held); otherwise both are 0. Programs that failed to load have no stats and are left out.
+    pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                let run_time_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+                Some((name.to_string(), run_time_ns, info.run_count()))
+            })
+            .collect()
     }
 
     /// The kernel programs' log, to be polled and flushed.
@@ -142,19 +169,25 @@ fn attach(
     source: &Source,
     loaded: &mut HashSet<&'static str>,
 ) -> anyhow::Result<()> {
-    let program: &mut TracePoint = ebpf
+    let program = ebpf
         .program_mut(source.program)
-        .ok_or_else(|| anyhow!("program {} missing from the object", source.program))?
-        .try_into()?;
+        .ok_or_else(|| anyhow!("program {} missing from the object", source.program))?;
+    let refused = || format!("the kernel refused program {}", source.program);
+    let attaching = || format!("attaching to {}", source.name());
+    if source.is_kprobe() {
+        let program: &mut KProbe = program.try_into()?;
+        program.load().with_context(refused)?;
+        program.attach(source.event, 0).with_context(attaching)?;
+        return Ok(());
+    }
+    let program: &mut TracePoint = program.try_into()?;
     if !loaded.contains(source.program) {
-        program
-            .load()
-            .with_context(|| format!("the kernel refused program {}", source.program))?;
+        program.load().with_context(refused)?;
         loaded.insert(source.program);
     }
     program
         .attach(source.system, source.event)
-        .with_context(|| format!("attaching to {}", source.name()))?;
+        .with_context(attaching)?;
     Ok(())
 }
 

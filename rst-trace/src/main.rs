@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Some(Command::Check) => run::check(&mut std::io::stdout().lock()),
+        Some(Command::Backlog(args)) => run::backlog(&args).map(|()| true),
         Some(Command::Explain { cause }) => {
             run::explain(cause.as_deref(), &mut std::io::stdout().lock())
         }

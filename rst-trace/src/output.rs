@@ -2,7 +2,12 @@
 
 use std::io::{self, Write};
 
-use crate::event::Event;
+use std::{io::BufWriter, time::Instant};
+
+use crate::{
+    event::{Event, EventKind},
+    summary::SummaryTable,
+};
 
 /// Output format of the event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +20,7 @@ pub struct Sink<W: Write> {
     format: Format,
     out: W,
     time_zone: jiff::tz::TimeZone,
+    color: bool,
     /// The text header printed last, if any; printed again when a container column appears.
     header: Option<Columns>,
 }
@@ -35,8 +41,15 @@ impl<W: Write> Sink<W> {
             format,
             out,
             time_zone,
+            color: false,
             header: None,
         }
+    }
+
+    /// ANSI colours in the text output.
+    pub fn with_color(mut self, color: bool) -> Self {
+        self.color = color;
+        self
     }
 
     pub fn write(&mut self, event: &Event) -> io::Result<()> {
@@ -54,9 +67,16 @@ impl<W: Write> Sink<W> {
                     self.header = Some(columns);
                     writeln!(self.out, "{}", text_header(columns))?;
                 }
-                writeln!(self.out, "{}", text_line(event, &self.time_zone, columns))?;
+                writeln!(
+                    self.out,
+                    "{}",
+                    text_line(event, &self.time_zone, columns, self.color)
+                )?;
                 if let Some(explanation) = &event.explanation {
                     writeln!(self.out, "{EXPLANATION_INDENT}{explanation}")?;
+                }
+                for frame in event.stack.iter().flatten() {
+                    writeln!(self.out, "{STACK_INDENT}{frame}")?;
                 }
                 Ok(())
             }
@@ -73,6 +93,7 @@ impl<W: Write> Sink<W> {
 }
 
 const EXPLANATION_INDENT: &str = "    -> ";
+const STACK_INDENT: &str = "         ";
 
 /// (name, width); width 0: the last column, not padded.
 const TEXT_COLUMNS: [(&str, usize); 10] = [
@@ -87,20 +108,25 @@ const TEXT_COLUMNS: [(&str, usize); 10] = [
     ("REASON", 22),
     ("CAUSE", 0),
 ];
+const DIR_COLUMN: usize = 1;
 const CONTAINER_COLUMN: usize = 4;
+const CAUSE_COLUMN: usize = 9;
 
 fn text_header(columns: Columns) -> String {
-    join_columns(
-        TEXT_COLUMNS
-            .iter()
-            .map(|(name, _)| name.to_string())
-            .collect(),
-        columns,
-    )
+    let names = TEXT_COLUMNS
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    join_columns(names, columns, None)
 }
 
 /// `02:14:07.123456 SENT -  -  127.0.0.1:9  127.0.0.1:35340  -  NO_SOCKET  port_closed`
-fn text_line(event: &Event, time_zone: &jiff::tz::TimeZone, columns: Columns) -> String {
+fn text_line(
+    event: &Event,
+    time_zone: &jiff::tz::TimeZone,
+    columns: Columns,
+    color: bool,
+) -> String {
     let time = event
         .time
         .to_zoned(time_zone.clone())
@@ -115,6 +141,11 @@ fn text_line(event: &Event, time_zone: &jiff::tz::TimeZone, columns: Columns) ->
         .container
         .as_ref()
         .map_or_else(dash, |c| c.id.chars().take(12).collect());
+    let kind_color = match event.kind {
+        EventKind::ResetSent => "31",
+        EventKind::ResetReceived => "33",
+        EventKind::QueueDrop => "35",
+    };
     join_columns(
         vec![
             time,
@@ -131,10 +162,13 @@ fn text_line(event: &Event, time_zone: &jiff::tz::TimeZone, columns: Columns) ->
                 .map_or_else(dash, |cause| cause.id().to_string()),
         ],
         columns,
+        color.then_some(kind_color),
     )
 }
 
-fn join_columns(values: Vec<String>, columns: Columns) -> String {
+/// Pads each column, then colours the direction and the cause (so that escape codes do not
+/// count towards the width).
+fn join_columns(values: Vec<String>, columns: Columns, color: Option<&str>) -> String {
     let mut line = String::new();
     for (index, (value, (_, width))) in values.into_iter().zip(TEXT_COLUMNS).enumerate() {
         if index == CONTAINER_COLUMN && !columns.container {
@@ -143,9 +177,95 @@ fn join_columns(values: Vec<String>, columns: Columns) -> String {
         if !line.is_empty() {
             line.push(' ');
         }
-        line.push_str(&format!("{value:<width$}"));
+        let padded = format!("{value:<width$}");
+        match (color, index) {
+            (Some(code), DIR_COLUMN) => line.push_str(&format!("\x1b[{code}m{padded}\x1b[0m")),
+            (Some(_), CAUSE_COLUMN) => line.push_str(&format!("\x1b[1m{padded}\x1b[0m")),
+            _ => line.push_str(&padded),
+        }
     }
     line.trim_end().to_string()
+}
+
+/// Every place events go: the stream on stdout (text or JSON) or the summary table, an NDJSON
+/// file, and the metrics.
+pub struct Outputs {
+    pub stream: Option<Sink<Box<dyn Write>>>,
+    pub file: Option<Sink<BufWriter<std::fs::File>>>,
+    pub summary: Option<SummaryView>,
+}
+
+impl Outputs {
+    pub fn write(&mut self, event: &Event) -> io::Result<()> {
+        if let Some(summary) = &mut self.summary {
+            summary.table.observe(event);
+        }
+        if let Some(file) = &mut self.file {
+            file.write(event)?;
+        }
+        match &mut self.stream {
+            Some(stream) => stream.write(event),
+            None => Ok(()),
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(file) = &mut self.file {
+            file.flush()?;
+        }
+        match &mut self.stream {
+            Some(stream) => stream.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `--summary`: the table, redrawn in place on a terminal or printed as blocks otherwise.
+pub struct SummaryView {
+    pub table: SummaryTable,
+    started: Instant,
+    interval_started: Instant,
+    redraw: bool,
+    out: Box<dyn Write>,
+    time_zone: jiff::tz::TimeZone,
+}
+
+impl SummaryView {
+    pub fn new(out: Box<dyn Write>, redraw: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            table: SummaryTable::default(),
+            started: now,
+            interval_started: now,
+            redraw,
+            out,
+            time_zone: jiff::tz::TimeZone::system(),
+        }
+    }
+
+    /// Prints the interval that just ended.
+    pub fn tick(&mut self) -> io::Result<()> {
+        let now = jiff::Timestamp::now().to_zoned(self.time_zone.clone());
+        let title = now.strftime("%H:%M:%S").to_string();
+        let table = self
+            .table
+            .interval_table(&title, self.interval_started.elapsed());
+        self.interval_started = Instant::now();
+        if self.redraw {
+            // Clear the screen and start at the top: the table replaces the previous one.
+            write!(self.out, "\x1b[H\x1b[2J{table}")?;
+        } else {
+            writeln!(self.out, "{table}")?;
+        }
+        self.out.flush()
+    }
+
+    /// The totals, when the trace ends.
+    pub fn finish(&mut self) -> io::Result<()> {
+        let table = self.table.totals_table(self.started.elapsed());
+        writeln!(self.out, "{table}")?;
+        self.out.flush()
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +303,7 @@ mod tests {
             queue: None,
             drops: None,
             counter: None,
+            stack: None,
             ktime_ns: 0,
             kernel: KernelFacts::default(),
         }
@@ -229,7 +350,8 @@ mod tests {
                 "closed_by": null,
                 "queue": null,
                 "drops": null,
-                "counter": null
+                "counter": null,
+                "stack": null
             })
         );
     }

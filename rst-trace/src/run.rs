@@ -4,8 +4,10 @@
 //! -> enrich -> filter -> sink, and reports lost events while running and when it stops.
 
 use std::{
-    io::{self, BufWriter},
+    fs::OpenOptions,
+    io::{self, BufWriter, IsTerminal as _},
     path::Path,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -19,15 +21,19 @@ use tokio::{
 
 use crate::{
     attribute::{self, Attributor},
+    backlog,
     cause::Cause,
-    cli::TraceArgs,
+    cli::{BacklogArgs, ColorChoice, TraceArgs},
     decode::{Decoder, WallClock},
     enrich::CgroupResolver,
+    event::Event,
     filter::Filter,
     loader::{LoadOptions, Tracer},
-    output::{Format, Sink},
+    metrics::{self, Metrics},
+    output::{Format, Outputs, Sink, SummaryView},
     privileges,
     sources::KernelSupport,
+    stack::StackReader,
     tracefs::Tracefs,
 };
 
@@ -52,15 +58,26 @@ fn probe_kernel() -> anyhow::Result<KernelSupport> {
 }
 
 pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
-    for pid in &args.pids {
+    for pid in &args.filters.pids {
         if !Path::new("/proc").join(pid.to_string()).exists() {
             bail!("no process with pid {pid} is running (--pid {pid})");
         }
     }
+    // Bind first, so that a port in use fails the start with a sentence.
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let listener = metrics::bind(addr)?;
+            let metrics = Arc::new(Mutex::new(Metrics::new()));
+            tokio::spawn(metrics::serve_on(Arc::clone(&metrics), listener));
+            Some(metrics)
+        }
+        None => None,
+    };
     let support = probe_kernel()?;
     let options = LoadOptions {
-        pids: args.pids.clone(),
+        pids: args.filters.pids.clone(),
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
+        stacks: args.stack,
     };
     let mut tracer = Tracer::load(&support, &options)?;
     for source in &support.sources {
@@ -89,27 +106,34 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     };
     let mut ring = poll(tracer.events()?).context("polling the ring buffer")?;
     let lost_counter = tracer.lost_counter()?;
+    let stacks = if args.stack {
+        Some(StackReader::new(tracer.stacks()?)?)
+    } else {
+        None
+    };
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
     let mut attributor = Attributor::new(CgroupResolver::new());
-    let filter = Filter::from_args(&args);
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Text
-    };
-    let mut sink = Sink::new(format, BufWriter::new(io::stdout().lock()));
+    let filter = Filter::from_args(&args.filters);
+    let mut outputs = outputs(&args)?;
+    let mut listener_drops = backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL);
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(|duration| Instant::now() + duration);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
     let mut release_tick = tokio::time::interval(attribute::HOLD / 2);
+    let mut summary_tick = tokio::time::interval(args.summary.unwrap_or(Duration::from_secs(3600)));
+    summary_tick.tick().await;
     let mut lost_reported = 0u64;
-    let mut reported = 0u64;
     let mut pipeline = Pipeline {
         decoder: &decoder,
         attributor: &mut attributor,
         filter: &filter,
+        stacks,
+        outputs: &mut outputs,
+        metrics: metrics.clone(),
+        reported: 0,
+        limit: args.count,
     };
 
     eprintln!(
@@ -122,11 +146,14 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let limit = args.count.map(|count| count - reported);
-                let (written, full) = pipeline.drain(guard.get_inner_mut(), &mut sink, limit)?;
-                reported += written;
+                pipeline.take(guard.get_inner_mut());
                 guard.clear_ready();
-                done = full || args.count.is_some_and(|count| reported >= count);
+                done = pipeline.release(false)?;
+            }
+            Some(drop) = listener_drops.recv() => {
+                if let Some(event) = pipeline.attributor.listener_drop_event(&drop) {
+                    done = pipeline.write(&event)?;
+                }
             }
             Some(guard) = async {
                 match kernel_log.as_mut() {
@@ -140,13 +167,20 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
             }
             _ = release_tick.tick() => {
                 // Received resets that waited for a partner long enough go out now.
-                let limit = args.count.map(|count| count - reported);
-                let (written, full) = pipeline.release(&mut sink, limit, false)?;
-                reported += written;
-                done = full || args.count.is_some_and(|count| reported >= count);
+                done = pipeline.release(false)?;
+            }
+            _ = summary_tick.tick(), if args.summary.is_some() => {
+                if let Some(summary) = &mut pipeline.outputs.summary {
+                    summary.tick().or_else(ignore_broken_pipe)?;
+                }
             }
             _ = lost_check.tick() => {
                 let lost = lost_counter.total()?;
+                if let Some(metrics) = &metrics {
+                    let mut metrics = metrics.lock().unwrap_or_else(PoisonError::into_inner);
+                    metrics.set_lost(lost);
+                    metrics.set_program_stats(&tracer.program_stats());
+                }
                 if lost > lost_reported {
                     eprintln!(
                         "rst-trace: warning: {} events lost: the ring buffer was full (raise \
@@ -168,75 +202,131 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         }
     }
     // Whatever the kernel delivered before we stopped still counts.
-    if args.count.is_none_or(|count| reported < count) {
-        let limit = args.count.map(|count| count - reported);
-        let (written, full) = pipeline.drain(ring.get_mut(), &mut sink, limit)?;
-        reported += written;
-        if !full {
-            let limit = args.count.map(|count| count - reported);
-            reported += pipeline.release(&mut sink, limit, true)?.0;
-        }
+    if !pipeline.limit_reached() {
+        pipeline.take(ring.get_mut());
+        pipeline.release(true)?;
     }
-    sink.flush().or_else(ignore_broken_pipe)?;
+    let reported = pipeline.reported;
+    outputs.flush().or_else(ignore_broken_pipe)?;
+    if let Some(summary) = &mut outputs.summary {
+        summary.finish().or_else(ignore_broken_pipe)?;
+    }
     drop(tracer);
     let lost = lost_counter.total()?;
     eprintln!("rst-trace: {reported} events reported, {lost} lost");
     Ok(Summary { reported, lost })
 }
 
-/// Decode, attribute and filter: everything between the ring buffer and a sink.
+/// How often listener queues and drop counters are sampled in every network namespace.
+const LISTENER_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The outputs the flags ask for.
+fn outputs(args: &TraceArgs) -> anyhow::Result<Outputs> {
+    let stdout_is_terminal = io::stdout().is_terminal();
+    let color = match args.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => stdout_is_terminal && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    let stdout = || -> Box<dyn io::Write> { Box::new(BufWriter::new(io::stdout())) };
+    let stream = (!args.quiet && args.summary.is_none())
+        .then(|| Sink::new(format, stdout()).with_color(color));
+    let summary = args
+        .summary
+        .filter(|_| !args.quiet)
+        .map(|_| SummaryView::new(stdout(), stdout_is_terminal));
+    let file = match &args.output {
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {} for --output", path.display()))?;
+            Some(Sink::new(Format::Json, BufWriter::new(file)))
+        }
+        None => None,
+    };
+    Ok(Outputs {
+        stream,
+        file,
+        summary,
+    })
+}
+
+/// Decode, attribute and filter: everything between the ring buffer and the outputs.
 struct Pipeline<'a> {
     decoder: &'a Decoder,
     attributor: &'a mut Attributor,
     filter: &'a Filter,
+    stacks: Option<StackReader>,
+    outputs: &'a mut Outputs,
+    metrics: Option<Arc<Mutex<Metrics>>>,
+    /// Events written so far, and `--count`.
+    reported: u64,
+    limit: Option<u64>,
 }
 
 impl Pipeline<'_> {
-    /// Takes in what the ring buffer holds and writes what attribution has finished; returns
-    /// (events written, limit reached or output gone).
-    fn drain<W: io::Write>(
-        &mut self,
-        ring: &mut RingBuf<MapData>,
-        sink: &mut Sink<W>,
-        limit: Option<u64>,
-    ) -> anyhow::Result<(u64, bool)> {
+    /// Takes in what the ring buffer holds.
+    fn take(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
             match self.decoder.decode(&item) {
-                // Every event is attributed, even one filtered out later: pairing needs both ends.
-                Ok(event) => self.attributor.push(event),
+                Ok(mut event) => {
+                    if let Some(stacks) = &mut self.stacks {
+                        event.stack = stacks.read(&item);
+                    }
+                    // Every event is attributed, even one filtered out later: pairing needs
+                    // both ends.
+                    self.attributor.push(event);
+                }
                 Err(error) => log::warn!("skipped a record: {error:#}"),
             }
         }
-        self.release(sink, limit, false)
     }
 
-    /// Writes the events attribution has finished (all of them with `flush`).
-    fn release<W: io::Write>(
-        &mut self,
-        sink: &mut Sink<W>,
-        limit: Option<u64>,
-        flush: bool,
-    ) -> anyhow::Result<(u64, bool)> {
-        let mut written = 0;
+    /// Writes the events attribution has finished (all of them with `flush`); returns whether
+    /// the trace should end (`--count` reached, or the output went away).
+    fn release(&mut self, flush: bool) -> anyhow::Result<bool> {
         for event in self.attributor.release(monotonic_ns(), flush) {
-            if !self.filter.keeps(&event) {
-                continue;
-            }
-            match sink.write(&event) {
-                Ok(()) => written += 1,
-                Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
-                    return Ok((written, true));
-                }
-                Err(error) => return Err(error).context("writing an event"),
-            }
-            if limit.is_some_and(|limit| written >= limit) {
-                return Ok((written, true));
+            if self.write(&event)? {
+                return Ok(true);
             }
         }
-        match sink.flush() {
-            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok((written, true)),
-            other => other.map(|()| (written, false)).context("writing events"),
+        match self.outputs.flush() {
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(true),
+            other => other.map(|()| false).context("writing events"),
         }
+    }
+
+    /// Filters and writes one event; returns whether the trace should end.
+    fn write(&mut self, event: &Event) -> anyhow::Result<bool> {
+        if self.limit_reached() {
+            return Ok(true);
+        }
+        if !self.filter.keeps(event) {
+            return Ok(false);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .observe(event);
+        }
+        match self.outputs.write(event) {
+            Ok(()) => self.reported += 1,
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(true),
+            Err(error) => return Err(error).context("writing an event"),
+        }
+        Ok(self.limit_reached())
+    }
+
+    fn limit_reached(&self) -> bool {
+        self.limit.is_some_and(|limit| self.reported >= limit)
     }
 }
 
@@ -300,13 +390,12 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         support.names.reset_reasons.len(),
         support.names.tcp_states.len()
     )?;
-    let tracer = Tracer::load(
-        &support,
-        &LoadOptions {
-            pids: Vec::new(),
-            ring_buffer_bytes: 4096,
-        },
-    );
+    let options = LoadOptions {
+        pids: Vec::new(),
+        ring_buffer_bytes: 4096,
+        stacks: false,
+    };
+    let tracer = Tracer::load(&support, &options);
     let (attached, failed) = match &tracer {
         Ok(tracer) => (tracer.attached.clone(), tracer.failed.clone()),
         Err(error) => {
@@ -326,6 +415,23 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         writeln!(out, "{source}\n    {status}")?;
     }
     Ok(tracer.is_ok())
+}
+
+/// `rst-trace backlog`.
+pub fn backlog(args: &BacklogArgs) -> anyhow::Result<()> {
+    privileges::ensure_can_trace()?;
+    let filter = Filter::from_args(&args.filters);
+    let mut out = io::stdout().lock();
+    match backlog::run(args.interval, args.duration, args.json, &filter, &mut out) {
+        Err(error)
+            if error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// `rst-trace explain [CAUSE]`.

@@ -33,6 +33,8 @@ pub enum Role {
     Accept,
     /// Reports packets dropped because a queue was full.
     QueueDrop,
+    /// Reports resets sent with no socket, which the tracepoint misses before 6.10 (a kprobe).
+    ResetSentNoSocket,
 }
 
 /// One tracepoint rst-trace attaches to.
@@ -64,6 +66,7 @@ impl Source {
             Role::QueueDrop => {
                 "packets dropped from full queues (accept queue, backlog, receive buffer)"
             }
+            Role::ResetSentNoSocket => "resets sent with no socket (closed ports, half-open)",
         };
         Self {
             system,
@@ -78,6 +81,10 @@ impl Source {
 
     pub fn name(&self) -> String {
         format!("{}:{}", self.system, self.event)
+    }
+
+    pub fn is_kprobe(&self) -> bool {
+        self.system == "kprobe"
     }
 
     pub fn is_usable(&self) -> bool {
@@ -215,10 +222,17 @@ impl Formats {
             send.notes.push(
                 "this kernel's tcp_send_reset has no reason field and does not fire for resets \
                  sent with no socket (a SYN to a closed port, a segment for a forgotten \
-                 connection): those are not reported, and causes come from the TCP state alone"
+                 connection): kprobes on tcp_v4_send_reset and tcp_v6_send_reset report those \
+                 where the kernel allows kprobes, and causes come from the TCP state and the \
+                 segment"
                     .to_string(),
             );
         }
+        // Only kernels whose tracepoint misses resets without a socket need the probes.
+        let probes_needed = self
+            .send_reset
+            .as_ref()
+            .is_some_and(|f| f.field("reason").is_none());
         let mut receive = Source::new(
             "tcp",
             "tcp_receive_reset",
@@ -272,7 +286,18 @@ impl Formats {
                     .to_string(),
             );
         }
-        vec![send, receive, set_state, destroy, accept4, accept, drops]
+        let mut sources = vec![send, receive, set_state, destroy, accept4, accept, drops];
+        if probes_needed {
+            for function in ["tcp_v4_send_reset", "tcp_v6_send_reset"] {
+                sources.push(Source::new(
+                    "kprobe",
+                    function,
+                    function,
+                    Role::ResetSentNoSocket,
+                ));
+            }
+        }
+        sources
     }
 
     fn record_offsets(&self, offsets: &mut KernelOffsets) {

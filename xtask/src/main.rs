@@ -2,8 +2,12 @@
 //!
 //! Every command first runs `setup`, which installs only what is missing and says what it
 //! installs, so that a fresh Debian machine needs nothing but this repository and root.
+//! `test` runs the tests on the host kernel and then, through `vm-test`, on Debian 12's 6.1
+//! kernel in QEMU.
 
 mod setup;
+mod vm;
+mod vm_test;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -37,11 +41,19 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, then run formatting and lint checks, unit tests and the integration tests that
-    /// load the real programs into the running kernel (as root).
+    /// load the real programs into the running kernel, then `vm-test` (as root).
     Test {
-        /// Extra arguments for `cargo test` (a test name filter, for example).
+        /// Extra arguments for `cargo test` (a test name filter, for example); its filters also
+        /// choose the VM tests.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Set up, build rst-trace and the integration tests statically, and run the scenarios that
+    /// must hold on older kernels inside Debian 12's 6.1 kernel under QEMU (as root).
+    VmTest {
+        /// Test name filters, after `--` (libtest's: substrings, `--exact`, `--skip NAME`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        filters: Vec<String>,
     },
 }
 
@@ -106,7 +118,46 @@ fn run(task: Task) -> anyhow::Result<()> {
             cargo(&root, &env, &ebpf_clippy)?;
             let mut test = vec!["test", "--no-fail-fast", "--"];
             test.extend(args.iter().map(String::as_str));
-            cargo_test(&root, &env, &test)?;
+            let host = cargo_test(&root, &env, &test)?;
+            // The VM stage runs even when host tests failed: both kernels' results are wanted.
+            let vm = vm_test::run(&root, &env, &vm_test::Selection::from_libtest_args(&args));
+            let (vm_passed, vm_failed) = match &vm {
+                Ok(vm) => {
+                    println!(
+                        "xtask: host {} passed, {} failed; VM {} {} passed, {} failed",
+                        host.passed, host.failed, vm.kernel_release, vm.passed, vm.failed
+                    );
+                    (vm.passed, vm.failed)
+                }
+                Err(_) => (0, 0),
+            };
+            println!(
+                "xtask: {} passed, {} failed",
+                host.passed + vm_passed,
+                host.failed + vm_failed
+            );
+            let vm = vm.context("the VM stage could not run its tests")?;
+            match (host.succeeded, vm.succeeded()) {
+                (true, true) => {}
+                (false, true) => bail!("cargo test failed on the host: see the failures above"),
+                (true, false) => bail!("tests failed in the 6.1 VM: see the vm-test lines above"),
+                (false, false) => bail!(
+                    "tests failed on the host and in the 6.1 VM: see the failures and the \
+                     vm-test lines above"
+                ),
+            }
+        }
+        Task::VmTest { filters } => {
+            let env = setup::run()?;
+            require_root("the VM tests install packages and load BPF programs in the guest")?;
+            let vm = vm_test::run(
+                &root,
+                &env,
+                &vm_test::Selection::from_libtest_args(&filters),
+            )?;
+            if !vm.succeeded() {
+                bail!("tests failed in the 6.1 VM: see the vm-test lines above");
+            }
         }
     }
     Ok(())
@@ -131,9 +182,18 @@ fn cargo(root: &Path, env: &setup::BuildEnv, args: &[&str]) -> anyhow::Result<()
     Ok(())
 }
 
-/// Runs `cargo test`, echoing its output, and ends with one line that totals every test binary's
-/// result (`xtask: 47 passed, 0 failed`).
-fn cargo_test(root: &Path, env: &setup::BuildEnv, args: &[&str]) -> anyhow::Result<()> {
+/// What `cargo test` reported, totalled over every test binary.
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    /// Whether cargo test exited successfully (it also fails on build errors, which no
+    /// `test result:` line counts).
+    succeeded: bool,
+}
+
+/// Runs `cargo test`, echoing its output, and totals every test binary's `test result:` line;
+/// the caller prints the total once every stage has run.
+fn cargo_test(root: &Path, env: &setup::BuildEnv, args: &[&str]) -> anyhow::Result<TestTotals> {
     eprintln!("xtask: cargo {}", args.join(" "));
     let mut child = Command::new("cargo")
         .args(args)
@@ -154,11 +214,11 @@ fn cargo_test(root: &Path, env: &setup::BuildEnv, args: &[&str]) -> anyhow::Resu
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("xtask: {passed} passed, {failed} failed");
-    if !status.success() {
-        bail!("cargo test failed ({status})");
-    }
-    Ok(())
+    Ok(TestTotals {
+        passed,
+        failed,
+        succeeded: status.success(),
+    })
 }
 
 /// `test result: ok. 30 passed; 0 failed; 0 ignored; ...` -> (30, 0)

@@ -28,6 +28,17 @@ const PACKAGES: &[(&str, &str)] = &[
         "util-linux",
         "tests drop privileges (setpriv) and unshare namespaces",
     ),
+    (
+        "qemu-system-x86",
+        "vm-test boots Debian's 6.1 kernel to test on an older kernel",
+    ),
+    // The static package by name: Debian's dynamically linked `busybox` also provides
+    // /bin/busybox, but cannot run in an initramfs without libc.
+    ("busybox-static", "vm-test's init and shell in the VM"),
+    (
+        "prometheus",
+        "the metrics test scrapes rst-trace with a real Prometheus",
+    ),
 ];
 
 /// What the build needs in its environment after set-up.

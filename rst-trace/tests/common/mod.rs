@@ -14,6 +14,8 @@ use std::{
 };
 
 use serde_json::Value;
+
+pub mod netns;
 use socket2::{Domain, Socket, Type};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_rst-trace");

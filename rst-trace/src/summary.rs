@@ -1,0 +1,237 @@
+//! `--summary SECS`: instead of a line per event, a table every interval of the top causes by
+//! process and local port, with counts and rates, and the totals when the trace ends.
+
+use std::{collections::HashMap, fmt::Write as _, time::Duration};
+
+use crate::{
+    cause::Cause,
+    event::{Event, EventKind},
+};
+
+/// Rows shown per table; the rest are counted in one line.
+const TOP_ROWS: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key {
+    cause: Cause,
+    kind: EventKindKey,
+    process: String,
+    port: u16,
+}
+
+/// `EventKind` as an orderable key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum EventKindKey {
+    Sent,
+    Received,
+    Drop,
+}
+
+impl From<EventKind> for EventKindKey {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::ResetSent => Self::Sent,
+            EventKind::ResetReceived => Self::Received,
+            EventKind::QueueDrop => Self::Drop,
+        }
+    }
+}
+
+impl EventKindKey {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Sent => "SENT",
+            Self::Received => "RECV",
+            Self::Drop => "DROP",
+        }
+    }
+}
+
+/// Counts per (cause, direction, process, local port), for the interval and since the start.
+#[derive(Debug, Default)]
+pub struct SummaryTable {
+    interval: HashMap<Key, u64>,
+    total: HashMap<Key, u64>,
+}
+
+impl SummaryTable {
+    pub fn observe(&mut self, event: &Event) {
+        let key = Key {
+            cause: event.cause.unwrap_or(Cause::Other),
+            kind: event.kind.into(),
+            process: event
+                .process
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |p| format!("{} ({})", p.comm, p.pid)),
+            port: event.local.map_or(0, |end| end.port),
+        };
+        // A queue-drop event seen through a counter stands for several drops.
+        let count = event.drops.unwrap_or(1);
+        *self.interval.entry(key.clone()).or_default() += count;
+        *self.total.entry(key).or_default() += count;
+    }
+
+    /// The table for the interval that just ended (and starts the next one).
+    pub fn interval_table(&mut self, title: &str, elapsed: Duration) -> String {
+        let rows = std::mem::take(&mut self.interval);
+        render(title, &rows, elapsed)
+    }
+
+    /// The table of everything since the start.
+    pub fn totals_table(&self, elapsed: Duration) -> String {
+        render("totals", &self.total, elapsed)
+    }
+}
+
+fn render(title: &str, rows: &HashMap<Key, u64>, elapsed: Duration) -> String {
+    let mut sorted: Vec<(&Key, &u64)> = rows.iter().collect();
+    // Most frequent first; ties in a stable order so that redraws do not jump around.
+    sorted.sort_by(|(ka, a), (kb, b)| b.cmp(a).then_with(|| ka.cmp(kb)));
+    let events: u64 = rows.values().sum();
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "rst-trace summary, {title}: {events} events in {secs:.1} s ({:.1}/s)",
+        events as f64 / secs
+    );
+    if sorted.is_empty() {
+        out.push_str("  no resets or drops\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<4} {:<28} {:>6} {:>9} {:>9}",
+        "CAUSE", "DIR", "PROCESS", "PORT", "COUNT", "RATE/s"
+    );
+    for (key, count) in sorted.iter().take(TOP_ROWS) {
+        let port = if key.port == 0 {
+            "-".to_string()
+        } else {
+            key.port.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<4} {:<28} {:>6} {:>9} {:>9.1}",
+            key.cause.id(),
+            key.kind.label(),
+            truncate(&key.process, 28),
+            port,
+            count,
+            **count as f64 / secs
+        );
+    }
+    if sorted.len() > TOP_ROWS {
+        let rest: u64 = sorted[TOP_ROWS..].iter().map(|(_, count)| **count).sum();
+        let _ = writeln!(
+            out,
+            "  ... {} more rows, {rest} events",
+            sorted.len() - TOP_ROWS
+        );
+    }
+    out
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        text.chars().take(width - 1).chain(['~']).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Endpoint, KernelFacts, Process, ProcessSource};
+
+    fn event(kind: EventKind, cause: Cause, comm: Option<&str>, port: u16) -> Event {
+        Event {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            kind,
+            reason: None,
+            state: None,
+            family: None,
+            local: Some(Endpoint {
+                addr: [127, 0, 0, 1].into(),
+                port,
+            }),
+            remote: None,
+            process: comm.map(|comm| Process {
+                pid: 42,
+                tid: 42,
+                comm: comm.into(),
+                source: ProcessSource::Owner,
+                ns_pid: None,
+            }),
+            cause: Some(cause),
+            explanation: None,
+            netns: None,
+            cgroup: None,
+            container: None,
+            sock_cookie: None,
+            closed_by: None,
+            queue: None,
+            drops: None,
+            counter: None,
+            stack: None,
+            ktime_ns: 0,
+            kernel: KernelFacts::default(),
+        }
+    }
+
+    #[test]
+    fn renders_the_top_rows_with_counts_and_rates() {
+        let mut table = SummaryTable::default();
+        for _ in 0..6 {
+            table.observe(&event(EventKind::ResetSent, Cause::PortClosed, None, 9));
+        }
+        for _ in 0..2 {
+            table.observe(&event(
+                EventKind::ResetReceived,
+                Cause::PeerAbort,
+                Some("nginx"),
+                443,
+            ));
+        }
+        let mut drop = event(
+            EventKind::QueueDrop,
+            Cause::AcceptQueueFull,
+            Some("app"),
+            8080,
+        );
+        drop.drops = Some(4);
+        table.observe(&drop);
+        let text = table.interval_table("02:14:07", Duration::from_secs(2));
+        assert_eq!(
+            text,
+            "rst-trace summary, 02:14:07: 12 events in 2.0 s (6.0/s)\n\
+             CAUSE                    DIR  PROCESS                        PORT     COUNT    RATE/s\n\
+             port_closed              SENT -                                 9         6       3.0\n\
+             accept_queue_full        DROP app (42)                       8080         4       2.0\n\
+             peer_abort               RECV nginx (42)                      443         2       1.0\n"
+        );
+        // The interval starts afresh; the totals keep everything.
+        assert!(
+            table
+                .interval_table("next", Duration::from_secs(2))
+                .contains("no resets or drops")
+        );
+        assert!(
+            table
+                .totals_table(Duration::from_secs(4))
+                .starts_with("rst-trace summary, totals: 12 events in 4.0 s (3.0/s)")
+        );
+    }
+
+    #[test]
+    fn long_tables_are_cut_to_the_top_rows() {
+        let mut table = SummaryTable::default();
+        for port in 1..=25 {
+            table.observe(&event(EventKind::ResetSent, Cause::PortClosed, None, port));
+        }
+        let text = table.totals_table(Duration::from_secs(1));
+        assert_eq!(text.lines().count(), 2 + TOP_ROWS + 1);
+        assert!(text.ends_with("  ... 5 more rows, 5 events\n"), "{text}");
+    }
+}

@@ -1,0 +1,337 @@
+//! Queue drops through the real binary: S6 (accept queue full), S7 (the same inside a container
+//! built from namespaces and a cgroup scope named as docker names it) and S12 (SYN flood with
+//! syncookies off). Each runs in a network namespace of its own, so that the namespace's kernel
+//! counter moves only with this test's drops and the reported drops can be compared with it.
+
+mod common;
+
+use std::{
+    fs,
+    io::ErrorKind,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{netns::TestNetns, *};
+use serde_json::Value;
+use socket2::{Domain, Socket, Type};
+
+/// The tracer samples listeners every second; this covers one sample after the last drop.
+const SAMPLE_SETTLE: Duration = Duration::from_millis(2500);
+
+/// Non-blocking connects from inside the namespace; the sockets keep retransmitting SYNs until
+/// they are dropped.
+fn connect_many(netns: &TestNetns, to: SocketAddr, count: usize) -> Vec<Socket> {
+    netns.run(|| {
+        (0..count)
+            .map(|_| {
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+                socket.set_nonblocking(true).expect("nonblocking");
+                match socket.connect(&to.into()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("connect: {e}"),
+                }
+                socket
+            })
+            .collect()
+    })
+}
+
+/// The accept_queue_full events of one listener, and the drops they stand for in all.
+fn accept_queue_drops(events: &[Value], netns: u64, port: u16) -> (Vec<Value>, u64) {
+    let ours: Vec<Value> = events
+        .iter()
+        .filter(|e| {
+            kind(e) == "queue_drop"
+                && e["cause"] == "accept_queue_full"
+                && e["netns"] == netns
+                && local_port_of(e) == u64::from(port)
+        })
+        .cloned()
+        .collect();
+    let drops = ours.iter().map(|e| e["drops"].as_u64().unwrap_or(0)).sum();
+    (ours, drops)
+}
+
+/// Waits until the namespace counter has moved (drops happened), lets the clients go (no more
+/// retransmitted SYNs), and waits for the tracer's next samples.
+fn fill_and_settle(netns: &TestNetns, counter: &str, clients: Vec<Socket>) -> u64 {
+    let started = Instant::now();
+    while netns.tcp_ext(counter) < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{counter} did not move"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(clients);
+    thread::sleep(SAMPLE_SETTLE);
+    netns.tcp_ext(counter)
+}
+
+#[test]
+fn s6_accept_queue_full_names_the_listener_and_counts_every_drop() {
+    require_root();
+    let netns = TestNetns::new("s6");
+    // Backlog 1, never accepting: the queue holds 2 connections, every later SYN is dropped.
+    let (listener, port) = netns.run(|| listener("127.0.0.1", 1));
+    let tracer = Tracer::start(&["--netns", &netns.inode().to_string()]);
+    // The tracer's first sample of the namespace (all counters 0) is its baseline.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(netns.tcp_ext("ListenOverflows"), 0);
+    let clients = connect_many(&netns, format!("127.0.0.1:{port}").parse().unwrap(), 6);
+    let overflows = fill_and_settle(&netns, "ListenOverflows", clients);
+
+    let finished = tracer.stop();
+    let (events, drops) = accept_queue_drops(&finished.events, netns.inode(), port);
+    assert!(
+        !events.is_empty(),
+        "no accept_queue_full event:\n{}",
+        finished.stderr
+    );
+    assert_eq!(
+        drops, overflows,
+        "drops reported = the namespace's ListenOverflows: {events:?}"
+    );
+    let event = &events[0];
+    assert_eq!(event["local"]["addr"], "127.0.0.1");
+    assert_eq!(event["queue"]["max"], 1);
+    assert_eq!(
+        event["queue"]["len"], 2,
+        "N + 1 connections before the kernel drops"
+    );
+    assert_eq!(
+        pid_of(event),
+        u64::from(std::process::id()),
+        "the listener's owner: {event}"
+    );
+    drop(listener);
+}
+
+/// A test-built container: busybox nc listening in its own network and PID namespaces, moved
+/// into a cgroup scope named as docker names it; stopped so that it never accepts.
+struct Container {
+    id: String,
+    scope: PathBuf,
+    unshare: Child,
+    listener_pid: u32,
+}
+
+impl Container {
+    fn start(netns: &TestNetns, port: u16) -> Self {
+        let id = format!(
+            "{:064x}",
+            u128::from(std::process::id()) * 0x9e37_79b9_7f4a_7c15
+        );
+        let root = cgroup2_root();
+        let scope = root.join(format!("system.slice/docker-{id}.scope"));
+        fs::create_dir_all(&scope).expect("create the cgroup scope");
+        // nsenter joins the test's network namespace (`unshare --net=FILE` would make a new one).
+        let unshare = Command::new("nsenter")
+            .arg(format!("--net={}", netns.path().display()))
+            .args(["unshare", "--pid", "--fork", "--mount-proc"])
+            .args(["busybox", "nc", "-l", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux) and busybox (cargo xtask setup installs it)");
+        // nsenter execs unshare, whose child is the listener: pid 1 of the new PID namespace.
+        let listener_pid = wait_for(|| child_of(unshare.id()), "the container's first process");
+        fs::write(scope.join("cgroup.procs"), listener_pid.to_string()).expect("join the scope");
+        let container = Self {
+            id,
+            scope,
+            unshare,
+            listener_pid,
+        };
+        wait_for(
+            || listening(netns, port).then_some(()),
+            "the container to listen",
+        );
+        // The application stops calling accept().
+        // SAFETY: kill(2) on a process this test started.
+        unsafe { libc::kill(listener_pid as i32, libc::SIGSTOP) };
+        container
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on processes this test started.
+        unsafe {
+            libc::kill(self.listener_pid as i32, libc::SIGKILL);
+            libc::kill(self.listener_pid as i32, libc::SIGCONT);
+        }
+        // unshare --fork reaps the listener and exits with it; kill it only if it lingers.
+        let started = Instant::now();
+        while matches!(self.unshare.try_wait(), Ok(None)) {
+            if started.elapsed() > Duration::from_secs(2) {
+                let _ = self.unshare.kill();
+                let _ = self.unshare.wait();
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = fs::remove_dir(&self.scope);
+    }
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mount_point = before.split_whitespace().nth(4)?;
+            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .expect("a cgroup2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified)")
+}
+
+fn child_of(pid: u32) -> Option<u32> {
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+fn listening(netns: &TestNetns, port: u16) -> bool {
+    let sample = rst_trace::listeners::sample(&netns.netns()).expect("sample");
+    sample.listeners.iter().any(|l| l.local.port() == port)
+}
+
+fn wait_for<T>(mut probe: impl FnMut() -> Option<T>, what: &str) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn s7_accept_queue_full_in_a_container_names_the_container_and_its_pids() {
+    require_root();
+    let netns = TestNetns::new("s7");
+    let port = 8080;
+    let container = Container::start(&netns, port);
+    let tracer = Tracer::start(&["--container", &container.id[..12]]);
+    thread::sleep(Duration::from_millis(1500));
+    let clients = connect_many(&netns, format!("127.0.0.1:{port}").parse().unwrap(), 6);
+    let overflows = fill_and_settle(&netns, "ListenOverflows", clients);
+
+    let finished = tracer.stop();
+    let (events, drops) = accept_queue_drops(&finished.events, netns.inode(), port);
+    assert!(
+        !events.is_empty(),
+        "no accept_queue_full event:\n{}",
+        finished.stderr
+    );
+    assert_eq!(
+        drops, overflows,
+        "drops reported = the namespace's ListenOverflows"
+    );
+    let event = &events[0];
+    assert_eq!(event["netns"], netns.inode());
+    assert_eq!(event["container"]["id"], container.id.as_str());
+    assert_eq!(event["container"]["runtime"], "docker");
+    assert_eq!(
+        event["cgroup"],
+        format!("/system.slice/docker-{}.scope", container.id).as_str()
+    );
+    assert_eq!(
+        event["queue"]["max"], 1,
+        "busybox nc listens with backlog 1"
+    );
+    assert_eq!(
+        pid_of(event),
+        u64::from(container.listener_pid),
+        "host pid: {event}"
+    );
+    assert_eq!(
+        event["process"]["ns_pid"], 1,
+        "pid 1 in its own PID namespace: {event}"
+    );
+    assert_eq!(event["process"]["comm"], "busybox");
+}
+
+#[test]
+fn s12_syn_flood_without_syncookies_is_syn_queue_full() {
+    require_root();
+    let netns = TestNetns::new("s12");
+    netns.sysctl("net.ipv4.tcp_syncookies", "0");
+    // SYN-ACKs never reach a peer (dropped on the way out), so every half-open connection
+    // stays in the SYN queue, as under a flood from spoofed addresses.
+    netns.exec(&["nft", "add table inet rst_s12"]);
+    netns.exec(&[
+        "nft",
+        "add chain inet rst_s12 out { type filter hook output priority 0; policy accept; }",
+    ]);
+    netns.exec(&[
+        "nft",
+        "add rule inet rst_s12 out tcp flags & (syn | ack) == syn | ack drop",
+    ]);
+    let (listener, port) = netns.run(|| listener("127.0.0.1", 4));
+    let tracer = Tracer::start(&["--netns", &netns.inode().to_string()]);
+    thread::sleep(Duration::from_millis(1500));
+    // A bounded SYN flood: 200 SYNs, 1 ms apart, from changing source ports.
+    // hping3 exits 1 when nothing answered, which is the point here.
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns.name,
+            "hping3",
+            "-q",
+            "-S",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(["-c", "200", "-i", "u1000", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("hping3 (cargo xtask setup installs it)");
+    assert!(status.code().is_some(), "hping3 was killed");
+    let started = Instant::now();
+    while netns.tcp_ext("TCPReqQFullDrop") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "TCPReqQFullDrop did not move"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(SAMPLE_SETTLE);
+    let full_drops = netns.tcp_ext("TCPReqQFullDrop");
+
+    let finished = tracer.stop();
+    let ours: Vec<&Value> = finished
+        .events
+        .iter()
+        .filter(|e| e["cause"] == "syn_queue_full" && local_port_of(e) == u64::from(port))
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "no syn_queue_full event:\n{}",
+        finished.stderr
+    );
+    let drops: u64 = ours.iter().map(|e| e["drops"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(
+        drops, full_drops,
+        "drops reported = the namespace's TCPReqQFullDrop"
+    );
+    assert_eq!(ours[0]["netns"], netns.inode());
+    assert_eq!(ours[0]["queue"]["max"], 4);
+    assert_eq!(ours[0]["counter"]["name"], "TCPReqQFullDrop");
+    assert_eq!(pid_of(ours[0]), u64::from(std::process::id()));
+    drop(listener);
+}
