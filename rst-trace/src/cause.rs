@@ -433,7 +433,7 @@ impl fmt::Display for Explanation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{KernelFacts, Segment};
+    use crate::event::Segment;
 
     #[test]
     fn ids_round_trip_and_match_scenarios_md() {
@@ -473,27 +473,9 @@ mod tests {
 
     fn event(kind: EventKind, reason: Option<&str>, state: Option<&str>) -> Event {
         Event {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            kind,
             reason: reason.map(str::to_string),
             state: state.map(str::to_string),
-            family: None,
-            local: None,
-            remote: None,
-            process: None,
-            cause: None,
-            explanation: None,
-            netns: None,
-            cgroup: None,
-            container: None,
-            sock_cookie: None,
-            closed_by: None,
-            queue: None,
-            drops: None,
-            counter: None,
-            stack: None,
-            ktime_ns: 0,
-            kernel: KernelFacts::default(),
+            ..Event::for_test(kind)
         }
     }
 

@@ -226,3 +226,34 @@ pub fn format_rfc3339_nanos(time: jiff::Timestamp) -> String {
 fn rfc3339_nanos<S: Serializer>(time: &jiff::Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format_rfc3339_nanos(*time))
 }
+
+#[cfg(test)]
+impl Event {
+    /// An event of `kind` with nothing else known, for tests to fill in with struct update
+    /// syntax.
+    pub(crate) fn for_test(kind: EventKind) -> Self {
+        Self {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            kind,
+            reason: None,
+            state: None,
+            family: None,
+            local: None,
+            remote: None,
+            process: None,
+            cause: None,
+            explanation: None,
+            netns: None,
+            cgroup: None,
+            container: None,
+            sock_cookie: None,
+            closed_by: None,
+            queue: None,
+            drops: None,
+            counter: None,
+            stack: None,
+            ktime_ns: 0,
+            kernel: KernelFacts::default(),
+        }
+    }
+}

@@ -69,16 +69,12 @@ mod tests {
     use super::*;
     use crate::{
         container::Container,
-        event::{Endpoint, EventKind, KernelFacts, Process, ProcessSource},
+        event::{Endpoint, EventKind, Process, ProcessSource},
     };
 
     fn event() -> Event {
         Event {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            kind: EventKind::ResetReceived,
-            reason: None,
             state: Some("ESTABLISHED".into()),
-            family: None,
             local: Some(Endpoint {
                 addr: [10, 0, 0, 1].into(),
                 port: 8080,
@@ -94,8 +90,6 @@ mod tests {
                 source: ProcessSource::Owner,
                 ns_pid: Some(7),
             }),
-            cause: None,
-            explanation: None,
             netns: Some(4026532000),
             cgroup: Some("/system.slice/docker-abcdef.scope".into()),
             container: Some(Container {
@@ -103,14 +97,7 @@ mod tests {
                 runtime: "docker",
                 pod_uid: None,
             }),
-            sock_cookie: None,
-            closed_by: None,
-            queue: None,
-            drops: None,
-            counter: None,
-            stack: None,
-            ktime_ns: 0,
-            kernel: KernelFacts::default(),
+            ..Event::for_test(EventKind::ResetReceived)
         }
     }
 

@@ -447,16 +447,12 @@ mod tests {
     use super::*;
     use crate::{
         container::Container,
-        event::{Endpoint, KernelFacts, Process, ProcessSource},
+        event::{Endpoint, Process, ProcessSource},
     };
 
     fn event(kind: EventKind, cause: Option<Cause>, comm: &str) -> Event {
         Event {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            kind,
             reason: (kind == EventKind::ResetSent).then(|| "NO_SOCKET".to_string()),
-            state: None,
-            family: None,
             local: Some(Endpoint {
                 addr: [127, 0, 0, 1].into(),
                 port: 9,
@@ -473,18 +469,7 @@ mod tests {
                 ns_pid: None,
             }),
             cause,
-            explanation: None,
-            netns: None,
-            cgroup: None,
-            container: None,
-            sock_cookie: None,
-            closed_by: None,
-            queue: None,
-            drops: None,
-            counter: None,
-            stack: None,
-            ktime_ns: 0,
-            kernel: KernelFacts::default(),
+            ..Event::for_test(kind)
         }
     }
 

@@ -274,15 +274,13 @@ mod tests {
     use crate::{
         cause::Cause,
         container::Container,
-        event::{Endpoint, EventKind, Family, KernelFacts, Process, ProcessSource},
+        event::{Endpoint, EventKind, Family, Process, ProcessSource},
     };
 
     fn sample() -> Event {
         Event {
             time: jiff::Timestamp::from_nanosecond(1_763_777_647_123_456_789).unwrap(),
-            kind: EventKind::ResetSent,
             reason: Some("NO_SOCKET".into()),
-            state: None,
             family: Some(Family::Ipv4),
             local: Some(Endpoint {
                 addr: [127, 0, 0, 1].into(),
@@ -292,20 +290,10 @@ mod tests {
                 addr: [127, 0, 0, 1].into(),
                 port: 35340,
             }),
-            process: None,
             cause: Some(Cause::PortClosed),
             explanation: Some("nothing listens on 127.0.0.1:9".into()),
             netns: Some(4026531840),
-            cgroup: None,
-            container: None,
-            sock_cookie: None,
-            closed_by: None,
-            queue: None,
-            drops: None,
-            counter: None,
-            stack: None,
-            ktime_ns: 0,
-            kernel: KernelFacts::default(),
+            ..Event::for_test(EventKind::ResetSent)
         }
     }
 

@@ -143,20 +143,14 @@ fn truncate(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Endpoint, KernelFacts, Process, ProcessSource};
+    use crate::event::{Endpoint, Process, ProcessSource};
 
     fn event(kind: EventKind, cause: Cause, comm: Option<&str>, port: u16) -> Event {
         Event {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            kind,
-            reason: None,
-            state: None,
-            family: None,
             local: Some(Endpoint {
                 addr: [127, 0, 0, 1].into(),
                 port,
             }),
-            remote: None,
             process: comm.map(|comm| Process {
                 pid: 42,
                 tid: 42,
@@ -165,18 +159,7 @@ mod tests {
                 ns_pid: None,
             }),
             cause: Some(cause),
-            explanation: None,
-            netns: None,
-            cgroup: None,
-            container: None,
-            sock_cookie: None,
-            closed_by: None,
-            queue: None,
-            drops: None,
-            counter: None,
-            stack: None,
-            ktime_ns: 0,
-            kernel: KernelFacts::default(),
+            ..Event::for_test(kind)
         }
     }
 
