@@ -234,3 +234,135 @@ fn a_full_ring_buffer_counts_and_reports_every_lost_event() {
         finished.stderr
     );
 }
+
+#[test]
+fn stack_names_the_kernel_functions_that_sent_the_reset() {
+    let port = closed_port("127.0.0.1");
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--stack"]);
+    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    let sent = tracer.wait_for("the closed port's reset", |e| {
+        kind(e) == "reset_sent" && local_port_of(e) == u64::from(port)
+    });
+    let frames: Vec<&str> = sent["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stack: {sent}"))
+        .iter()
+        .filter_map(|frame| frame.as_str())
+        .collect();
+    assert!(
+        frames
+            .iter()
+            .any(|frame| frame.starts_with("tcp_v4_send_reset+0x")),
+        "the reset is sent from tcp_v4_send_reset: {frames:?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|frame| frame.starts_with("tcp_v4_rcv+0x")),
+        "{frames:?}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn output_file_gets_ndjson_and_color_always_colours_the_text() {
+    require_root();
+    let port = closed_port("127.0.0.1");
+    let file = std::env::temp_dir().join(format!("rst-trace-output-{}.ndjson", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let child = Command::new(BINARY)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--count",
+            "2",
+            "--duration",
+            "20",
+        ])
+        .args(["--color", "always", "--output"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Connect until the tracer has seen it (it may still be attaching at first).
+    let started = std::time::Instant::now();
+    let mut child = child;
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "rst-trace did not stop"
+        );
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("\x1b[31mSENT"), "SENT in red: {stdout:?}");
+    assert!(
+        stdout.contains("\x1b[1mport_closed"),
+        "causes in bold: {stdout:?}"
+    );
+    let written = std::fs::read_to_string(&file).expect("the output file");
+    let events: Vec<serde_json::Value> = written
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("NDJSON"))
+        .collect();
+    assert_eq!(events.len(), 2, "{written}");
+    assert!(events.iter().all(|e| e["cause"].is_string()));
+    std::fs::remove_file(&file).expect("remove");
+}
+
+#[test]
+fn summary_prints_a_table_per_interval_and_the_totals() {
+    require_root();
+    let port = closed_port("127.0.0.1");
+    let mut child = Command::new(BINARY)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--summary",
+            "1",
+            "--duration",
+            "4",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "rst-trace did not stop"
+        );
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Not a terminal: one block per interval, then the totals; no per-event lines.
+    assert!(
+        stdout.matches("rst-trace summary, ").count() >= 3,
+        "{stdout}"
+    );
+    assert!(!stdout.contains("TIME            DIR"), "{stdout}");
+    let totals = stdout
+        .split("rst-trace summary, totals:")
+        .nth(1)
+        .expect("totals");
+    let row = totals
+        .lines()
+        .find(|line| line.starts_with("port_closed"))
+        .unwrap_or_else(|| panic!("no port_closed row: {totals}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (columns[1], columns[3]),
+        ("SENT", port.to_string().as_str()),
+        "{row}"
+    );
+    let count: u64 = columns[4].parse().expect("count");
+    assert!(count >= 3, "{row}");
+}
