@@ -277,7 +277,11 @@ fn emit<C: EbpfContext + StackIdContext>(ctx: &C, kind: RecordKind, sk: u64, skb
         if sk != 0 {
             socket_facts(sk, kind, facts);
         }
-        if matches!(kind, RecordKind::QueueDrop | RecordKind::ResetSentNoSocket) {
+        // A reset answering a segment: its source is the remote end even when the socket
+        // (a listener) has no peer of its own.
+        if matches!(kind, RecordKind::QueueDrop | RecordKind::ResetSentNoSocket)
+            || (kind == RecordKind::ResetSent && skb != 0)
+        {
             drop_facts(sk, skb, facts);
         }
         // The tracepoint record sits at the start of a per-CPU buffer of several KiB, so reading
@@ -544,6 +548,36 @@ fn count_lost() {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *lost += 1 };
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark aid, not part of tracing: `cargo xtask bench` loads this program alone (through the
+// hidden `rst-trace bench-reference` command) to measure what the least a reset tracer must do
+// costs on this kernel, and holds `tcp_send_reset` above to a multiple of it. rst-trace itself
+// never loads or attaches it.
+
+/// Bytes the reference program submits per reset.
+const BENCH_RECORD_LEN: usize = 64;
+
+/// The reference program's own ring buffer. Tiny here, because every load of the object creates
+/// it; `bench-reference` sizes it up at load time.
+#[map]
+static BENCH_EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// The minimal reset tracer: reads the same two record fields as `tcp_send_reset` (at the same
+/// tracefs offsets) and submits a 64-byte record. Nothing else.
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn bench_reference(ctx: TracePointContext) -> u32 {
+    let sk = ctx_field::<u64>(&ctx, offset!(send_reset_skaddr)).unwrap_or(0);
+    let skb = ctx_field::<u64>(&ctx, offset!(send_reset_skbaddr)).unwrap_or(0);
+    if let Some(mut entry) = BENCH_EVENTS.reserve::<[u64; BENCH_RECORD_LEN / 8]>(0) {
+        let mut record = [0u64; BENCH_RECORD_LEN / 8];
+        record[0] = sk;
+        record[1] = skb;
+        entry.write(record);
+        entry.submit(0);
+    }
+    0
 }
 
 #[cfg(not(test))]

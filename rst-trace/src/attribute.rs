@@ -234,13 +234,13 @@ impl Attributor {
             comm: closed.closer.comm.clone(),
             seconds_ago: (closed.ago.as_secs_f64() * 1000.0).round() / 1000.0,
         });
-        let mut explanation = explain(event, cause, peer.as_ref());
-        if let Some(why) = nobody
-            && cause != Cause::PortClosed
-        {
-            explanation.push_str(&format!(" (no process named: {why})"));
-        }
-        event.explanation = Some(explanation);
+        let explanation = explain(event, cause, peer.as_ref());
+        event.explanation = Some(match nobody {
+            Some(why) if cause != Cause::PortClosed => {
+                format!("{explanation} (no process named: {why})")
+            }
+            _ => explanation.clone(),
+        });
 
         if event.kind == EventKind::ResetSent
             && let (Some(local), Some(remote)) = (event.local, event.remote)
@@ -250,7 +250,8 @@ impl Attributor {
                 local,
                 remote,
                 cause,
-                explanation: event.explanation.clone().unwrap_or_default(),
+                // Without this end's "no process named" note: it is about this end.
+                explanation,
             });
         }
     }
@@ -408,6 +409,14 @@ fn explain(event: &Event, cause: Cause, peer: Option<&SentReset>) -> String {
         Some(sent) if sent.cause == cause => {
             format!(
                 "the other end is on this host and sent it: {}",
+                sent.explanation
+            )
+        }
+        // The refusal says it all: nothing listens there.
+        Some(_) if cause == Cause::ConnectionRefused => explain_cause(event, cause),
+        Some(sent) if cause == Cause::PeerAbort => {
+            format!(
+                "the other end is on this host and reset the connection: {}",
                 sent.explanation
             )
         }

@@ -3,6 +3,7 @@
 //! trace, and the `rst-trace backlog` command's per-listener report.
 
 use std::{
+    collections::HashSet,
     io, thread,
     time::{Duration, Instant},
 };
@@ -31,6 +32,7 @@ pub fn spawn_watcher(interval: Duration) -> mpsc::UnboundedReceiver<ListenerDrop
     thread::spawn(move || {
         let mut watcher = Watcher::new();
         let mut namespaces: Vec<Netns> = Vec::new();
+        let mut warned = HashSet::new();
         for round in 0u32.. {
             if round % RESCAN_NAMESPACES_EVERY == 0 {
                 namespaces = listeners::network_namespaces();
@@ -38,9 +40,20 @@ pub fn spawn_watcher(interval: Duration) -> mpsc::UnboundedReceiver<ListenerDrop
                 watcher.retain(|inode| alive.contains(&inode));
             }
             for netns in &namespaces {
-                // A namespace can vanish between listing and sampling: skip it this round.
-                let Ok(sample) = listeners::sample(netns) else {
-                    continue;
+                let sample = match listeners::sample(netns) {
+                    Ok(sample) => sample,
+                    // A namespace can vanish between listing and sampling; one that cannot be
+                    // read at all (no sock_diag in this kernel) is said once.
+                    Err(error) => {
+                        if warned.insert(netns.inode) && netns.path.exists() {
+                            log::warn!(
+                                "cannot read the listeners of network namespace {} ({error:#}): \
+                                 SYNs dropped at full queues there are not reported",
+                                netns.inode
+                            );
+                        }
+                        continue;
+                    }
                 };
                 for drop in watcher.observe(sample) {
                     if sender.send(drop).is_err() {

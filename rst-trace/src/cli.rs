@@ -33,6 +33,21 @@ pub enum Command {
         /// A cause id, as in the `cause` field (`stale_connection_reuse`); omit to list them all.
         cause: Option<String>,
     },
+    /// Benchmark aid for `cargo xtask bench`: attach only the minimal reference program to
+    /// tcp:tcp_send_reset, count its records until stopped, print the count.
+    #[command(hide = true)]
+    BenchReference {
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Write the man pages (DIR/man) and bash, zsh and fish completions (DIR/completions).
+    /// For packaging: `cargo xtask docs` runs it.
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Filters shared by tracing and `backlog`.
@@ -135,7 +150,9 @@ pub struct TraceArgs {
 pub enum ColorChoice {
     /// When standard output is a terminal and NO_COLOR is not set.
     Auto,
+    /// Always, even into a pipe or a file.
     Always,
+    /// Never.
     Never,
 }
 

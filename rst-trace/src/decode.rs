@@ -74,7 +74,19 @@ impl Decoder {
             anyhow::Ok((kind, layout.decode(&record.raw), &self.names.reset_reasons))
         };
         let (kind, fields, reasons) = match RecordKind::from_u8(header.kind) {
-            Some(RecordKind::ResetSent) => reset(EventKind::ResetSent, self.send_reset.as_ref())?,
+            Some(RecordKind::ResetSent) => {
+                let (kind, mut fields, reasons) =
+                    reset(EventKind::ResetSent, self.send_reset.as_ref())?;
+                // A listener resetting a stray segment has no peer: the segment's source is.
+                if fields
+                    .remote
+                    .is_none_or(|addr| addr.ip().is_unspecified() && addr.port() == 0)
+                    && let (_, Some(remote)) = endpoints(&facts.endpoints)
+                {
+                    fields.remote = Some(remote);
+                }
+                (kind, fields, reasons)
+            }
             Some(RecordKind::ResetReceived) => {
                 reset(EventKind::ResetReceived, self.receive_reset.as_ref())?
             }

@@ -6,6 +6,7 @@
 
 pub mod attribute;
 pub mod backlog;
+pub mod bench_reference;
 pub mod cause;
 pub mod cli;
 pub mod container;
@@ -13,6 +14,7 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod filter;
+pub mod generate;
 pub mod kernel_btf;
 pub mod layout;
 pub mod listeners;

@@ -13,7 +13,8 @@ use rst_trace_common::MAX_PID_FILTER;
 use crate::sources::{KernelSupport, Role, Source};
 
 /// The kernel programs, built by build.rs and embedded so that the binary is one file.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-trace"));
 
 /// What to load.
 #[derive(Debug, Clone, Default)]

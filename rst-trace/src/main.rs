@@ -22,6 +22,12 @@ fn main() -> ExitCode {
         Some(Command::Explain { cause }) => {
             run::explain(cause.as_deref(), &mut std::io::stdout().lock())
         }
+        Some(Command::BenchReference { duration }) => {
+            rst_trace::bench_reference::run(duration).map(|()| true)
+        }
+        Some(Command::Generate { dir }) => {
+            rst_trace::generate::run(&dir, &mut std::io::stdout().lock()).map(|()| true)
+        }
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -5,7 +5,10 @@
 //! `test` runs the tests on the host kernel and then, through `vm-test`, on Debian 12's 6.1
 //! kernel in QEMU.
 
+mod bench;
+mod docs;
 mod setup;
+mod static_build;
 mod vm;
 mod vm_test;
 
@@ -32,9 +35,10 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (idempotent; prints what it installs).
     Setup,
-    /// Build the release binary (target/release/rst-trace) with the kernel programs embedded.
+    /// Build the release binary with the kernel programs embedded, statically linked
+    /// (target/x86_64-unknown-linux-gnu/release/rst-trace), and print its path.
     Build,
-    /// Set up, build the release binary and run it with ARGS (as root).
+    /// Set up, build the static release binary and run it with ARGS (as root).
     Run {
         /// Arguments for rst-trace, after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -54,6 +58,17 @@ enum Task {
         /// Test name filters, after `--` (libtest's: substrings, `--exact`, `--skip NAME`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         filters: Vec<String>,
+    },
+    /// Set up, build rst-trace and write its man pages and bash, zsh and fish completions into
+    /// target/docs/ (man/, completions/), and print how to install them.
+    Docs,
+    /// Set up, build rst-trace and measure what it costs under reset storms, a queue overflow
+    /// and ordinary traffic, against bpftrace and tcpdump; writes BENCHMARKS.md (as root).
+    Bench {
+        /// One short repetition of everything, checked for output; the report goes to a
+        /// temporary directory and no timing is judged (CI's smoke run).
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -75,13 +90,16 @@ fn run(task: Task) -> anyhow::Result<()> {
         }
         Task::Build => {
             let env = setup::run()?;
-            build_release(&root, &env)?;
+            let binary = static_build::release(&root, &env)?;
+            eprintln!("xtask: built {} (statically linked)", binary.display());
+            // On stdout alone, for scripts: `cp "$(cargo xtask build)" ...`.
+            println!("{}", binary.display());
         }
         Task::Run { args } => {
             let env = setup::run()?;
-            build_release(&root, &env)?;
+            let binary = static_build::release(&root, &env)?;
             require_root("rst-trace loads BPF programs")?;
-            let binary = root.join("target/release/rst-trace");
+            eprintln!("xtask: running {}", binary.display());
             let status = Command::new(&binary)
                 .args(&args)
                 .status()
@@ -159,12 +177,13 @@ fn run(task: Task) -> anyhow::Result<()> {
                 bail!("tests failed in the 6.1 VM: see the vm-test lines above");
             }
         }
+        Task::Docs => {
+            let env = setup::run()?;
+            docs::run(&root, &env)?;
+        }
+        Task::Bench { quick } => bench::run(&root, quick)?,
     }
     Ok(())
-}
-
-fn build_release(root: &Path, env: &setup::BuildEnv) -> anyhow::Result<()> {
-    cargo(root, env, &["build", "--release", "--package", "rst-trace"])
 }
 
 fn cargo(root: &Path, env: &setup::BuildEnv, args: &[&str]) -> anyhow::Result<()> {

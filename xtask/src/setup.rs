@@ -39,6 +39,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "the metrics test scrapes rst-trace with a real Prometheus",
     ),
+    ("hping3", "the bench's SYN flood at a closed port"),
+    (
+        "bpftrace",
+        "the bench compares rst-trace with a bpftrace one-liner",
+    ),
+    ("tcpdump", "the bench compares rst-trace with tcpdump -w"),
+    ("bpftool", "the bench names the BPF programs it times"),
+    ("gnuplot-nox", "the bench draws its chart (PNG)"),
 ];
 
 /// What the build needs in its environment after set-up.

@@ -22,10 +22,13 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Modules (and, resolved from their `depends=`, everything they need) that the cloud kernel
-/// builds as modules but tests with network namespaces need: veth pairs, and nftables rules that
+/// builds as modules but tests need: sock_diag for TCP (rst-trace samples listener queues over
+/// it, and the guest has no modprobe to load it on demand), veth pairs, and nftables rules that
 /// drop or reset connections. Everything else (BPF, BTF, tracepoints, kprobes, loopback,
 /// namespaces, cgroup v2) is built in.
 const MODULES: &[&str] = &[
+    "inet_diag",
+    "tcp_diag",
     "veth",
     "nf_tables",
     "nft_ct",

@@ -11,16 +11,17 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::Value;
 
-use crate::{setup::BuildEnv, vm};
+use crate::{
+    setup::BuildEnv,
+    static_build::{self, TARGET, cargo_artifacts, require_static},
+    vm,
+};
 
 /// One integration test to run in the VM.
 struct VmTest {
@@ -50,8 +51,12 @@ const VM_TESTS: &[VmTest] = &[
         binary: "resets",
         name: "s5_close_with_unread_data_sends_reset_from_the_server",
     },
-    // S6 (accept queue full) belongs here once its test is written.
-    //
+    // S6: a full accept queue, with the listener named and every drop counted (against the
+    // namespace's ListenOverflows), through 6.1's sock_diag and kfree_skb.
+    VmTest {
+        binary: "queues",
+        name: "s6_accept_queue_full_names_the_listener_and_counts_every_drop",
+    },
     // --pid keeps one process's resets and drops another's: the in-kernel filter on 6.1.
     VmTest {
         binary: "resets",
@@ -63,14 +68,6 @@ const VM_TESTS: &[VmTest] = &[
         name: "check_lists_each_source_and_attaches_it",
     },
 ];
-
-/// The glibc target, named explicitly so that the static-linking flags below reach only the
-/// binaries for the VM, not build scripts and proc macros (which cannot be static).
-const TARGET: &str = "x86_64-unknown-linux-gnu";
-const STATIC_RUSTFLAGS: (&str, &str) = (
-    "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-    "-C target-feature=+crt-static",
-);
 
 /// Boot and busybox set-up, then per test: a debug build of the tests starting rst-trace under
 /// TCG, and the tests' own waits (60 s to start, 15 s per event) when a test fails.
@@ -174,7 +171,7 @@ pub fn run(root: &Path, env: &BuildEnv, selection: &Selection) -> anyhow::Result
         });
     }
 
-    let release = build_static_release(root, env)?;
+    let release = static_build::release(root, env)?;
     let builds = build_static_tests(root, env, &tests)?;
 
     // The release build (smaller, and faster under emulation than a debug build) goes where the
@@ -276,29 +273,6 @@ fn group_by_binary<'a>(tests: &[&'a VmTest]) -> BTreeMap<&'a str, Vec<&'a str>> 
     groups
 }
 
-/// `cargo build --release` of rst-trace, linked statically; returns the binary.
-fn build_static_release(root: &Path, env: &BuildEnv) -> anyhow::Result<PathBuf> {
-    let artifacts = cargo_artifacts(
-        root,
-        env,
-        &[
-            "build",
-            "--release",
-            "--package",
-            "rst-trace",
-            "--target",
-            TARGET,
-        ],
-    )?;
-    let binary = artifacts
-        .iter()
-        .find(|a| a.kind == "bin" && a.name == "rst-trace")
-        .map(|a| a.executable.clone())
-        .context("cargo build reported no rst-trace binary")?;
-    require_static(&binary)?;
-    Ok(binary)
-}
-
 struct TestBuilds {
     /// Test binary by target name.
     tests: BTreeMap<String, PathBuf>,
@@ -350,103 +324,6 @@ fn build_static_tests(
         builds.tests.insert(artifact.name, artifact.executable);
     }
     Ok(builds)
-}
-
-/// An executable cargo built, from its `--message-format=json` output.
-struct Artifact {
-    /// The target's kind: `bin`, `test`, ...
-    kind: String,
-    name: String,
-    executable: PathBuf,
-}
-
-/// Runs cargo for the VM's target with static linking and returns the executables it built.
-fn cargo_artifacts(root: &Path, env: &BuildEnv, args: &[&str]) -> anyhow::Result<Vec<Artifact>> {
-    eprintln!(
-        "xtask: {}={:?} cargo {}",
-        STATIC_RUSTFLAGS.0,
-        STATIC_RUSTFLAGS.1,
-        args.join(" ")
-    );
-    let mut child = Command::new("cargo")
-        .args(args)
-        // Diagnostics rendered on stderr as usual; stdout carries one JSON message per line.
-        .arg("--message-format=json-render-diagnostics")
-        .current_dir(root)
-        .envs(env.vars())
-        // Not RUSTFLAGS: rst-trace's build script builds the eBPF object with cargo, which would
-        // inherit it; a target-specific variable applies to this target only.
-        .env(STATIC_RUSTFLAGS.0, STATIC_RUSTFLAGS.1)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("could not run cargo")?;
-    let mut artifacts = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.context("could not read cargo's output")?;
-            let Ok(message) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if message["reason"] != "compiler-artifact" {
-                continue;
-            }
-            let (Some(executable), Some(name)) = (
-                message["executable"].as_str(),
-                message["target"]["name"].as_str(),
-            ) else {
-                continue;
-            };
-            let kinds = message["target"]["kind"].as_array().into_iter().flatten();
-            for kind in kinds.filter_map(Value::as_str) {
-                artifacts.push(Artifact {
-                    kind: kind.to_string(),
-                    name: name.to_string(),
-                    executable: PathBuf::from(executable),
-                });
-            }
-        }
-    }
-    let status = child.wait().context("could not wait for cargo")?;
-    if !status.success() {
-        bail!(
-            "cargo {} failed ({status}): see its errors above",
-            args.join(" ")
-        );
-    }
-    Ok(artifacts)
-}
-
-/// Fails unless `binary` is a static ELF executable (no program interpreter), which is what runs
-/// in a VM without shared libraries, and on any x86_64 Linux host.
-fn require_static(binary: &Path) -> anyhow::Result<()> {
-    const PT_INTERP: u32 = 3;
-    let bytes = fs::read(binary).with_context(|| format!("could not read {}", binary.display()))?;
-    let field = |offset: usize, len: usize| -> Option<u64> {
-        let slice = bytes.get(offset..offset + len)?;
-        let mut buf = [0u8; 8];
-        buf[..len].copy_from_slice(slice);
-        Some(u64::from_le_bytes(buf))
-    };
-    // ELF64 little-endian: e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38.
-    let headers = (|| {
-        if bytes.get(..6)? != b"\x7fELF\x02\x01" {
-            return None;
-        }
-        let (offset, size, count) = (field(0x20, 8)?, field(0x36, 2)?, field(0x38, 2)?);
-        (0..count)
-            .map(|i| field(usize::try_from(offset + i * size).ok()?, 4))
-            .collect::<Option<Vec<u64>>>()
-    })()
-    .with_context(|| format!("{} is not an x86_64 ELF executable", binary.display()))?;
-    if headers.contains(&u64::from(PT_INTERP)) {
-        bail!(
-            "{} is dynamically linked although it was built with {}: check that nothing \
-             (a .cargo/config.toml, RUSTFLAGS) overrides the static-linking flags",
-            binary.display(),
-            STATIC_RUSTFLAGS.1
-        );
-    }
-    Ok(())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -1,0 +1,518 @@
+//! `cargo xtask bench`: what rst-trace costs, measured against no tracer, a bpftrace one-liner,
+//! `tcpdump -w` and a minimal reference program, under reset storms, a queue overflow and
+//! ordinary traffic; written to BENCHMARKS.md with a chart of the throughput ratios.
+//!
+//! Each workload runs under every tracer in turn, interleaved (none, json, summary, ..., then
+//! again), so that drift on the machine spreads over all of them; medians are reported. Around
+//! each run the bench reads the kernel's own counters (TcpOutRsts, TcpExtListenOverflows) and,
+//! with `kernel.bpf_stats_enabled=1`, the run time of every BPF program the tracer holds.
+//!
+//! `--quick` is CI's smoke run: one short repetition of everything, checked for having run and
+//! produced output, with the report written to a temporary directory and no timing judged.
+
+mod kernel;
+mod report;
+mod tracers;
+mod workloads;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use self::{
+    kernel::{BpfStats, ProgramCounters, TcpCounters},
+    tracers::{Finished, Mode, Setup},
+    workloads::{KernelCount, Workload},
+};
+
+/// Where the full run's report goes, relative to the workspace root.
+const REPORT: &str = "BENCHMARKS.md";
+const CHART: &str = "docs/benchmark-ratios.png";
+
+/// How much work a bench does.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub quick: bool,
+    pub repetitions: usize,
+    pub duration: Duration,
+    /// Load generator threads (and echo connections).
+    pub threads: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        let cores = thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            quick,
+            repetitions: if quick { 1 } else { 3 },
+            duration: Duration::from_secs(if quick { 1 } else { 3 }),
+            // Two per core: enough to keep every core busy while some wait in the kernel.
+            threads: 2 * cores,
+        }
+    }
+}
+
+/// One workload under one tracer, once.
+pub struct Run {
+    pub workload: Workload,
+    pub mode: Mode,
+    pub result: Result<Measured, String>,
+}
+
+/// What a run measured.
+pub struct Measured {
+    /// Workload operations per second (hping3: resets the kernel sent per second).
+    pub throughput: f64,
+    /// How long the load ran.
+    pub seconds: f64,
+    /// Resets the kernel sent (TcpOutRsts) and listen overflows it counted during the run.
+    pub out_rsts: u64,
+    pub listen_overflows: u64,
+    /// TcpOutRsts minus the resets the workload itself made, where it knows (other processes on
+    /// the host, or the bench's own teardown).
+    pub background_resets: Option<i64>,
+    pub tracer: Option<TracerFigures>,
+    /// Ways the run failed to show that the harness works (checked in every mode).
+    pub problems: Vec<String>,
+}
+
+/// What a tracer did during a run.
+pub struct TracerFigures {
+    pub startup: Duration,
+    pub cpu_seconds: f64,
+    pub peak_rss_kib: u64,
+    /// Events (or drops) the tracer delivered, and the kernel's count of what it should have.
+    pub delivered: Option<u64>,
+    pub expected: Option<u64>,
+    /// Events the tracer itself says it lost (rst-trace: ring buffer full; tcpdump: dropped by
+    /// the kernel).
+    pub lost: Option<u64>,
+    pub programs: Vec<ProgramRun>,
+}
+
+/// One BPF program's work during a run.
+pub struct ProgramRun {
+    pub name: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+/// Set by SIGINT: the bench stops between runs and still restores the sysctl.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
+    let env = crate::setup::run()?;
+    crate::require_root(
+        "the bench loads BPF programs, sets kernel.bpf_stats_enabled and sends raw SYNs",
+    )?;
+    crate::cargo(
+        root,
+        &env,
+        &["build", "--release", "--package", "rst-trace"],
+    )?;
+    let rst_trace = root.join("target/release/rst-trace");
+    if !workloads::hping3_present() {
+        bail!("hping3 is missing: `cargo xtask setup` installs it");
+    }
+    let plan = Plan::new(quick);
+    let scratch = std::env::temp_dir().join(format!("rst-trace-bench-{}", std::process::id()));
+    fs::create_dir_all(&scratch)
+        .with_context(|| format!("could not create {}", scratch.display()))?;
+    let port = workloads::free_port(20001, &[])?;
+    let metrics_port = workloads::free_port(port + 1, &[port])?;
+    let setup = Setup {
+        rst_trace,
+        port,
+        metrics_port,
+        scratch: scratch.clone(),
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as extern "C" fn(libc::c_int) as *const () as libc::sighandler_t,
+        )
+    };
+
+    let machine = report::Machine::describe(root);
+    let started = Instant::now();
+    let runs = {
+        let stats = BpfStats::enable()?;
+        let previous = stats.previous().to_string();
+        eprintln!(
+            "bench: kernel.bpf_stats_enabled=1 for the bench (was {previous}; put back at the end)"
+        );
+        run_all(&plan, &setup)
+    };
+    let _ = fs::remove_dir_all(&scratch);
+    let runs = runs?;
+    let elapsed = started.elapsed();
+
+    let (report_path, chart_path) = if quick {
+        let dir = std::env::temp_dir().join("rst-trace-bench-quick");
+        fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+        (dir.join(REPORT), dir.join("benchmark-ratios.png"))
+    } else {
+        (root.join(REPORT), root.join(CHART))
+    };
+    let context = report::Context {
+        plan,
+        setup: &setup,
+        machine,
+        elapsed,
+        load_after: report::load_average(),
+    };
+    report::write(&runs, &context, &report_path, &chart_path)?;
+    eprintln!(
+        "bench: wrote {} and {}",
+        report_path.display(),
+        chart_path.display()
+    );
+
+    let problems: Vec<String> = runs
+        .iter()
+        .flat_map(|run| {
+            let name = format!("{} / {}", run.workload.id(), run.mode.id());
+            match &run.result {
+                Err(error) => vec![format!("{name}: {error}")],
+                Ok(measured) => measured
+                    .problems
+                    .iter()
+                    .map(|problem| format!("{name}: {problem}"))
+                    .collect(),
+            }
+        })
+        .collect();
+    if !problems.is_empty() {
+        bail!(
+            "the bench did not run as it should:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    if quick {
+        eprintln!("bench: --quick: every workload ran under every tracer and each produced output");
+    }
+    Ok(())
+}
+
+fn run_all(plan: &Plan, setup: &Setup) -> anyhow::Result<Vec<Run>> {
+    let total: usize = Workload::ALL
+        .iter()
+        .map(|w| Mode::ALL.iter().filter(|m| m.applies_to(*w)).count())
+        .sum::<usize>()
+        * plan.repetitions;
+    eprintln!(
+        "bench: {total} runs of {} s ({} repetition(s), modes interleaved), about {} minutes",
+        plan.duration.as_secs(),
+        plan.repetitions,
+        (total as u64 * (plan.duration.as_secs() + 2)).div_ceil(60)
+    );
+    let mut runs = Vec::new();
+    for workload in Workload::ALL {
+        for repetition in 0..plan.repetitions {
+            for mode in Mode::ALL.into_iter().filter(|m| m.applies_to(workload)) {
+                if INTERRUPTED.load(Ordering::Relaxed) {
+                    bail!("interrupted");
+                }
+                let result = run_one(workload, mode, plan, setup).map_err(|e| format!("{e:#}"));
+                match &result {
+                    Ok(measured) => eprintln!(
+                        "bench: {:<8} {}/{} {:<9} {}",
+                        workload.id(),
+                        repetition + 1,
+                        plan.repetitions,
+                        mode.id(),
+                        report::one_line(workload, measured)
+                    ),
+                    Err(error) => eprintln!(
+                        "bench: {:<8} {}/{} {:<9} FAILED: {error}",
+                        workload.id(),
+                        repetition + 1,
+                        plan.repetitions,
+                        mode.id()
+                    ),
+                }
+                runs.push(Run {
+                    workload,
+                    mode,
+                    result,
+                });
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// How long a tracer gets after the load stops to deliver what is still queued. rst-trace
+/// samples listener counters once a second: the overflow workload waits for one more sample.
+fn settle_time(workload: Workload) -> Duration {
+    match workload {
+        Workload::AcceptOverflow => Duration::from_millis(1500),
+        _ => Duration::from_millis(300),
+    }
+}
+
+fn run_one(workload: Workload, mode: Mode, plan: &Plan, setup: &Setup) -> anyhow::Result<Measured> {
+    let tracer = tracers::start(mode, setup)?;
+    let programs_before = match &tracer {
+        Some(tracer) => kernel::programs_of(tracer.pid())?,
+        None => Vec::new(),
+    };
+    let before = TcpCounters::read()?;
+    let outcome = match workload.run(setup.port, plan.threads, plan.duration) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            if let Some(tracer) = tracer {
+                let _ = tracer.stop();
+            }
+            return Err(error.context(format!("the {} workload failed", workload.id())));
+        }
+    };
+    if tracer.is_some() {
+        thread::sleep(settle_time(workload));
+    }
+    let after = TcpCounters::read()?;
+    let out_rsts = after.delta(&before, "Tcp:OutRsts");
+    let listen_overflows = after.delta(&before, "TcpExt:ListenOverflows");
+    let elapsed = outcome.elapsed.as_secs_f64().max(1e-3);
+    let throughput = match outcome.ops {
+        Some(ops) => ops as f64 / elapsed,
+        None => out_rsts as f64 / elapsed,
+    };
+    // Each refused connect and each aborted connection is exactly one reset sent.
+    let background_resets = match workload {
+        Workload::RefusedStorm | Workload::LingerStorm => outcome
+            .ops
+            .map(|ops| i64::try_from(out_rsts).unwrap_or(i64::MAX) - ops as i64),
+        _ => None,
+    };
+    let mut problems = Vec::new();
+    if throughput <= 0.0 {
+        problems.push("the workload completed no operations".to_string());
+    }
+    let Some(tracer) = tracer else {
+        return Ok(Measured {
+            throughput,
+            seconds: elapsed,
+            out_rsts,
+            listen_overflows,
+            background_resets,
+            tracer: None,
+            problems,
+        });
+    };
+    let programs_after = kernel::programs_of(tracer.pid())?;
+    let names = kernel::program_names().unwrap_or_default();
+    let metrics = (mode == Mode::Metrics).then(|| tracers::scrape_metrics(setup));
+    let finished = tracer.stop()?;
+    // The overflowing listener and its connections go only now, after the tracer's last look.
+    drop(outcome.keep);
+
+    let programs = program_deltas(&programs_before, &programs_after, &names);
+    let counts = Counts {
+        out_rsts,
+        listen_overflows,
+        received_resets: programs
+            .iter()
+            .filter(|p| p.name.starts_with("tcp_receive_re"))
+            .map(|p| p.runs)
+            .sum(),
+    };
+    let figures = tracer_figures(workload, mode, &finished, metrics, counts, &mut problems);
+    Ok(Measured {
+        throughput,
+        seconds: elapsed,
+        out_rsts,
+        listen_overflows,
+        background_resets,
+        tracer: Some(TracerFigures {
+            programs,
+            ..figures
+        }),
+        problems,
+    })
+}
+
+fn program_deltas(
+    before: &[ProgramCounters],
+    after: &[ProgramCounters],
+    names: &std::collections::HashMap<u32, String>,
+) -> Vec<ProgramRun> {
+    after
+        .iter()
+        .map(|now| {
+            let then = before
+                .iter()
+                .find(|p| p.id == now.id)
+                .copied()
+                .unwrap_or_default();
+            ProgramRun {
+                name: names
+                    .get(&now.id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("id {}", now.id)),
+                runs: now.run_cnt.saturating_sub(then.run_cnt),
+                run_time_ns: now.run_time_ns.saturating_sub(then.run_time_ns),
+            }
+        })
+        .collect()
+}
+
+/// The kernel's counts during a run.
+#[derive(Clone, Copy)]
+struct Counts {
+    out_rsts: u64,
+    listen_overflows: u64,
+    /// Runs of rst-trace's tcp_receive_reset program: the kernel's count of resets received
+    /// (the tracepoint fires once for each, whether or not the ring buffer has room).
+    received_resets: u64,
+}
+
+/// What the tracer delivered against the kernel's count, and whether it showed it worked.
+fn tracer_figures(
+    workload: Workload,
+    mode: Mode,
+    finished: &Finished,
+    metrics: Option<anyhow::Result<String>>,
+    counts: Counts,
+    problems: &mut Vec<String>,
+) -> TracerFigures {
+    let mut figures = TracerFigures {
+        startup: finished.startup,
+        cpu_seconds: finished.cpu_seconds,
+        peak_rss_kib: finished.peak_rss_kib,
+        delivered: None,
+        expected: None,
+        lost: None,
+        programs: Vec::new(),
+    };
+    if !finished.exited_cleanly {
+        problems.push(format!(
+            "{} ended with {} after SIGINT: {}",
+            mode.label(),
+            finished.exit,
+            finished.stderr.join(" | ")
+        ));
+    }
+    let resets = workload.kernel_count() == KernelCount::Resets;
+    let overflow = workload.kernel_count() == KernelCount::ListenOverflows;
+    let mut require = |ok: bool, what: &str| {
+        if !ok {
+            problems.push(what.to_string());
+        }
+    };
+    match mode {
+        Mode::NoTracer => {}
+        Mode::Json | Mode::Summary | Mode::Metrics => {
+            let totals = tracers::rst_trace_totals(&finished.stderr);
+            require(totals.is_some(), "rst-trace printed no totals at exit");
+            let (reported, lost) = totals.unwrap_or_default();
+            figures.lost = Some(lost);
+            if resets {
+                figures.delivered = Some(reported);
+                figures.expected = Some(counts.out_rsts + counts.received_resets);
+                require(reported > 0, "rst-trace reported no resets");
+            }
+            if mode == Mode::Summary {
+                let table = tracers::summary_totals(&finished.stdout);
+                require(table.is_some(), "--summary printed no totals table");
+                if overflow {
+                    figures.delivered = table.map(|[_, _, drops]| drops);
+                    figures.expected = Some(counts.listen_overflows);
+                    require(
+                        figures.delivered.unwrap_or(0) > 0,
+                        "--summary counted no queue drops",
+                    );
+                }
+            }
+            if mode == Mode::Metrics {
+                match metrics {
+                    Some(Ok(text)) => {
+                        require(
+                            text.contains("rst_trace_lost_events_total"),
+                            "the metrics have no rst_trace_lost_events_total",
+                        );
+                        if resets {
+                            require(
+                                tracers::metric_sum(&text, "rst_trace_resets_total", "sent") > 0,
+                                "the metrics counted no resets sent",
+                            );
+                        }
+                        if overflow {
+                            let drops =
+                                tracers::metric_sum(&text, "rst_trace_queue_drops_total", "");
+                            figures.delivered = Some(drops);
+                            figures.expected = Some(counts.listen_overflows);
+                            require(drops > 0, "the metrics counted no queue drops");
+                        }
+                    }
+                    Some(Err(error)) => problems.push(format!("{error:#}")),
+                    None => {}
+                }
+            }
+        }
+        Mode::Reference => {
+            let records = tracers::reference_records(&finished.stderr);
+            require(
+                records.is_some_and(|n| n > 0),
+                "the reference program delivered no records",
+            );
+            figures.delivered = records;
+            figures.expected = Some(counts.out_rsts);
+        }
+        Mode::Bpftrace => {
+            let total = tracers::bpftrace_total(&finished.stdout);
+            if resets {
+                require(total.is_some(), "bpftrace printed no counts");
+                figures.delivered = total;
+                figures.expected = Some(counts.out_rsts);
+            }
+        }
+        Mode::Tcpdump => {
+            let totals = tracers::tcpdump_totals(&finished.stderr);
+            require(totals.is_some(), "tcpdump printed no statistics");
+            if let Some((captured, dropped)) = totals {
+                figures.lost = Some(dropped);
+                if resets {
+                    figures.delivered = Some(captured);
+                    figures.expected = Some(counts.out_rsts);
+                    require(
+                        captured > 0 && finished.pcap_bytes > 24,
+                        "tcpdump captured no resets",
+                    );
+                }
+            }
+        }
+    }
+    figures
+}
+
+/// Output of a short command, trimmed; None when it cannot run.
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    Some(String::from_utf8_lossy(&text).trim().to_string())
+}
+
+/// Relative path from the report to the chart, for the Markdown image link.
+fn chart_link(report: &Path, chart: &Path) -> PathBuf {
+    match report.parent().and_then(|dir| chart.strip_prefix(dir).ok()) {
+        Some(relative) => relative.to_path_buf(),
+        None => chart.to_path_buf(),
+    }
+}

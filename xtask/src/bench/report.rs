@@ -1,0 +1,1054 @@
+//! BENCHMARKS.md and its chart: medians and ratios per workload and tracer, each target with
+//! its figure and PASS or MISSED, the machine, the exact commands, and notes on what the
+//! figures mean.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use super::{
+    Measured, Plan, Run, chart_link, command_output,
+    tracers::{BPFTRACE_PROGRAM, Mode, Setup},
+    workloads::{KernelCount, Workload},
+};
+
+/// The targets, from the issue that asked for the bench.
+const RATIO_JSON: f64 = 0.95;
+const RATIO_SUMMARY_METRICS: f64 = 0.97;
+const RATIO_ORDINARY: f64 = 0.99;
+const KERNEL_TIME_FACTOR: f64 = 1.5;
+const CPU_SECONDS_PER_MILLION: f64 = 1.0;
+const PEAK_RSS_MIB: f64 = 32.0;
+const STARTUP_MS: f64 = 300.0;
+/// Delivered over the kernel's count, at least: "no lost events" with room for the resets of
+/// other processes that the kernel counts too.
+const DELIVERED_AT_LEAST: f64 = 0.999;
+
+/// The tracer modes drawn in the chart, in order.
+const CHART_MODES: [Mode; 6] = [
+    Mode::Json,
+    Mode::Summary,
+    Mode::Metrics,
+    Mode::Bpftrace,
+    Mode::Tcpdump,
+    Mode::Reference,
+];
+
+/// The machine the bench ran on, read before it started.
+pub struct Machine {
+    cpu: String,
+    cores: usize,
+    memory_gib: f64,
+    kernel: String,
+    os: String,
+    date: String,
+    commit: String,
+    tools: Vec<String>,
+    load_before: String,
+}
+
+impl Machine {
+    pub fn describe(root: &Path) -> Self {
+        let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+            .map_or_else(
+                || "unknown".to_string(),
+                |(_, name)| name.trim().to_string(),
+            );
+        let memory_kib: f64 = read("/proc/meminfo")
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("MemTotal:")?
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0);
+        let os = read("/etc/os-release")
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        let root_str = root.display().to_string();
+        let commit = command_output("git", &["-C", &root_str, "rev-parse", "--short", "HEAD"])
+            .unwrap_or_else(|| "unknown".to_string());
+        let dirty = command_output("git", &["-C", &root_str, "status", "--porcelain"])
+            .is_some_and(|status| !status.is_empty());
+        let first_line = |text: Option<String>| {
+            text.and_then(|t| t.lines().next().map(str::to_string))
+                .unwrap_or_else(|| "missing".to_string())
+        };
+        Self {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_gib: memory_kib / 1024.0 / 1024.0,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            os,
+            date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+                .unwrap_or_else(|| "unknown".to_string()),
+            commit: if dirty {
+                format!("{commit} with uncommitted changes")
+            } else {
+                commit
+            },
+            tools: vec![
+                first_line(command_output("bpftrace", &["--version"])),
+                first_line(command_output("tcpdump", &["--version"])),
+                first_line(command_output("hping3", &["--version"])),
+                first_line(command_output("bpftool", &["version"])),
+            ],
+            load_before: load_average(),
+        }
+    }
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+pub struct Context<'a> {
+    pub plan: Plan,
+    pub setup: &'a Setup,
+    pub machine: Machine,
+    pub elapsed: Duration,
+    pub load_after: String,
+}
+
+/// A progress line for one run.
+pub fn one_line(workload: Workload, measured: &Measured) -> String {
+    let mut line = format!("{} {}", thousands(measured.throughput), workload.unit());
+    match workload.kernel_count() {
+        KernelCount::Resets => {
+            let _ = write!(line, ", {} TcpOutRsts", measured.out_rsts);
+        }
+        KernelCount::ListenOverflows => {
+            let _ = write!(line, ", {} ListenOverflows", measured.listen_overflows);
+        }
+        KernelCount::Nothing => {}
+    }
+    if let Some(tracer) = &measured.tracer {
+        if let (Some(delivered), Some(expected)) = (tracer.delivered, tracer.expected) {
+            let _ = write!(line, ", delivered {delivered} of {expected}");
+        }
+        if let Some(lost) = tracer.lost {
+            let _ = write!(line, ", {lost} lost");
+        }
+        let _ = write!(
+            line,
+            ", {:.2} CPU s, {:.1} MiB peak, start-up {} ms",
+            tracer.cpu_seconds,
+            tracer.peak_rss_kib as f64 / 1024.0,
+            tracer.startup.as_millis()
+        );
+    }
+    for problem in &measured.problems {
+        let _ = write!(line, " [{problem}]");
+    }
+    line
+}
+
+/// Medians and totals of one workload under one tracer, over its repetitions.
+struct Cell<'a> {
+    runs: Vec<&'a Measured>,
+    failed: usize,
+}
+
+impl<'a> Cell<'a> {
+    fn of(runs: &'a [Run], workload: Workload, mode: Mode) -> Self {
+        let mine: Vec<&Run> = runs
+            .iter()
+            .filter(|run| run.workload == workload && run.mode == mode)
+            .collect();
+        Self {
+            runs: mine
+                .iter()
+                .filter_map(|run| run.result.as_ref().ok())
+                .collect(),
+            failed: mine.iter().filter(|run| run.result.is_err()).count(),
+        }
+    }
+
+    fn throughput(&self) -> Option<f64> {
+        median(self.runs.iter().map(|m| m.throughput).collect())
+    }
+
+    /// (delivered, expected) summed over the runs that have both, and the lowest run's ratio.
+    fn delivered(&self) -> Option<(u64, u64, f64)> {
+        let pairs: Vec<(u64, u64)> = self
+            .runs
+            .iter()
+            .filter_map(|m| {
+                let tracer = m.tracer.as_ref()?;
+                Some((tracer.delivered?, tracer.expected?))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        let lowest = pairs
+            .iter()
+            .map(|(d, e)| if *e == 0 { 1.0 } else { *d as f64 / *e as f64 })
+            .fold(f64::INFINITY, f64::min);
+        Some((
+            pairs.iter().map(|p| p.0).sum(),
+            pairs.iter().map(|p| p.1).sum(),
+            lowest,
+        ))
+    }
+
+    fn lost(&self) -> Option<u64> {
+        let lost: Vec<u64> = self
+            .runs
+            .iter()
+            .filter_map(|m| m.tracer.as_ref()?.lost)
+            .collect();
+        (!lost.is_empty()).then(|| lost.iter().sum())
+    }
+
+    /// Tracer CPU seconds per million events the kernel counted.
+    fn cpu_per_million(&self) -> Option<f64> {
+        let (mut cpu, mut events) = (0.0, 0u64);
+        for m in &self.runs {
+            let tracer = m.tracer.as_ref()?;
+            let expected = tracer.expected?;
+            cpu += tracer.cpu_seconds;
+            events += expected;
+        }
+        (events > 0).then(|| cpu / events as f64 * 1e6)
+    }
+
+    fn peak_rss_mib(&self) -> Option<f64> {
+        self.runs
+            .iter()
+            .filter_map(|m| m.tracer.as_ref())
+            .map(|t| t.peak_rss_kib as f64 / 1024.0)
+            .reduce(f64::max)
+    }
+
+    /// Median and highest start-up, in ms.
+    fn startup_ms(&self) -> Option<(f64, f64)> {
+        let times: Vec<f64> = self
+            .runs
+            .iter()
+            .filter_map(|m| m.tracer.as_ref())
+            .map(|t| t.startup.as_secs_f64() * 1e3)
+            .collect();
+        Some((
+            median(times.clone())?,
+            times.into_iter().fold(0.0, f64::max),
+        ))
+    }
+
+    /// Per program: median ns per run and median runs per second, over runs where it ran.
+    fn programs(&self) -> BTreeMap<String, (f64, f64)> {
+        let mut samples: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        for m in &self.runs {
+            let Some(tracer) = &m.tracer else { continue };
+            for program in tracer.programs.iter().filter(|p| p.runs > 0) {
+                let entry = samples.entry(program.name.clone()).or_default();
+                entry
+                    .0
+                    .push(program.run_time_ns as f64 / program.runs as f64);
+                entry.1.push(program.runs as f64 / m.seconds);
+            }
+        }
+        samples
+            .into_iter()
+            .filter_map(|(name, (ns, rate))| Some((name, (median(ns)?, median(rate)?))))
+            .collect()
+    }
+
+    /// All the tracer's programs' kernel time per event the kernel counted, median over runs.
+    fn kernel_ns_per_event(&self) -> Option<f64> {
+        median(
+            self.runs
+                .iter()
+                .filter_map(|m| {
+                    let tracer = m.tracer.as_ref()?;
+                    let expected = tracer.expected.filter(|e| *e > 0)?;
+                    let total: u64 = tracer.programs.iter().map(|p| p.run_time_ns).sum();
+                    Some(total as f64 / expected as f64)
+                })
+                .collect(),
+        )
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+/// 1234567.8 -> "1,234,568".
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "**MISSED**" }
+}
+
+/// The throughput ratio an rst-trace mode must reach on a workload.
+fn ratio_target(workload: Workload, mode: Mode) -> f64 {
+    if workload == Workload::Echo {
+        RATIO_ORDINARY
+    } else if mode == Mode::Json {
+        RATIO_JSON
+    } else {
+        RATIO_SUMMARY_METRICS
+    }
+}
+
+const RST_TRACE_MODES: [Mode; 3] = [Mode::Json, Mode::Summary, Mode::Metrics];
+
+/// Every figure the report shows, computed once.
+struct Figures<'a> {
+    runs: &'a [Run],
+}
+
+impl<'a> Figures<'a> {
+    fn cell(&self, workload: Workload, mode: Mode) -> Cell<'a> {
+        Cell::of(self.runs, workload, mode)
+    }
+
+    fn ratio(&self, workload: Workload, mode: Mode) -> Option<f64> {
+        let base = self.cell(workload, Mode::NoTracer).throughput()?;
+        let with = self.cell(workload, mode).throughput()?;
+        (base > 0.0).then(|| with / base)
+    }
+
+    /// rst-trace's tcp_send_reset and the reference program, ns per run (medians).
+    fn kernel_times(&self, workload: Workload) -> Option<(f64, f64)> {
+        let rst_trace: Vec<f64> = RST_TRACE_MODES
+            .iter()
+            .flat_map(|mode| self.cell(workload, *mode).runs)
+            .filter_map(|m| {
+                let program = m
+                    .tracer
+                    .as_ref()?
+                    .programs
+                    .iter()
+                    .find(|p| p.name == "tcp_send_reset" && p.runs > 0)?;
+                Some(program.run_time_ns as f64 / program.runs as f64)
+            })
+            .collect();
+        let reference = self.cell(workload, Mode::Reference).programs();
+        Some((
+            median(rst_trace)?,
+            reference.get("bench_reference").map(|(ns, _)| *ns)?,
+        ))
+    }
+}
+
+/// One target's verdict, with the figures behind it.
+struct Target {
+    name: String,
+    ok: bool,
+    figures: Vec<String>,
+}
+
+fn targets(f: &Figures) -> Vec<Target> {
+    let mut out = Vec::new();
+    let reset_workloads: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| w.kernel_count() == KernelCount::Resets)
+        .collect();
+
+    // No lost events.
+    let highest = reset_workloads
+        .iter()
+        .filter_map(|w| {
+            let cell = f.cell(*w, Mode::NoTracer);
+            median(
+                cell.runs
+                    .iter()
+                    .map(|m| m.out_rsts as f64 / m.seconds)
+                    .collect(),
+            )
+            .map(|rate| (*w, rate))
+        })
+        .fold(
+            None,
+            |best: Option<(Workload, f64)>, (w, rate)| match best {
+                Some((_, best_rate)) if best_rate >= rate => best,
+                _ => Some((w, rate)),
+            },
+        );
+    let mut ok = true;
+    let mut figures = Vec::new();
+    if let Some((workload, rate)) = highest {
+        figures.push(format!(
+            "highest reset rate made here: {} resets/s ({}, no tracer)",
+            thousands(rate),
+            workload.id()
+        ));
+    }
+    for workload in &reset_workloads {
+        for mode in RST_TRACE_MODES {
+            let cell = f.cell(*workload, mode);
+            let lost = cell.lost().unwrap_or(0);
+            let delivered = cell.delivered();
+            let good = lost == 0
+                && delivered.is_some_and(|(_, _, lowest)| lowest >= DELIVERED_AT_LEAST)
+                && cell.failed == 0;
+            ok &= good;
+            let rate = median(
+                cell.runs
+                    .iter()
+                    .map(|m| m.out_rsts as f64 / m.seconds)
+                    .collect(),
+            )
+            .unwrap_or(0.0);
+            figures.push(format!(
+                "{} {}: {lost} lost, lowest run delivered {} at {} resets/s {}",
+                workload.id(),
+                mode.id(),
+                delivered.map_or("n/a".to_string(), |(_, _, lowest)| format!("{lowest:.4}")),
+                thousands(rate),
+                verdict(good)
+            ));
+        }
+    }
+    out.push(Target {
+        name: format!(
+            "no lost events up to the highest reset rate (0 lost, delivered / kernel count >= \
+             {DELIVERED_AT_LEAST} in every run)"
+        ),
+        ok,
+        figures,
+    });
+
+    // Throughput ratios.
+    for (name, workloads) in [
+        (
+            format!(
+                "throughput ratio >= {RATIO_SUMMARY_METRICS} (summary, metrics), >= \
+                 {RATIO_JSON} (JSON) under reset and drop storms"
+            ),
+            Workload::ALL
+                .into_iter()
+                .filter(|w| *w != Workload::Echo)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            format!("throughput ratio >= {RATIO_ORDINARY} on ordinary traffic (echo)"),
+            vec![Workload::Echo],
+        ),
+    ] {
+        let mut ok = true;
+        let mut figures = Vec::new();
+        for workload in workloads {
+            for mode in RST_TRACE_MODES {
+                let target = ratio_target(workload, mode);
+                let ratio = f.ratio(workload, mode);
+                let good = ratio.is_some_and(|r| r >= target);
+                ok &= good;
+                figures.push(format!(
+                    "{} {}: {} {}",
+                    workload.id(),
+                    mode.id(),
+                    ratio.map_or("n/a".to_string(), |r| format!("{r:.3}")),
+                    verdict(good)
+                ));
+            }
+        }
+        out.push(Target { name, ok, figures });
+    }
+
+    // Better than bpftrace and tcpdump.
+    let mut ok = true;
+    let mut figures = Vec::new();
+    for workload in Workload::ALL {
+        let others = [Mode::Bpftrace, Mode::Tcpdump].map(|m| f.ratio(workload, m));
+        let best_other = others.iter().flatten().copied().fold(0.0, f64::max);
+        for mode in RST_TRACE_MODES {
+            let ratio = f.ratio(workload, mode);
+            let good = ratio.is_some_and(|r| r > best_other);
+            ok &= good;
+            figures.push(format!(
+                "{} {}: {} vs bpftrace {}, tcpdump {} {}",
+                workload.id(),
+                mode.id(),
+                ratio.map_or("n/a".to_string(), |r| format!("{r:.3}")),
+                others[0].map_or("n/a".to_string(), |r| format!("{r:.3}")),
+                others[1].map_or("n/a".to_string(), |r| format!("{r:.3}")),
+                verdict(good)
+            ));
+        }
+    }
+    out.push(Target {
+        name: "throughput ratio better than bpftrace's and tcpdump's in the same run".to_string(),
+        ok,
+        figures,
+    });
+
+    // Kernel time per event against the reference.
+    let mut ok = true;
+    let mut figures = Vec::new();
+    for workload in &reset_workloads {
+        match f.kernel_times(*workload) {
+            Some((ours, reference)) => {
+                let good = ours <= KERNEL_TIME_FACTOR * reference;
+                ok &= good;
+                figures.push(format!(
+                    "{}: tcp_send_reset {ours:.0} ns per run, reference {reference:.0} ns \
+                     ({:.2}x) {}",
+                    workload.id(),
+                    ours / reference,
+                    verdict(good)
+                ));
+            }
+            None => {
+                ok = false;
+                figures.push(format!("{}: no figures **MISSED**", workload.id()));
+            }
+        }
+    }
+    out.push(Target {
+        name: format!(
+            "kernel time per event <= {KERNEL_TIME_FACTOR} x the reference program's \
+             (tcp:tcp_send_reset)"
+        ),
+        ok,
+        figures,
+    });
+
+    // Userspace CPU.
+    let mut ok = true;
+    let mut figures = Vec::new();
+    for workload in Workload::ALL.into_iter().filter(|w| *w != Workload::Echo) {
+        for mode in RST_TRACE_MODES {
+            let cpu = f.cell(workload, mode).cpu_per_million();
+            let good = cpu.is_some_and(|c| c <= CPU_SECONDS_PER_MILLION);
+            ok &= good;
+            figures.push(format!(
+                "{} {}: {} {}",
+                workload.id(),
+                mode.id(),
+                cpu.map_or("n/a".to_string(), |c| format!("{c:.2} s")),
+                verdict(good)
+            ));
+        }
+    }
+    out.push(Target {
+        name: format!(
+            "<= {CPU_SECONDS_PER_MILLION} CPU second per million events in userspace \
+             (rst-trace, start-up excluded)"
+        ),
+        ok,
+        figures,
+    });
+
+    // Memory and start-up, over every workload.
+    let mut rss_ok = true;
+    let mut rss = Vec::new();
+    let mut startup_ok = true;
+    let mut startup = Vec::new();
+    for mode in RST_TRACE_MODES {
+        let cells: Vec<Cell> = Workload::ALL.iter().map(|w| f.cell(*w, mode)).collect();
+        let peak = cells.iter().filter_map(Cell::peak_rss_mib).reduce(f64::max);
+        let good = peak.is_some_and(|p| p <= PEAK_RSS_MIB);
+        rss_ok &= good;
+        rss.push(format!(
+            "{}: {} {}",
+            mode.id(),
+            peak.map_or("n/a".to_string(), |p| format!("{p:.1} MiB")),
+            verdict(good)
+        ));
+        let times: Vec<f64> = cells
+            .iter()
+            .flat_map(|cell| &cell.runs)
+            .filter_map(|m| m.tracer.as_ref())
+            .map(|t| t.startup.as_secs_f64() * 1e3)
+            .collect();
+        let highest = times.iter().copied().fold(0.0, f64::max);
+        let middle = median(times);
+        let good = middle.is_some_and(|m| m <= STARTUP_MS);
+        startup_ok &= good;
+        startup.push(format!(
+            "{}: median {} ms, highest {highest:.0} ms {}",
+            mode.id(),
+            middle.map_or("n/a".to_string(), |m| format!("{m:.0}")),
+            verdict(good)
+        ));
+    }
+    out.push(Target {
+        name: format!("peak RSS <= {PEAK_RSS_MIB} MiB (highest over every run)"),
+        ok: rss_ok,
+        figures: rss,
+    });
+    out.push(Target {
+        name: format!(
+            "start-up <= {STARTUP_MS} ms (spawn to \"tracing\", every program attached; median)"
+        ),
+        ok: startup_ok,
+        figures: startup,
+    });
+    out
+}
+
+pub fn write(runs: &[Run], ctx: &Context, report: &Path, chart: &Path) -> anyhow::Result<()> {
+    let f = Figures { runs };
+    if let Some(dir) = chart.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    }
+    draw_chart(&f, ctx, chart)?;
+    let text = markdown(&f, ctx, &chart_link(report, chart));
+    fs::write(report, text).with_context(|| format!("could not write {}", report.display()))
+}
+
+fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
+    let plan = &ctx.plan;
+    let m = &ctx.machine;
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# rst-trace benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Written by `cargo xtask bench{}` on {} (commit {}), in {:.1} minutes. Every figure \
+         below comes from that one run; run the command again to refresh this file.\n",
+        if plan.quick { " --quick" } else { "" },
+        m.date,
+        m.commit,
+        ctx.elapsed.as_secs_f64() / 60.0
+    );
+    if plan.quick {
+        let _ = writeln!(
+            w,
+            "**This is a `--quick` smoke run: one short repetition; the timings mean nothing.**\n"
+        );
+    }
+    let _ = writeln!(w, "## Machine\n");
+    let _ = writeln!(w, "| | |\n| --- | --- |");
+    let _ = writeln!(w, "| CPU | {} ({} cores) |", m.cpu, m.cores);
+    let _ = writeln!(w, "| memory | {:.1} GiB |", m.memory_gib);
+    let _ = writeln!(w, "| kernel | {} |", m.kernel);
+    let _ = writeln!(w, "| OS | {} |", m.os);
+    let _ = writeln!(
+        w,
+        "| load average before / after | {} / {} |",
+        m.load_before, ctx.load_after
+    );
+    let _ = writeln!(w, "| tools | {} |\n", m.tools.join("; "));
+
+    let _ = writeln!(w, "## Targets\n");
+    let _ = writeln!(w, "| target | result | figures |\n| --- | --- | --- |");
+    for target in targets(f) {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} |",
+            target.name,
+            verdict(target.ok),
+            target.figures.join("<br>")
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\n![Throughput with each tracer divided by throughput without]({})\n",
+        chart.display()
+    );
+
+    let _ = writeln!(w, "## Method\n");
+    let _ = writeln!(
+        w,
+        "- Each workload runs {} s under each tracer in turn, interleaved (no tracer, JSON, \
+         summary, metrics, bpftrace, tcpdump, reference, then again), {} times; the tables show \
+         medians over those repetitions. Load generators use {} threads on {} cores and send \
+         only to 127.0.0.1.",
+        plan.duration.as_secs(),
+        plan.repetitions,
+        plan.threads,
+        m.cores
+    );
+    let _ = writeln!(
+        w,
+        "- **ratio**: the workload's median throughput with the tracer divided by without. The \
+         reset workloads are closed loops that keep every core busy, so every cycle a tracer \
+         spends, in the kernel or in its own process, shows here."
+    );
+    let _ = writeln!(
+        w,
+        "- **delivered / kernel**: events the tracer delivered (rst-trace: `N events reported` \
+         at exit) divided by the kernel's own count over the run: resets sent (`TcpOutRsts` \
+         delta) plus, for rst-trace, resets received (runs of its `tcp_receive_reset` program: \
+         the tracepoint fires once per received reset whether or not the ring buffer has \
+         room); for the overflow workload, drops (`TcpExtListenOverflows` delta) against the \
+         drops rst-trace counted (`--summary` totals, `rst_trace_queue_drops_total`). \
+         `TcpOutRsts` counts the whole host, so resets of other processes during a run lower \
+         the ratio (see notes)."
+    );
+    let _ = writeln!(
+        w,
+        "- **lost**: what the tracer itself says it lost (rst-trace: records that found the ring \
+         buffer full; tcpdump: packets dropped by the kernel)."
+    );
+    let _ = writeln!(
+        w,
+        "- **CPU s / M events**: the tracer's user+system CPU from the moment it was tracing to \
+         its exit (wait4), per million events the kernel counted. **peak RSS**: `ru_maxrss` of \
+         the process. **start-up**: from spawn to the line `rst-trace: tracing ...` (printed \
+         once every program is attached)."
+    );
+    let _ = writeln!(
+        w,
+        "- **kernel time**: with `kernel.bpf_stats_enabled=1` for the whole bench (put back \
+         after), `run_time_ns` / `run_cnt` of every BPF program the tracer process holds, read \
+         from `/proc/PID/fdinfo` before and after the load (names from `bpftool prog show \
+         --json`). The reference program (`rst-trace bench-reference`) reads the same two \
+         record fields as rst-trace's `tcp_send_reset` and submits a 64-byte ring buffer \
+         record, nothing else.\n"
+    );
+
+    let _ = writeln!(w, "## Results\n");
+    for workload in Workload::ALL {
+        workload_section(w, f, workload, ctx);
+    }
+
+    let _ = writeln!(w, "## Commands\n");
+    let _ = writeln!(w, "```sh");
+    let _ = writeln!(
+        w,
+        "cargo xtask bench{}   # everything below, as root",
+        if plan.quick { " --quick" } else { "" }
+    );
+    let _ = writeln!(
+        w,
+        "sysctl kernel.bpf_stats_enabled=1   # for the bench; the previous value is put back"
+    );
+    for mode in Mode::ALL {
+        if let Some(line) = mode.command_line(ctx.setup) {
+            let _ = writeln!(w, "{line}   # {}", mode.label());
+        }
+    }
+    let _ = writeln!(
+        w,
+        "hping3 -S --flood -p {} 127.0.0.1   # the hping3 workload",
+        ctx.setup.port
+    );
+    let _ = writeln!(
+        w,
+        "bpftool prog show --json   # program names; counters from /proc/PID/fdinfo/FD"
+    );
+    let _ = writeln!(w, "```\n");
+    let _ = writeln!(
+        w,
+        "rst-trace is `target/release/rst-trace` built from this commit. The bpftrace program is \
+         `{BPFTRACE_PROGRAM}`.\n"
+    );
+
+    let _ = writeln!(w, "## Notes\n");
+    for note in notes(f, ctx) {
+        let _ = writeln!(w, "- {note}");
+    }
+    out
+}
+
+fn workload_section(w: &mut String, f: &Figures, workload: Workload, ctx: &Context) {
+    let _ = writeln!(w, "### {}\n", workload.title());
+    let _ = writeln!(
+        w,
+        "Load: {}.\n",
+        workload.description(ctx.plan.threads, ctx.setup.port)
+    );
+    let _ = writeln!(
+        w,
+        "| tracer | throughput ({}) | ratio | delivered / kernel | lost | CPU s / M events | \
+         peak RSS (MiB) | start-up (ms) |",
+        workload.unit()
+    );
+    let _ = writeln!(
+        w,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for mode in Mode::ALL.into_iter().filter(|m| m.applies_to(workload)) {
+        let cell = f.cell(workload, mode);
+        let ours = mode.is_rst_trace();
+        let dash = || "–".to_string();
+        let throughput = cell.throughput().map_or_else(dash, thousands);
+        let ratio = if mode == Mode::NoTracer {
+            "1 (baseline)".to_string()
+        } else {
+            f.ratio(workload, mode).map_or_else(dash, |r| {
+                if ours {
+                    let target = ratio_target(workload, mode);
+                    format!("{r:.3} {} (≥ {target})", verdict(r >= target))
+                } else {
+                    format!("{r:.3}")
+                }
+            })
+        };
+        let delivered = cell.delivered().map_or_else(dash, |(d, e, lowest)| {
+            let ratio = if e == 0 { 1.0 } else { d as f64 / e as f64 };
+            let mut text = format!(
+                "{} / {} = {ratio:.4}",
+                thousands(d as f64),
+                thousands(e as f64)
+            );
+            if ours && workload.kernel_count() == KernelCount::Resets {
+                let _ = write!(
+                    text,
+                    " {}",
+                    verdict(lowest >= DELIVERED_AT_LEAST && cell.lost() == Some(0))
+                );
+            }
+            text
+        });
+        let lost = cell.lost().map_or_else(dash, |l| l.to_string());
+        let cpu = cell.cpu_per_million().map_or_else(dash, |c| {
+            if ours {
+                format!("{c:.2} {}", verdict(c <= CPU_SECONDS_PER_MILLION))
+            } else {
+                format!("{c:.2}")
+            }
+        });
+        let rss = cell.peak_rss_mib().map_or_else(dash, |r| {
+            if ours {
+                format!("{r:.1} {}", verdict(r <= PEAK_RSS_MIB))
+            } else {
+                format!("{r:.1}")
+            }
+        });
+        let startup = if mode == Mode::NoTracer {
+            dash()
+        } else {
+            cell.startup_ms().map_or_else(dash, |(median, _)| {
+                if ours {
+                    format!("{median:.0} {}", verdict(median <= STARTUP_MS))
+                } else {
+                    format!("{median:.0}")
+                }
+            })
+        };
+        let failed = if cell.failed > 0 {
+            format!(" ({} runs failed)", cell.failed)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            w,
+            "| {}{failed} | {throughput} | {ratio} | {delivered} | {lost} | {cpu} | {rss} | \
+             {startup} |",
+            mode.label()
+        );
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "Kernel time (programs that ran; medians):\n\n| tracer | program | ns per run | runs/s |"
+    );
+    let _ = writeln!(w, "| --- | --- | ---: | ---: |");
+    for mode in Mode::ALL.into_iter().filter(|m| m.applies_to(workload)) {
+        let cell = f.cell(workload, mode);
+        for (name, (ns, rate)) in cell.programs() {
+            let _ = writeln!(
+                w,
+                "| {} | `{name}` | {ns:.0} | {} |",
+                mode.label(),
+                thousands(rate)
+            );
+        }
+        if mode.is_rst_trace()
+            && let Some(total) = cell.kernel_ns_per_event()
+        {
+            let _ = writeln!(
+                w,
+                "| {} | all programs, per event counted | {total:.0} | |",
+                mode.label()
+            );
+        }
+    }
+    let _ = writeln!(w);
+}
+
+fn notes(f: &Figures, ctx: &Context) -> Vec<String> {
+    let mut notes = Vec::new();
+    let background: Vec<i64> = f
+        .runs
+        .iter()
+        .filter_map(|run| run.result.as_ref().ok()?.background_resets)
+        .collect();
+    if !background.is_empty() {
+        let most = background.iter().copied().max().unwrap_or(0);
+        let middle = median(background.iter().map(|b| *b as f64).collect()).unwrap_or(0.0);
+        notes.push(format!(
+            "Resets the kernel counted that the refused and linger workloads did not make: \
+             median {middle:.0}, at most {most} per run. `TcpOutRsts` counts the whole host; \
+             rst-trace runs with `--port {}` and does not report resets of other processes, so \
+             these lower its delivered ratio without any event being lost (its `lost` count is \
+             the ring buffer's own).",
+            ctx.setup.port
+        ));
+    }
+    let loaded = |load: &str| {
+        load.split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+            .is_some_and(|l| l > 0.5)
+    };
+    if loaded(&ctx.machine.load_before) {
+        notes.push(format!(
+            "The machine was not idle when the bench started (load average {}): other work \
+             competes for the same {} cores and adds noise to every ratio.",
+            ctx.machine.load_before, ctx.machine.cores
+        ));
+    }
+    notes.push(
+        "Kernel time is measured with `kernel.bpf_stats_enabled=1`, which adds a little to every \
+         program run (two clock reads); the reference pays it too."
+            .to_string(),
+    );
+    notes.push(
+        "The bpftrace one-liner counts in a kernel map and does nothing per event in userspace; \
+         rst-trace reads every event, attributes it (process, socket, cause) and formats it. \
+         tcpdump copies every matching packet to userspace and writes it to a file. bpftrace \
+         start-up includes compiling its program with LLVM."
+            .to_string(),
+    );
+    notes.push(
+        "The hping3 workload's throughput is the kernel's count of resets sent per second \
+         (hping3 reports no rate). On the overflow workload rst-trace reports drops from a \
+         once-a-second sample of listener counters (no tracepoint fires for a SYN dropped at \
+         a full accept queue), so its JSON events stand for several drops each and are not \
+         compared one to one; `--summary` and `--metrics` add them up."
+            .to_string(),
+    );
+    notes
+}
+
+/// The chart: throughput ratio per workload (clusters) and tracer (bars), drawn by gnuplot.
+fn draw_chart(f: &Figures, ctx: &Context, path: &Path) -> anyhow::Result<()> {
+    let mut data = String::from("workload");
+    for mode in CHART_MODES {
+        let _ = write!(data, "\t\"{}\"", mode.label());
+    }
+    data.push('\n');
+    let mut lowest: f64 = 1.0;
+    for workload in Workload::ALL {
+        let _ = write!(data, "\"{}\"", workload.id());
+        for mode in CHART_MODES {
+            match f.ratio(workload, mode) {
+                Some(ratio) if mode.applies_to(workload) => {
+                    lowest = lowest.min(ratio);
+                    let _ = write!(data, "\t{ratio:.4}");
+                }
+                _ => data.push_str("\t-"),
+            }
+        }
+        data.push('\n');
+    }
+    let data_path = path.with_extension("dat");
+    fs::write(&data_path, &data)
+        .with_context(|| format!("could not write {}", data_path.display()))?;
+    let bottom = ((lowest - 0.05) * 20.0).floor() / 20.0;
+    let mut columns = Vec::new();
+    for (i, _) in CHART_MODES.iter().enumerate() {
+        let using = if i == 0 {
+            format!("'{}' using 2:xtic(1) title columnhead", data_path.display())
+        } else {
+            format!("'' using {} title columnhead", i + 2)
+        };
+        columns.push(using);
+    }
+    let title = format!(
+        "Throughput with each tracer / without (median of {} runs of {} s){}",
+        ctx.plan.repetitions,
+        ctx.plan.duration.as_secs(),
+        if ctx.plan.quick {
+            " - quick smoke run, not a measurement"
+        } else {
+            ""
+        }
+    );
+    let script = format!(
+        "set terminal pngcairo size 1100,560 font 'sans,10'\n\
+         set output '{output}'\n\
+         set title \"{title}\"\n\
+         set datafile missing '-'\n\
+         set style data histogram\n\
+         set style histogram cluster gap 1\n\
+         set style fill solid 0.85 border -1\n\
+         set boxwidth 0.9\n\
+         set ylabel 'throughput ratio'\n\
+         set yrange [{bottom}:1.05]\n\
+         set grid ytics\n\
+         set key outside right top vertical\n\
+         set arrow from graph 0, first 1 to graph 1, first 1 nohead lc rgb '#333333'\n\
+         set arrow from graph 0, first {RATIO_SUMMARY_METRICS} to graph 1, first \
+         {RATIO_SUMMARY_METRICS} nohead dt 2 lc rgb '#b00000'\n\
+         set arrow from graph 0, first {RATIO_JSON} to graph 1, first {RATIO_JSON} nohead \
+         dt 3 lc rgb '#b00000'\n\
+         set label 'targets: 0.97 summary/metrics, 0.95 JSON, 0.99 echo' at graph 0.01, \
+         graph 0.04 font 'sans,9'\n\
+         plot {plot}\n",
+        output = path.display(),
+        plot = columns.join(", ")
+    );
+    let script_path = path.with_extension("gp");
+    fs::write(&script_path, &script)
+        .with_context(|| format!("could not write {}", script_path.display()))?;
+    let out = Command::new("gnuplot")
+        .arg(&script_path)
+        .stdin(Stdio::null())
+        .output()
+        .context("could not run gnuplot (`cargo xtask setup` installs gnuplot-nox)")?;
+    let _ = fs::remove_file(&script_path);
+    let _ = fs::remove_file(&data_path);
+    if !out.status.success() {
+        bail!(
+            "gnuplot could not draw the chart: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_numbers() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+    }
+}

@@ -1,0 +1,434 @@
+//! The workloads the bench runs, and their load generators. Every generator sends traffic only to
+//! 127.0.0.1, runs for a fixed time and at most a fixed number of operations per thread, and
+//! reports how many operations it completed.
+//!
+//! The reset workloads are closed loops that keep both cores busy, so that whatever a tracer
+//! costs (in the kernel or in its own process) shows as lost throughput.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use socket2::{Domain, Socket, Type};
+
+/// Operations one generator thread stops at even if time remains: a bound, never reached in
+/// seconds on today's hardware.
+const MAX_OPS_PER_THREAD: u64 = 50_000_000;
+
+/// The accept-queue overflow workload's listener backlog: small, so that a handful of
+/// connections fill it.
+const OVERFLOW_BACKLOG: i32 = 8;
+
+/// Bytes per echo request and response.
+const ECHO_MESSAGE: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Many threads connecting to a closed port: each connect is one reset sent (no socket) and
+    /// one received (by the connecting socket, in SYN_SENT).
+    RefusedStorm,
+    /// `hping3 -S --flood` at a closed port: one reset sent per SYN, none received (the RSTs go
+    /// to ports with no socket).
+    HpingFlood,
+    /// Connect, then close with SO_LINGER 0: one reset sent (abort on close) and one received
+    /// (by the accepted socket).
+    LingerStorm,
+    /// SYNs at a listener whose accept queue is full: every SYN is dropped and counted in
+    /// TcpExtListenOverflows; no resets.
+    AcceptOverflow,
+    /// Ordinary traffic with no resets: 64-byte request/response over kept-alive loopback
+    /// connections to an echo server.
+    Echo,
+}
+
+/// What the kernel counts for a workload's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelCount {
+    Resets,
+    ListenOverflows,
+    Nothing,
+}
+
+/// What a workload run did.
+pub struct Outcome {
+    /// Operations completed; `None` when only the kernel's counters tell (hping3).
+    pub ops: Option<u64>,
+    pub elapsed: Duration,
+    /// Sockets to keep until the tracer has stopped (the overflowing listener must outlive
+    /// rst-trace's last sample of it).
+    pub keep: Vec<Socket>,
+}
+
+impl Workload {
+    pub const ALL: [Self; 5] = [
+        Self::RefusedStorm,
+        Self::HpingFlood,
+        Self::LingerStorm,
+        Self::AcceptOverflow,
+        Self::Echo,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::RefusedStorm => "refused",
+            Self::HpingFlood => "hping3",
+            Self::LingerStorm => "linger",
+            Self::AcceptOverflow => "overflow",
+            Self::Echo => "echo",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::RefusedStorm => "Refused-connect storm",
+            Self::HpingFlood => "hping3 SYN flood at a closed port",
+            Self::LingerStorm => "SO_LINGER 0 close storm",
+            Self::AcceptOverflow => "Accept-queue overflow",
+            Self::Echo => "Ordinary traffic: TCP echo, keep-alive",
+        }
+    }
+
+    /// What the throughput counts.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::RefusedStorm => "refused connects/s",
+            Self::HpingFlood => "resets sent/s",
+            Self::LingerStorm => "aborted connections/s",
+            Self::AcceptOverflow => "dropped SYNs sent/s",
+            Self::Echo => "requests/s",
+        }
+    }
+
+    pub fn kernel_count(self) -> KernelCount {
+        match self {
+            Self::RefusedStorm | Self::HpingFlood | Self::LingerStorm => KernelCount::Resets,
+            Self::AcceptOverflow => KernelCount::ListenOverflows,
+            Self::Echo => KernelCount::Nothing,
+        }
+    }
+
+    /// Whether the workload fires tcp:tcp_send_reset (where the reference program can run).
+    pub fn sends_resets(self) -> bool {
+        self.kernel_count() == KernelCount::Resets
+    }
+
+    /// How the load is made, for the report.
+    pub fn description(self, threads: usize, port: u16) -> String {
+        match self {
+            Self::RefusedStorm => format!(
+                "{threads} threads, each in a loop: `connect()` to 127.0.0.1:{port} (closed), \
+                 expect ECONNREFUSED"
+            ),
+            Self::HpingFlood => format!("`hping3 -S --flood -p {port} 127.0.0.1` (closed port)"),
+            Self::LingerStorm => format!(
+                "{threads} threads, each in a loop: `connect()` to a listener on \
+                 127.0.0.1:{port} (backlog 4096, one thread accepting and closing), then \
+                 SO_LINGER 0 and `close()`"
+            ),
+            Self::AcceptOverflow => format!(
+                "a listener on 127.0.0.1:{port} with backlog {OVERFLOW_BACKLOG} that never \
+                 accepts, filled with {} connections; then {threads} threads, each in a loop: \
+                 non-blocking `connect()` (one SYN, dropped) and `close()`",
+                OVERFLOW_BACKLOG + 1
+            ),
+            Self::Echo => format!(
+                "{threads} kept-alive connections to an echo server on 127.0.0.1:{port} (a \
+                 thread per connection), each doing {ECHO_MESSAGE}-byte request/response in a \
+                 loop, TCP_NODELAY"
+            ),
+        }
+    }
+
+    pub fn run(self, port: u16, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
+        match self {
+            Self::RefusedStorm => refused_storm(port, threads, duration),
+            Self::HpingFlood => hping_flood(port, duration),
+            Self::LingerStorm => linger_storm(port, threads, duration),
+            Self::AcceptOverflow => accept_overflow(port, threads, duration),
+            Self::Echo => echo(port, threads, duration),
+        }
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+/// Runs `op` in `threads` threads until `duration` has passed (or the per-thread bound), and
+/// returns the operations completed; the first error stops every thread.
+fn closed_loop<F>(threads: usize, duration: Duration, op: F) -> anyhow::Result<(u64, Duration)>
+where
+    F: Fn() -> anyhow::Result<()> + Sync,
+{
+    let start = Instant::now();
+    let deadline = start + duration;
+    let failed = AtomicBool::new(false);
+    let results: Vec<anyhow::Result<u64>> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut ops = 0u64;
+                    while ops < MAX_OPS_PER_THREAD && !failed.load(Ordering::Relaxed) {
+                        // The clock is read every 64 operations: cheap, and still precise.
+                        if ops % 64 == 0 && Instant::now() >= deadline {
+                            break;
+                        }
+                        if let Err(error) = op() {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(error);
+                        }
+                        ops += 1;
+                    }
+                    Ok(ops)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("a load generator thread panicked")))
+            })
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut total = 0;
+    for result in results {
+        total += result?;
+    }
+    Ok((total, elapsed))
+}
+
+fn refused_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
+    let addr = loopback(port);
+    let (ops, elapsed) = closed_loop(threads, duration, || match TcpStream::connect(addr) {
+        Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
+        Err(error) => Err(error).context("a connect to the closed port failed unexpectedly"),
+        Ok(_) => bail!("127.0.0.1:{port} accepted a connection: the port is not closed"),
+    })?;
+    Ok(Outcome {
+        ops: Some(ops),
+        elapsed,
+        keep: Vec::new(),
+    })
+}
+
+fn hping_flood(port: u16, duration: Duration) -> anyhow::Result<Outcome> {
+    let start = Instant::now();
+    let mut child = Command::new("hping3")
+        .args(["-S", "--flood", "-p", &port.to_string(), "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("could not start hping3 (`cargo xtask setup` installs it)")?;
+    thread::sleep(duration);
+    let pid = i32::try_from(child.id()).context("hping3's pid does not fit a pid_t")?;
+    // SAFETY: kill with a pid we spawned and have not reaped.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = child.wait().context("waiting for hping3")?;
+    let elapsed = start.elapsed();
+    // hping3 exits 0 on SIGINT after printing its statistics; a signal death is also a stop.
+    if status.code().is_some_and(|code| code != 0) {
+        bail!("hping3 exited with {status}: is 127.0.0.1 reachable with raw sockets?");
+    }
+    Ok(Outcome {
+        ops: None,
+        elapsed,
+        keep: Vec::new(),
+    })
+}
+
+/// A listener on 127.0.0.1:`port` with `backlog`; SO_REUSEADDR so that the previous run's
+/// TIME_WAIT sockets do not block the bind.
+fn listen(port: u16, backlog: i32) -> anyhow::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&loopback(port).into())
+        .with_context(|| format!("could not bind 127.0.0.1:{port}"))?;
+    socket.listen(backlog)?;
+    Ok(socket)
+}
+
+fn linger_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
+    let listener = listen(port, 4096)?;
+    let addr = loopback(port);
+    let stop = AtomicBool::new(false);
+    let result = thread::scope(|scope| {
+        let acceptor = scope.spawn(|| {
+            // Accept and close: the client's reset arrives before or after, either way one
+            // reset received per connection.
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => drop(stream),
+                    Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error).context("the linger server's accept failed"),
+                }
+            }
+        });
+        let result = closed_loop(threads, duration, || {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            socket
+                .connect(&addr.into())
+                .context("a connect to the linger server failed")?;
+            socket.set_linger(Some(Duration::ZERO))?;
+            drop(socket);
+            Ok(())
+        });
+        stop.store(true, Ordering::Relaxed);
+        // Shutting a listener down makes a blocked accept() return (EINVAL).
+        let _ = listener.shutdown(Shutdown::Both);
+        let accepted = acceptor
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the linger server thread panicked")));
+        accepted.and(result)
+    });
+    let (ops, elapsed) = result?;
+    Ok(Outcome {
+        ops: Some(ops),
+        elapsed,
+        keep: Vec::new(),
+    })
+}
+
+fn accept_overflow(port: u16, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
+    let listener = listen(port, OVERFLOW_BACKLOG)?;
+    let addr = loopback(port);
+    // The accept queue is full when it holds one more than the backlog.
+    let mut keep = Vec::new();
+    for _ in 0..=OVERFLOW_BACKLOG {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(2))
+            .context("filling the accept queue: a connection was not set up in 2 s")?;
+        keep.push(socket);
+    }
+    keep.push(listener);
+    let (ops, elapsed) = closed_loop(threads, duration, || {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&addr.into()) {
+            // The SYN left; the listener drops it. Closing in SYN_SENT sends nothing.
+            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(error) => Err(error).context("a connect to the full listener failed"),
+        }
+    })?;
+    Ok(Outcome {
+        ops: Some(ops),
+        elapsed,
+        keep,
+    })
+}
+
+fn echo(port: u16, connections: usize, duration: Duration) -> anyhow::Result<Outcome> {
+    let listener = listen(port, 128)?;
+    let addr = loopback(port);
+    thread::scope(|scope| {
+        let server = scope.spawn(|| -> anyhow::Result<()> {
+            thread::scope(|scope| {
+                for _ in 0..connections {
+                    let (stream, _) = listener.accept().context("the echo server's accept")?;
+                    scope.spawn(move || echo_back(stream.into()));
+                }
+                Ok(())
+            })
+        });
+        let clients: anyhow::Result<Vec<TcpStream>> = (0..connections)
+            .map(|_| {
+                let stream = TcpStream::connect(addr).context("connecting to the echo server")?;
+                stream.set_nodelay(true)?;
+                Ok(stream)
+            })
+            .collect();
+        let clients = match clients {
+            Ok(clients) => clients,
+            Err(error) => {
+                // Unblock the server's accept so that the scope can end.
+                let _ = listener.shutdown(Shutdown::Both);
+                return Err(error);
+            }
+        };
+        let start = Instant::now();
+        let deadline = start + duration;
+        let counts: Vec<anyhow::Result<u64>> = thread::scope(|scope| {
+            let handles: Vec<_> = clients
+                .into_iter()
+                .map(|mut stream| {
+                    scope.spawn(move || -> anyhow::Result<u64> {
+                        let request = [7u8; ECHO_MESSAGE];
+                        let mut response = [0u8; ECHO_MESSAGE];
+                        let mut requests = 0u64;
+                        while requests < MAX_OPS_PER_THREAD {
+                            if requests % 64 == 0 && Instant::now() >= deadline {
+                                break;
+                            }
+                            stream.write_all(&request)?;
+                            stream.read_exact(&mut response)?;
+                            requests += 1;
+                        }
+                        // Closing the client ends the server's thread (it reads EOF).
+                        Ok(requests)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("an echo client panicked")))
+                })
+                .collect()
+        });
+        let elapsed = start.elapsed();
+        server
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the echo server panicked")))?;
+        let mut ops = 0;
+        for count in counts {
+            ops += count.context("an echo client failed")?;
+        }
+        Ok(Outcome {
+            ops: Some(ops),
+            elapsed,
+            keep: Vec::new(),
+        })
+    })
+}
+
+fn echo_back(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buffer = [0u8; ECHO_MESSAGE];
+    // Until the client closes (EOF or an error): nothing to report either way.
+    while stream.read_exact(&mut buffer).is_ok() {
+        if stream.write_all(&buffer).is_err() {
+            break;
+        }
+    }
+}
+
+/// A port on 127.0.0.1, below the ephemeral range (so that no client socket can be bound to it
+/// and turn a connect into a self-connect), that nothing listens on now.
+pub fn free_port(from: u16, except: &[u16]) -> anyhow::Result<u16> {
+    (from..from.saturating_add(1000))
+        .filter(|port| !except.contains(port))
+        .find(|port| TcpListener::bind(loopback(*port)).is_ok())
+        .with_context(|| format!("no free port on 127.0.0.1 from {from}"))
+}
+
+/// Whether hping3 is installed (for the one workload that needs it).
+pub fn hping3_present() -> bool {
+    ["/usr/sbin/hping3", "/usr/bin/hping3"]
+        .iter()
+        .any(|path| Path::new(path).exists())
+}
