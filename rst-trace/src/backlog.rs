@@ -195,7 +195,7 @@ fn write_row(out: &mut impl io::Write, row: &BacklogRow) -> io::Result<()> {
         },
     );
     let container = row.container.as_ref().map_or_else(
-        || "host".to_string(),
+        || "no container".to_string(),
         |c| {
             format!(
                 "{} {}",
