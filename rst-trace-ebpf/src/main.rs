@@ -61,6 +61,14 @@ static CLOSED: LruHashMap<ConnectionKey, ClosedConnection> =
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 
+/// Bytes waiting in `EVENTS` above which a record wakes the reader (set from the ring size).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u32 = 0;
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
 /// Set by userspace when `--stack` is given: stacks cost a walk per event.
 #[unsafe(no_mangle)]
 static RECORD_STACKS: u8 = 0;
@@ -296,7 +304,14 @@ fn emit<C: EbpfContext + StackIdContext>(ctx: &C, kind: RecordKind, sk: u64, skb
             warn!(ctx, "rst-trace: could not copy a tracepoint record");
         }
     }
-    entry.submit(0);
+    // Wake the reader only once the buffer fills up: at storm rates a wakeup per record costs
+    // more than the record. Userspace also drains on a short timer, so quiet events still go out.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(global!(WAKEUP_BYTES)) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
 }
 
 /// `--pid`: the running task, the socket's owner, or the process that closed the connection.

@@ -49,12 +49,16 @@ enum Attribution {
 
 /// An event waiting in arrival order until it is attributed.
 struct Pending {
-    event: Event,
+    /// Taken out while a waiting event is attributed in place.
+    event: Option<Event>,
     /// Attributed and ready to go out.
     ready: bool,
     /// CLOCK_MONOTONIC after which a waiting received reset is attributed without a peer.
     deadline_ns: u64,
 }
+
+/// A connection as (this end, the other end).
+type Ends = (Endpoint, Endpoint);
 
 pub struct Attributor {
     /// Accept-queue drops the kernel reported itself (kfree_skb), per (netns, port), since the
@@ -63,8 +67,15 @@ pub struct Attributor {
     cgroups: CgroupResolver,
     sockets: SocketHolders,
     ns_pids: HashMap<u32, Option<u32>>,
-    recent_sent: VecDeque<SentReset>,
+    /// Resets sent in the last [`PAIRING_WINDOW`], by (sender's end, receiver's end), and their
+    /// order for expiry. Maps, not scans: storms bring tens of thousands a second.
+    recent_sent: HashMap<Ends, SentReset>,
+    sent_order: VecDeque<(u64, Ends)>,
+    /// Events in arrival order; `first_seq` numbers the front one.
     pending: VecDeque<Pending>,
+    first_seq: u64,
+    /// Received resets waiting for their partner, by (receiver's end, sender's end) -> seq.
+    waiting: HashMap<Ends, u64>,
 }
 
 impl Attributor {
@@ -74,8 +85,11 @@ impl Attributor {
             cgroups,
             sockets: SocketHolders::default(),
             ns_pids: HashMap::new(),
-            recent_sent: VecDeque::new(),
+            recent_sent: HashMap::new(),
+            sent_order: VecDeque::new(),
             pending: VecDeque::new(),
+            first_seq: 0,
+            waiting: HashMap::new(),
         }
     }
 
@@ -87,10 +101,15 @@ impl Attributor {
             EventKind::ResetReceived => {
                 let peer = self.peer_of(&event);
                 let pairable = !matches!(event.state.as_deref(), Some("SYN_SENT" | "CLOSE_WAIT"));
-                if peer.is_none() && pairable {
+                if peer.is_none()
+                    && pairable
+                    && let (Some(local), Some(remote)) = (event.local, event.remote)
+                {
+                    let seq = self.first_seq + self.pending.len() as u64;
+                    self.waiting.insert((local, remote), seq);
                     let deadline_ns = event.ktime_ns + HOLD.as_nanos() as u64;
                     self.pending.push_back(Pending {
-                        event,
+                        event: Some(event),
                         ready: false,
                         deadline_ns,
                     });
@@ -101,16 +120,18 @@ impl Attributor {
             EventKind::ResetSent => {
                 self.attribute(&mut event, None);
                 // The other end's received reset may already be waiting for this one.
-                let partner = self.pending.iter().position(|p| {
-                    !p.ready && p.event.local == event.remote && p.event.remote == event.local
-                });
-                if let Some(index) = partner
-                    && let Some(mut waiting) = self.pending.remove(index)
+                if let (Some(local), Some(remote)) = (event.local, event.remote)
+                    && let Some(seq) = self.waiting.remove(&(remote, local))
+                    && let Some(index) = seq.checked_sub(self.first_seq)
+                    && let Some(slot) = self.pending.get_mut(index as usize)
+                    && !slot.ready
+                    && let Some(mut waiting) = slot.event.take()
                 {
-                    let sent = self.recent_sent.pop_back();
-                    self.attribute(&mut waiting.event, sent);
-                    waiting.ready = true;
-                    self.pending.insert(index, waiting);
+                    let sent = self.recent_sent.remove(&(local, remote));
+                    self.attribute(&mut waiting, sent);
+                    let slot = &mut self.pending[index as usize];
+                    slot.event = Some(waiting);
+                    slot.ready = true;
                 }
             }
             EventKind::QueueDrop => {
@@ -126,7 +147,7 @@ impl Attributor {
             }
         }
         self.pending.push_back(Pending {
-            event,
+            event: Some(event),
             ready: true,
             deadline_ns: 0,
         });
@@ -196,13 +217,23 @@ impl Attributor {
             if !front.ready && !flush && now_ns < front.deadline_ns {
                 break;
             }
-            let Some(mut pending) = self.pending.pop_front() else {
+            let Some(pending) = self.pending.pop_front() else {
                 break;
             };
+            let seq = self.first_seq;
+            self.first_seq += 1;
+            let Some(mut event) = pending.event else {
+                continue;
+            };
             if !pending.ready {
-                self.attribute(&mut pending.event, None);
+                if let (Some(local), Some(remote)) = (event.local, event.remote)
+                    && self.waiting.get(&(local, remote)) == Some(&seq)
+                {
+                    self.waiting.remove(&(local, remote));
+                }
+                self.attribute(&mut event, None);
             }
-            out.push(pending.event);
+            out.push(event);
         }
         out
     }
@@ -308,28 +339,39 @@ impl Attributor {
             return None;
         }
         let (local, remote) = (event.local?, event.remote?);
-        let index = self
-            .recent_sent
-            .iter()
-            .rposition(|sent| sent.local == remote && sent.remote == local)?;
-        self.recent_sent.remove(index)
+        self.recent_sent.remove(&(remote, local))
     }
 
     fn remember_sent(&mut self, sent: SentReset) {
-        if self.recent_sent.len() >= PAIRING_CAPACITY {
-            self.recent_sent.pop_front();
+        if self.sent_order.len() >= PAIRING_CAPACITY
+            && let Some((ktime, ends)) = self.sent_order.pop_front()
+        {
+            self.forget_sent(ktime, ends);
         }
-        self.recent_sent.push_back(sent);
+        let ends = (sent.local, sent.remote);
+        self.sent_order.push_back((sent.ktime_ns, ends));
+        self.recent_sent.insert(ends, sent);
     }
 
     fn forget_old(&mut self, now_ns: u64) {
         let window = PAIRING_WINDOW.as_nanos() as u64;
-        while self
+        while let Some(&(ktime, ends)) = self.sent_order.front() {
+            if now_ns.saturating_sub(ktime) <= window {
+                break;
+            }
+            self.sent_order.pop_front();
+            self.forget_sent(ktime, ends);
+        }
+    }
+
+    /// Forgets a remembered reset unless a newer one on the same connection replaced it.
+    fn forget_sent(&mut self, ktime: u64, ends: Ends) {
+        if self
             .recent_sent
-            .front()
-            .is_some_and(|sent| now_ns.saturating_sub(sent.ktime_ns) > window)
+            .get(&ends)
+            .is_some_and(|sent| sent.ktime_ns == ktime)
         {
-            self.recent_sent.pop_front();
+            self.recent_sent.remove(&ends);
         }
     }
 

@@ -40,7 +40,7 @@ pub enum Family {
 }
 
 /// One end of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,

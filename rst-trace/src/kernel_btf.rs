@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, anyhow, bail};
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use fallible_iterator::FallibleIterator as _;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -28,7 +28,11 @@ impl KernelBtf {
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let btf = Btf::from_file(path).map_err(|error| anyhow!("{}: {error}", path.display()))?;
+        // Mapped rather than parsed whole: a few MiB less memory and a faster start. Kernels
+        // that cannot mmap sysfs BTF get the parsed copy.
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file_with_backend(path, Backend::Cache))
+            .map_err(|error| anyhow!("{}: {error}", path.display()))?;
         Ok(Self { btf })
     }
 

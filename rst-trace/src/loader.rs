@@ -47,9 +47,12 @@ impl Tracer {
         raise_memlock_limit(&support.release);
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let record_stacks = u8::from(options.stacks);
+        // Wake userspace when an eighth of the ring buffer is waiting (it also drains on a timer).
+        let wakeup_bytes = options.ring_buffer_bytes / 8;
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
             .override_global("RECORD_STACKS", &record_stacks, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("OFFSETS", &support.offsets, true)
             .override_global("QUEUE_DROP_REASONS", &support.queue_drop_reasons, true)
             .map_max_entries("EVENTS", options.ring_buffer_bytes)

@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    attribute::{self, Attributor},
+    attribute::Attributor,
     backlog,
     cause::Cause,
     cli::{BacklogArgs, ColorChoice, TraceArgs},
@@ -121,7 +121,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(|duration| Instant::now() + duration);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
-    let mut release_tick = tokio::time::interval(attribute::HOLD / 2);
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut summary_tick = tokio::time::interval(args.summary.unwrap_or(Duration::from_secs(3600)));
     summary_tick.tick().await;
     let mut lost_reported = 0u64;
@@ -165,8 +165,10 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            _ = release_tick.tick() => {
-                // Received resets that waited for a partner long enough go out now.
+            _ = drain_tick.tick() => {
+                // The kernel wakes us only when the buffer fills up; quieter events are picked
+                // up here. Received resets that waited long enough for a partner go out too.
+                pipeline.take(ring.get_mut());
                 done = pipeline.release(false)?;
             }
             _ = summary_tick.tick(), if args.summary.is_some() => {
@@ -216,6 +218,10 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     eprintln!("rst-trace: {reported} events reported, {lost} lost");
     Ok(Summary { reported, lost })
 }
+
+/// How often the ring buffer is drained when the kernel has not woken us (see WAKEUP_BYTES in
+/// the kernel programs): the most an event waits before it is printed.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How often listener queues and drop counters are sampled in every network namespace.
 const LISTENER_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);

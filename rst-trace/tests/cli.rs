@@ -163,10 +163,17 @@ fn duration_ends_the_run_and_text_output_has_a_header() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Give it time to attach (a debug build parses BTF), then make one refused connect.
+    // Refused connects until the run ends by itself (the first ones may precede the attach).
     let started = std::time::Instant::now();
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    let mut child = child;
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "rst-trace did not stop"
+        );
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let out = child.wait_with_output().expect("wait");
     let elapsed = started.elapsed();
     let stdout = text(&out.stdout);

@@ -6,6 +6,7 @@
 //! costs (in the kernel or in its own process) shows as lost throughput.
 
 use std::{
+    collections::VecDeque,
     io::{self, Read as _, Write as _},
     net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::Path,
@@ -129,8 +130,9 @@ impl Workload {
             Self::HpingFlood => format!("`hping3 -S --flood -p {port} 127.0.0.1` (closed port)"),
             Self::LingerStorm => format!(
                 "{threads} threads, each in a loop: `connect()` to a listener on \
-                 127.0.0.1:{port} (backlog 4096, one thread accepting and closing), then \
-                 SO_LINGER 0 and `close()`"
+                 127.0.0.1:{port} (backlog 4096; {} threads accept, and close each socket once \
+                 its reset has arrived), then SO_LINGER 0 and `close()`",
+                (threads / 2).max(1)
             ),
             Self::AcceptOverflow => format!(
                 "a listener on 127.0.0.1:{port} with backlog {OVERFLOW_BACKLOG} that never \
@@ -177,7 +179,7 @@ where
                     let mut ops = 0u64;
                     while ops < MAX_OPS_PER_THREAD && !failed.load(Ordering::Relaxed) {
                         // The clock is read every 64 operations: cheap, and still precise.
-                        if ops % 64 == 0 && Instant::now() >= deadline {
+                        if ops.is_multiple_of(64) && Instant::now() >= deadline {
                             break;
                         }
                         if let Err(error) = op() {
@@ -223,22 +225,35 @@ fn refused_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Resul
 
 fn hping_flood(port: u16, duration: Duration) -> anyhow::Result<Outcome> {
     let start = Instant::now();
-    let mut child = Command::new("hping3")
+    let child = Command::new("hping3")
         .args(["-S", "--flood", "-p", &port.to_string(), "127.0.0.1"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .context("could not start hping3 (`cargo xtask setup` installs it)")?;
     thread::sleep(duration);
     let pid = i32::try_from(child.id()).context("hping3's pid does not fit a pid_t")?;
     // SAFETY: kill with a pid we spawned and have not reaped.
     unsafe { libc::kill(pid, libc::SIGINT) };
-    let status = child.wait().context("waiting for hping3")?;
+    let output = child.wait_with_output().context("waiting for hping3")?;
     let elapsed = start.elapsed();
-    // hping3 exits 0 on SIGINT after printing its statistics; a signal death is also a stop.
-    if status.code().is_some_and(|code| code != 0) {
-        bail!("hping3 exited with {status}: is 127.0.0.1 reachable with raw sockets?");
+    // On SIGINT hping3 prints its statistics and exits 1 when no reply came back, which is
+    // always so in flood mode: the statistics, not the status, say whether it flooded.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let transmitted = said.lines().find_map(|line| {
+        line.split_once(" packets transmitted")?
+            .0
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
+    if transmitted.is_none_or(|n| n == 0) {
+        bail!("hping3 sent nothing ({}): {}", output.status, said.trim());
     }
     Ok(Outcome {
         ops: None,
@@ -263,19 +278,34 @@ fn linger_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Result
     let listener = listen(port, 4096)?;
     let addr = loopback(port);
     let stop = AtomicBool::new(false);
+    // One accepting thread per two client threads (one per core): a single one falls behind
+    // the clients, the accept queue overflows and a connect waits a second for its SYN's
+    // retransmission.
+    let acceptors = (threads / 2).max(1);
     let result = thread::scope(|scope| {
-        let acceptor = scope.spawn(|| {
-            // Accept and close: the client's reset arrives before or after, either way one
-            // reset received per connection.
+        let accept = || {
+            // Accepted sockets are closed only once the client's reset has arrived: closing
+            // earlier would send a FIN that could reach the client after its abort and draw a
+            // second reset, so that the resets per connection would vary from run to run. The
+            // server never waits for one client, or the accept queue would fill behind it.
+            let mut open: VecDeque<TcpStream> = VecDeque::new();
             loop {
                 match listener.accept() {
-                    Ok((stream, _)) => drop(stream),
+                    Ok((stream, _)) => {
+                        let stream: TcpStream = stream.into();
+                        stream.set_nonblocking(true)?;
+                        open.push_back(stream);
+                        if open.len() > LINGER_OPEN_SOCKETS {
+                            close_reset(&mut open);
+                        }
+                    }
                     Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                     Err(error) => return Err(error).context("the linger server's accept failed"),
                 }
             }
-        });
+        };
+        let servers: Vec<_> = (0..acceptors).map(|_| scope.spawn(accept)).collect();
         let result = closed_loop(threads, duration, || {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
             socket
@@ -288,9 +318,13 @@ fn linger_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Result
         stop.store(true, Ordering::Relaxed);
         // Shutting a listener down makes a blocked accept() return (EINVAL).
         let _ = listener.shutdown(Shutdown::Both);
-        let accepted = acceptor
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("the linger server thread panicked")));
+        let mut accepted = Ok(());
+        for server in servers {
+            let served = server
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("a linger server thread panicked")));
+            accepted = accepted.and(served);
+        }
         accepted.and(result)
     });
     let (ops, elapsed) = result?;
@@ -299,6 +333,24 @@ fn linger_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Result
         elapsed,
         keep: Vec::new(),
     })
+}
+
+/// Accepted sockets the linger server keeps before it closes the oldest that has been reset.
+const LINGER_OPEN_SOCKETS: usize = 256;
+
+/// Closes the oldest accepted socket whose client reset it; a socket not reset yet goes to the
+/// back of the queue.
+fn close_reset(open: &mut VecDeque<TcpStream>) {
+    for _ in 0..open.len() {
+        let Some(mut stream) = open.pop_front() else {
+            return;
+        };
+        match stream.read(&mut [0u8; 1]) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => open.push_back(stream),
+            // Reset (or closed): closing it now sends nothing.
+            _ => return,
+        }
+    }
 }
 
 fn accept_overflow(port: u16, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
@@ -370,7 +422,7 @@ fn echo(port: u16, connections: usize, duration: Duration) -> anyhow::Result<Out
                         let mut response = [0u8; ECHO_MESSAGE];
                         let mut requests = 0u64;
                         while requests < MAX_OPS_PER_THREAD {
-                            if requests % 64 == 0 && Instant::now() >= deadline {
+                            if requests.is_multiple_of(64) && Instant::now() >= deadline {
                                 break;
                             }
                             stream.write_all(&request)?;
