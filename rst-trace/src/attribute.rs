@@ -76,6 +76,8 @@ pub struct Attributor {
     first_seq: u64,
     /// Received resets waiting for their partner, by (receiver's end, sender's end) -> seq.
     waiting: HashMap<Ends, u64>,
+    /// Write the one-line explanations (off when no output prints them).
+    explanations: bool,
 }
 
 impl Attributor {
@@ -90,7 +92,14 @@ impl Attributor {
             pending: VecDeque::new(),
             first_seq: 0,
             waiting: HashMap::new(),
+            explanations: true,
         }
+    }
+
+    /// Leaves `explanation` empty, for outputs that never print it (summary, metrics).
+    pub fn without_explanations(mut self) -> Self {
+        self.explanations = false;
+        self
     }
 
     /// Takes an event in; attributed events come out of [`Attributor::release`] in the order
@@ -265,8 +274,13 @@ impl Attributor {
             comm: closed.closer.comm.clone(),
             seconds_ago: (closed.ago.as_secs_f64() * 1000.0).round() / 1000.0,
         });
-        let explanation = explain(event, cause, peer.as_ref());
-        event.explanation = Some(match nobody {
+        // Summary and metrics never print explanations: at storm rates the strings cost.
+        let explanation = if self.explanations {
+            explain(event, cause, peer.as_ref())
+        } else {
+            String::new()
+        };
+        event.explanation = (self.explanations).then(|| match nobody {
             Some(why) if cause != Cause::PortClosed => {
                 format!("{explanation} (no process named: {why})")
             }

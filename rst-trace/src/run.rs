@@ -112,9 +112,12 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         None
     };
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
-    let mut attributor = Attributor::new(CgroupResolver::new());
-    let filter = Filter::from_args(&args.filters);
     let mut outputs = outputs(&args)?;
+    let mut attributor = Attributor::new(CgroupResolver::new());
+    if outputs.stream.is_none() && outputs.file.is_none() {
+        attributor = attributor.without_explanations();
+    }
+    let filter = Filter::from_args(&args.filters);
     let mut listener_drops = backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL);
 
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -392,8 +392,8 @@ impl<'a> Figures<'a> {
     }
 
     /// rst-trace's tcp_send_reset and the reference program, ns per run (medians). Only runs
-    /// in which rst-trace lost nothing count: a reader that has fallen behind is never woken,
-    /// which makes each run far cheaper than the reference's (see the notes).
+    /// in which rst-trace lost nothing count: a record that finds the buffer full costs less
+    /// than one delivered.
     fn kernel_times(&self, workload: Workload) -> Option<(f64, f64)> {
         let rst_trace: Vec<f64> = RST_TRACE_MODES
             .iter()
@@ -574,8 +574,8 @@ fn targets(f: &Figures) -> Vec<Target> {
                 ));
             }
             None => figures.push(format!(
-                "{}: not judged: rst-trace lost events in every run, so its reader was never \
-                 woken and no run compares with the reference",
+                "{}: not judged: rst-trace lost events in every run (a record that finds the \
+                 buffer full costs less than one delivered)",
                 workload.id()
             )),
         }
@@ -777,7 +777,7 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
          from `/proc/PID/fdinfo` before and after the load (names from `bpftool prog show \
          --json`). The reference program (`rst-trace bench-reference`) reads the same two \
          record fields as rst-trace's `tcp_send_reset` and submits a 64-byte ring buffer \
-         record, nothing else.\n"
+         record without waking its reader, nothing else.\n"
     );
 
     let _ = writeln!(w, "## Results\n");
@@ -994,20 +994,19 @@ fn notes(f: &Figures, ctx: &Context) -> Vec<String> {
         ));
     }
     notes.push(
-        "Why the kernel time of one program differs so much between workloads: a ring buffer \
-         submit wakes the reader when the reader is waiting for data, and on this virtual \
-         machine that wakeup (an interrupt the hypervisor must deliver) costs microseconds, far \
-         more than the program's own work. A program whose reader keeps up pays it on nearly \
-         every event (hping3, linger, and the reference program everywhere); one whose reader \
-         has fallen behind (rst-trace in the refused storm, where it also loses events) rarely \
-         pays it. bpftrace's one-liner only updates a map and never wakes anyone. The \
-         comparison with the reference is like for like only where neither loses events."
+        "Ring buffer wakeups: a submit that wakes a waiting reader costs microseconds on this \
+         virtual machine (an interrupt the hypervisor must deliver), far more than the \
+         program's own work. rst-trace wakes its reader only once an eighth of the buffer is \
+         waiting (and drains on a timer); the reference program never wakes its reader, which \
+         drains every 10 ms, so its time is the least a reset tracer can spend per event. \
+         bpftrace's one-liner only updates a map."
             .to_string(),
     );
     notes.push(
-        "On the echo workload no tracer program runs per request (rst-trace's run on \
-         connection set-up and teardown, resets and drops; the others on resets), so the \
-         ratios there measure noise; compare them with the spread of the no-tracer runs."
+        "On the echo workload no eBPF program runs per request (rst-trace's run on connection \
+         set-up and teardown, resets and drops; bpftrace's on resets), so the ratios of \
+         rst-trace and bpftrace there measure noise: compare them with the spread of the \
+         no-tracer runs. tcpdump's packet filter does run on every packet."
             .to_string(),
     );
     notes.push(
