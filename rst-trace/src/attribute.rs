@@ -308,6 +308,14 @@ impl Attributor {
             Some(context) if context.pid == task.pid => ProcessSource::Context,
             _ => ProcessSource::Owner,
         };
+        // Connections still in a listener's accept queue belong to nobody yet: any owner recorded
+        // at their address is a dead socket's. The process closing the listener sent these.
+        if event.kind == EventKind::ResetSent
+            && cause == Cause::ListenerClosed
+            && let Some(context) = &facts.context
+        {
+            return Attribution::Process(context.clone(), ProcessSource::Context);
+        }
         if let Some(owner) = &facts.owner {
             return Attribution::Process(owner.clone(), source(owner));
         }
