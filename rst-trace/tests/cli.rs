@@ -157,23 +157,14 @@ fn count_ends_the_run_after_n_events() {
 fn duration_ends_the_run_and_text_output_has_a_header() {
     let port = closed_port("127.0.0.1");
     require_root();
-    let child = Command::new(BINARY)
+    let mut child = Command::new(BINARY)
         .args(["--port", &port.to_string(), "--duration", "3"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Refused connects until the run ends by itself (the first ones may precede the attach).
     let started = std::time::Instant::now();
-    let mut child = child;
-    while child.try_wait().expect("wait").is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "rst-trace did not stop"
-        );
-        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    connect_until_exit(&mut child, port);
     let out = child.wait_with_output().expect("wait");
     let elapsed = started.elapsed();
     let stdout = text(&out.stdout);
@@ -277,7 +268,7 @@ fn output_file_gets_ndjson_and_color_always_colours_the_text() {
     let port = closed_port("127.0.0.1");
     let file = std::env::temp_dir().join(format!("rst-trace-output-{}.ndjson", std::process::id()));
     let _ = std::fs::remove_file(&file);
-    let child = Command::new(BINARY)
+    let mut child = Command::new(BINARY)
         .args([
             "--port",
             &port.to_string(),
@@ -292,17 +283,7 @@ fn output_file_gets_ndjson_and_color_always_colours_the_text() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Connect until the tracer has seen it (it may still be attaching at first).
-    let started = std::time::Instant::now();
-    let mut child = child;
-    while child.try_wait().expect("wait").is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "rst-trace did not stop"
-        );
-        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    connect_until_exit(&mut child, port);
     let out = child.wait_with_output().expect("output");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -338,15 +319,7 @@ fn summary_prints_a_table_per_interval_and_the_totals() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let started = std::time::Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "rst-trace did not stop"
-        );
-        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    connect_until_exit(&mut child, port);
     let out = child.wait_with_output().expect("output");
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -372,4 +345,18 @@ fn summary_prints_a_table_per_interval_and_the_totals() {
     );
     let count: u64 = columns[4].parse().expect("count");
     assert!(count >= 3, "{row}");
+}
+
+/// Refused connects to `port` until rst-trace ends by itself (--duration, --count); the first
+/// ones may come before its programs are attached.
+fn connect_until_exit(child: &mut std::process::Child, port: u16) {
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "rst-trace did not stop"
+        );
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
