@@ -110,7 +110,9 @@ pub struct Owner {
 
 /// A connection's identity inside a network namespace, as `struct sock_common` stores it: the
 /// key of the recently-closed map, built the same way for full and time-wait sockets.
-#[repr(C)]
+/// 8-byte aligned, like every record type the programs fill: the BPF backend writes aligned
+/// structs with word stores, unaligned ones with a call to a byte-at-a-time memset.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectionKey {
     pub netns: u32,
@@ -135,7 +137,7 @@ pub struct ClosedConnection {
 }
 
 /// Both ends of a dropped segment's connection: the socket's local end, the segment's source.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoints {
     /// AF_INET or AF_INET6; 0 when not read.

@@ -13,9 +13,8 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
     macros::{kprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -101,6 +100,19 @@ macro_rules! offset {
     };
     (states.$field:ident) => {
         global!(OFFSETS.states.$field)
+    };
+}
+
+/// A zeroed connection key on the stack, filled in place (moving one out of a function would
+/// cost a byte-wise copy).
+macro_rules! empty_key {
+    ($key:ident) => {
+        let mut $key = core::mem::MaybeUninit::<ConnectionKey>::uninit();
+        // SAFETY: zeroed on the stack, a valid `ConnectionKey`; never moved.
+        let $key = unsafe {
+            zero($key.as_mut_ptr());
+            &mut *$key.as_mut_ptr()
+        };
     };
 }
 
@@ -190,8 +202,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         let _ = OWNERS.insert(sk, current_owner(), 0);
     } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
         // close() or shutdown() by the application, in its own context.
-        let mut key = ConnectionKey::default();
-        if connection_key(sk, netns_of_sock(sk), &mut key) {
+        empty_key!(key);
+        if connection_key(sk, &SockHead::read(sk), netns_of_sock(sk), key) {
             let closed = ClosedConnection {
                 closer: current_owner(),
                 closed_ns: now(),
@@ -254,53 +266,53 @@ fn emit<C: EbpfContext + StackIdContext>(ctx: &C, kind: RecordKind, sk: u64, skb
     };
     let record = entry.as_mut_ptr();
     let record_stacks = global!(RECORD_STACKS) != 0;
-    // SAFETY: `record` points at a reserved, writable ring buffer slot of the right size; every
-    // field is written before submit. Facts are filled in place: the BPF stack is too small for
-    // a second copy.
+    let listen = offset!(states.listen);
+    // SAFETY: `record` points at a reserved, writable, 8-byte aligned ring buffer slot of the
+    // right size; header and facts are zeroed first and every field is written before submit.
+    // Facts are filled in place: the BPF stack is too small for a second copy.
     unsafe {
+        zero(&raw mut (*record).header);
+        zero(&raw mut (*record).facts);
         let header = &mut (*record).header;
         header.kind = kind as u8;
-        header._pad = [0; 3];
         header.cpu = bpf_get_smp_processor_id();
         header.ktime_ns = now();
         header.pid_tgid = pid_tgid;
         header.cgroup_id = bpf_get_current_cgroup_id();
-        header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        current_comm(&mut header.comm);
         let facts = &mut (*record).facts;
-        *facts = SocketFacts {
-            sk_state: NO_SK_STATE,
-            stack_id: -1,
-            ..SocketFacts::default()
-        };
+        facts.sk_state = NO_SK_STATE;
+        facts.stack_id = -1;
         if record_stacks {
             // Identical stacks share an id; a colliding different stack replaces the old one.
             facts.stack_id = ctx
                 .get_stackid(&STACKS, BPF_F_REUSE_STACKID)
                 .map_or(-1, i64::from);
         }
-        // The segment a reset answers (NULL for resets the kernel sends on its own: close, timers).
-        if skb != 0 {
-            segment_facts(skb, facts);
-        }
+        // One read of the socket's first bytes (ports, family, state, IPv4 addresses).
+        let head = SockHead::read(sk);
         if sk != 0 {
-            socket_facts(sk, kind, facts);
+            socket_facts(sk, &head, kind, facts);
         }
-        // A reset answering a segment: its source is the remote end even when the socket
-        // (a listener) has no peer of its own.
+        // The segment a reset answers (NULL for resets the kernel sends on its own: close, timers).
+        let segment = Segment::read(skb);
+        segment_facts(&segment, sk == 0, facts);
+        // The segment's ends, where the record has none: drops (their tracepoint carries no
+        // addresses), probes (no record), and a listener's reset of a stray segment (the
+        // listener has no peer; the segment's source is the remote end).
         if matches!(kind, RecordKind::QueueDrop | RecordKind::ResetSentNoSocket)
-            || (kind == RecordKind::ResetSent && skb != 0)
+            || (kind == RecordKind::ResetSent && sk != 0 && u32::from(facts.sk_state) == listen)
         {
-            drop_facts(sk, skb, facts);
+            drop_facts(sk, &head, &segment, facts);
         }
         // The tracepoint record sits at the start of a per-CPU buffer of several KiB, so reading
         // RAW_LEN bytes never runs past it even when the record itself is shorter. A probe has
         // no record: everything is in the facts.
-        let raw = &mut (*record).raw;
-        *raw = [0; RAW_LEN];
-        let src = ctx.as_ptr().cast();
-        if kind != RecordKind::ResetSentNoSocket
-            && generated::bpf_probe_read_kernel(raw.as_mut_ptr().cast(), RAW_LEN as u32, src) != 0
-        {
+        // bpf_probe_read_kernel zeroes what it could not read.
+        let raw = &raw mut (*record).raw;
+        if kind == RecordKind::ResetSentNoSocket {
+            zero(raw);
+        } else if generated::bpf_probe_read_kernel(raw.cast(), RAW_LEN as u32, ctx.as_ptr()) != 0 {
             warn!(ctx, "rst-trace: could not copy a tracepoint record");
         }
     }
@@ -327,21 +339,24 @@ fn pid_filter_keeps(tgid: u32, sk: u64) -> bool {
     if unsafe { OWNERS.get(sk) }.is_some_and(|owner| pid_kept(owner.tgid)) {
         return true;
     }
-    let mut key = ConnectionKey::default();
-    connection_key(sk, netns_of_sock(sk), &mut key)
+    empty_key!(key);
+    connection_key(sk, &SockHead::read(sk), netns_of_sock(sk), key)
         && unsafe { CLOSED.get(key) }.is_some_and(|closed| pid_kept(closed.closer.tgid))
 }
 
 /// What the socket behind a reset says about it. Fields beyond `sock_common` are read only from
 /// full sockets: a time-wait or request socket is a smaller object.
 #[inline(always)]
-fn socket_facts(sk: u64, kind: RecordKind, facts: &mut SocketFacts) {
-    facts.sk_state = field::<u8>(sk, offset!(skc_state)).unwrap_or(NO_SK_STATE);
+fn socket_facts(sk: u64, head: &SockHead, kind: RecordKind, facts: &mut SocketFacts) {
+    facts.sk_state = head
+        .field::<u8>(sk, offset!(skc_state))
+        .unwrap_or(NO_SK_STATE);
     facts.sk_cookie = field::<u64>(sk, offset!(skc_cookie)).unwrap_or(0);
     facts.netns = netns_of_sock(sk);
     // SAFETY: the value is copied out at once.
     if let Some(owner) = unsafe { OWNERS.get(sk) } {
-        facts.owner = *owner;
+        // SAFETY: both are valid `Owner`s.
+        unsafe { copy(&raw mut facts.owner, owner) };
     }
     let state = u32::from(facts.sk_state);
     if state == offset!(states.time_wait) {
@@ -374,20 +389,20 @@ fn socket_facts(sk: u64, kind: RecordKind, facts: &mut SocketFacts) {
             facts.bytes_received = field::<u64>(sk, offset!(tcp_bytes_received)).unwrap_or(0);
         }
     }
-    let mut key = ConnectionKey::default();
-    if connection_key(sk, facts.netns, &mut key)
+    empty_key!(key);
+    if connection_key(sk, head, facts.netns, key)
         // SAFETY: the value is copied out at once.
         && let Some(closed) = unsafe { CLOSED.get(key) }
     {
-        facts.closed = *closed;
+        // SAFETY: both are valid `ClosedConnection`s.
+        unsafe { copy(&raw mut facts.closed, closed) };
     }
 }
 
 /// A dropped segment (or one answered with a reset for want of a socket): the queue it did not
-/// fit in, and both ends (the drop record has no
-/// addresses): the socket's local end and the segment's source.
+/// fit in, and both ends: the socket's local end and the segment's source.
 #[inline(always)]
-fn drop_facts(sk: u64, skb: u64, facts: &mut SocketFacts) {
+fn drop_facts(sk: u64, head: &SockHead, segment: &Segment, facts: &mut SocketFacts) {
     let ends = &mut facts.endpoints;
     if sk != 0 {
         let listening = u32::from(facts.sk_state) == offset!(states.listen);
@@ -398,24 +413,19 @@ fn drop_facts(sk: u64, skb: u64, facts: &mut SocketFacts) {
         };
         facts.queue_len = field::<u32>(sk, len).unwrap_or(0);
         facts.queue_max = field::<u32>(sk, max).unwrap_or(0);
-        if let Some(family) = field::<u16>(sk, offset!(skc_family)) {
+        if let Some(family) = head.field::<u16>(sk, offset!(skc_family)) {
             ends.family = family;
-            ends.local_port = field::<u16>(sk, offset!(skc_num)).unwrap_or(0);
-            let (local, len) = if family == AF_INET6 {
-                (offset!(skc_v6_rcv_saddr), 16)
+            ends.local_port = head.field::<u16>(sk, offset!(skc_num)).unwrap_or(0);
+            if family == AF_INET6 {
+                read_into(sk, offset!(skc_v6_rcv_saddr), &mut ends.local_addr, 16);
             } else {
-                (offset!(skc_rcv_saddr), 4)
-            };
-            read_into(sk, local, &mut ends.local_addr, len);
+                head.ipv4(sk, offset!(skc_rcv_saddr), &mut ends.local_addr);
+            }
         }
     }
-    let head = field::<u64>(skb, offset!(skb_head)).unwrap_or(0);
-    let network = field::<u16>(skb, offset!(skb_network_header)).unwrap_or(u16::MAX);
-    let transport = field::<u16>(skb, offset!(skb_transport_header)).unwrap_or(u16::MAX);
-    if head == 0 || network == u16::MAX || transport == u16::MAX {
+    let (Some(ip), Some(tcp)) = (segment.network(), segment.transport()) else {
         return;
-    }
-    let ip = head + u64::from(network);
+    };
     // The IP version is the high nibble of the first byte of either header.
     let version = read::<u8>(ip).unwrap_or(0) >> 4;
     let (source, len, family) = match version {
@@ -444,49 +454,158 @@ fn drop_facts(sk: u64, skb: u64, facts: &mut SocketFacts) {
             source as *const core::ffi::c_void,
         );
     }
-    let sport = read::<u16>(head + u64::from(transport)).unwrap_or(0);
-    ends.remote_port = u16::from_be(sport);
+    // Source and destination port, in one read.
+    let ports = read::<[u8; 4]>(tcp).unwrap_or([0; 4]);
+    ends.remote_port = u16::from_be_bytes([ports[0], ports[1]]);
     if ends.local_port == 0 {
-        ends.local_port = u16::from_be(read::<u16>(head + u64::from(transport) + 2).unwrap_or(0));
+        ends.local_port = u16::from_be_bytes([ports[2], ports[3]]);
     }
 }
 
-/// The flags of the segment a reset answers, and the namespace it arrived in.
+/// Where a segment's headers are, read once from its `sk_buff`.
+struct Segment {
+    skb: u64,
+    head: u64,
+    network: u16,
+    transport: u16,
+}
+
+impl Segment {
+    #[inline(always)]
+    fn read(skb: u64) -> Self {
+        if skb == 0 {
+            return Self {
+                skb,
+                head: 0,
+                network: u16::MAX,
+                transport: u16::MAX,
+            };
+        }
+        Self {
+            skb,
+            head: field::<u64>(skb, offset!(skb_head)).unwrap_or(0),
+            network: field::<u16>(skb, offset!(skb_network_header)).unwrap_or(u16::MAX),
+            transport: field::<u16>(skb, offset!(skb_transport_header)).unwrap_or(u16::MAX),
+        }
+    }
+
+    #[inline(always)]
+    fn network(&self) -> Option<u64> {
+        (self.head != 0 && self.network != u16::MAX).then(|| self.head + u64::from(self.network))
+    }
+
+    #[inline(always)]
+    fn transport(&self) -> Option<u64> {
+        (self.head != 0 && self.transport != u16::MAX)
+            .then(|| self.head + u64::from(self.transport))
+    }
+}
+
+/// The flags of the segment a reset answers and, when there is no socket to say so, the
+/// namespace it arrived in.
 #[inline(always)]
-fn segment_facts(skb: u64, facts: &mut SocketFacts) {
-    let head = field::<u64>(skb, offset!(skb_head)).unwrap_or(0);
-    let transport = field::<u16>(skb, offset!(skb_transport_header)).unwrap_or(u16::MAX);
-    if head != 0
-        && transport != u16::MAX
-        && let Some(flags) = read::<u8>(head + u64::from(transport) + TCP_FLAGS_OFFSET)
+fn segment_facts(segment: &Segment, no_socket: bool, facts: &mut SocketFacts) {
+    if let Some(flags) = segment
+        .transport()
+        .and_then(|tcp| read::<u8>(tcp + TCP_FLAGS_OFFSET))
     {
         facts.tcp_flags = flags;
         facts.flags |= facts::SEGMENT;
     }
-    facts.netns = field::<u64>(skb, offset!(skb_dev))
-        .and_then(|dev| field::<u64>(dev, offset!(dev_nd_net)))
-        .and_then(|net| field::<u32>(net, offset!(net_inum)))
-        .unwrap_or(0);
+    if no_socket {
+        facts.netns = field::<u64>(segment.skb, offset!(skb_dev))
+            .and_then(|dev| field::<u64>(dev, offset!(dev_nd_net)))
+            .and_then(|net| field::<u32>(net, offset!(net_inum)))
+            .unwrap_or(0);
+    }
 }
 
 /// The connection's identity as `sock_common` holds it (same layout in every socket kind),
 /// written into `key`; false when the socket is not IPv4 or IPv6.
 #[inline(always)]
-fn connection_key(sk: u64, netns: u32, key: &mut ConnectionKey) -> bool {
-    let Some(family) = field::<u16>(sk, offset!(skc_family)) else {
+fn connection_key(sk: u64, head: &SockHead, netns: u32, key: &mut ConnectionKey) -> bool {
+    let Some(family) = head.field::<u16>(sk, offset!(skc_family)) else {
         return false;
     };
     key.netns = netns;
     key.family = family;
-    key.local_port = field::<u16>(sk, offset!(skc_num)).unwrap_or(0);
-    key.remote_port_be = field::<u16>(sk, offset!(skc_dport)).unwrap_or(0);
-    let (local, remote, len) = match family {
-        AF_INET => (offset!(skc_rcv_saddr), offset!(skc_daddr), 4),
-        AF_INET6 => (offset!(skc_v6_rcv_saddr), offset!(skc_v6_daddr), 16),
-        _ => return false,
-    };
-    read_into(sk, local, &mut key.local_addr, len)
-        && read_into(sk, remote, &mut key.remote_addr, len)
+    key.local_port = head.field::<u16>(sk, offset!(skc_num)).unwrap_or(0);
+    key.remote_port_be = head.field::<u16>(sk, offset!(skc_dport)).unwrap_or(0);
+    match family {
+        AF_INET => {
+            head.ipv4(sk, offset!(skc_rcv_saddr), &mut key.local_addr)
+                && head.ipv4(sk, offset!(skc_daddr), &mut key.remote_addr)
+        }
+        AF_INET6 => {
+            read_into(sk, offset!(skc_v6_rcv_saddr), &mut key.local_addr, 16)
+                && read_into(sk, offset!(skc_v6_daddr), &mut key.remote_addr, 16)
+        }
+        _ => false,
+    }
+}
+
+/// Bytes of `struct sock_common` read at once from its start: the IPv4 address pair, the port
+/// pair, family and state sit there on every kernel (`skc_addrpair`, `skc_portpair`), so one
+/// probe read replaces six. Fields beyond it are read on their own.
+const SOCK_HEAD_LEN: usize = 24;
+
+/// Word-sized fields only: the BPF backend zeroes and copies anything else byte by byte.
+struct SockHead {
+    bytes: [u64; SOCK_HEAD_LEN / 8],
+    valid: u64,
+}
+
+impl SockHead {
+    #[inline(always)]
+    fn read(sk: u64) -> Self {
+        let mut head = Self {
+            bytes: [0; SOCK_HEAD_LEN / 8],
+            valid: 0,
+        };
+        if sk != 0 {
+            // SAFETY: bpf_probe_read_kernel checks the source; the buffer has SOCK_HEAD_LEN bytes.
+            let read = unsafe {
+                generated::bpf_probe_read_kernel(
+                    head.bytes.as_mut_ptr().cast(),
+                    SOCK_HEAD_LEN as u32,
+                    sk as *const core::ffi::c_void,
+                )
+            };
+            head.valid = u64::from(read == 0);
+        }
+        head
+    }
+
+    /// A member of `sk` at a BTF offset: from the head when it lies there, else read.
+    #[inline(always)]
+    fn field<T: Copy>(&self, sk: u64, offset: u32) -> Option<T> {
+        if offset != NO_OFFSET && offset as usize + size_of::<T>() <= SOCK_HEAD_LEN {
+            // SAFETY: within `bytes` (checked above); any bit pattern is a valid T here.
+            (self.valid != 0).then(|| unsafe {
+                self.bytes
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(offset as usize)
+                    .cast::<T>()
+                    .read_unaligned()
+            })
+        } else {
+            field(sk, offset)
+        }
+    }
+
+    /// An IPv4 address member into the first 4 bytes of `out`.
+    #[inline(always)]
+    fn ipv4(&self, sk: u64, offset: u32, out: &mut [u8; 16]) -> bool {
+        match self.field::<u32>(sk, offset) {
+            Some(addr) => {
+                // SAFETY: `out` has room for 4 bytes.
+                unsafe { out.as_mut_ptr().cast::<u32>().write_unaligned(addr) };
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Reads `len` (at most 16) bytes of a struct member into `out`.
@@ -510,13 +629,54 @@ fn netns_of_sock(sk: u64) -> u32 {
 #[inline(always)]
 fn current_owner() -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
-    Owner {
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        // SAFETY: no preconditions.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        since_ns: now(),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    let mut owner = core::mem::MaybeUninit::<Owner>::uninit();
+    let ptr = owner.as_mut_ptr();
+    // SAFETY: every field is written before `assume_init` (the helper fills all of `comm`); no
+    // zeroed byte array is built, which would compile to a byte-wise memset.
+    unsafe {
+        (*ptr).tgid = (pid_tgid >> 32) as u32;
+        (*ptr).pid = pid_tgid as u32;
+        (*ptr).cgroup_id = bpf_get_current_cgroup_id();
+        (*ptr).since_ns = now();
+        generated::bpf_get_current_comm((&raw mut (*ptr).comm).cast(), 16);
+        owner.assume_init()
+    }
+}
+
+/// The running task's name, written in place (aya's helper would zero a copy byte by byte).
+#[inline(always)]
+fn current_comm(comm: &mut [u8; 16]) {
+    // SAFETY: the helper writes at most 16 bytes, NUL-padded, and zeroes them on failure.
+    unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16) };
+}
+
+/// Zeroes a record part with 8-byte stores. Plain assignment of a default value compiles to a
+/// call of the byte-at-a-time memset that the BPF target links in, several hundred instructions
+/// per record.
+///
+/// # Safety
+/// `ptr` must be valid for writes and 8-byte aligned.
+#[inline(always)]
+unsafe fn zero<T>(ptr: *mut T) {
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() <= 8) };
+    let words = ptr.cast::<u64>();
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: within `*ptr`, per the caller.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
+/// Copies a map value into a record with 8-byte loads and stores, for the same reason as `zero`.
+///
+/// # Safety
+/// Both pointers must be valid, 8-byte aligned and not overlap.
+#[inline(always)]
+unsafe fn copy<T: Copy>(dst: *mut T, src: *const T) {
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() == 8) };
+    let (dst, src) = (dst.cast::<u64>(), src.cast::<u64>());
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: within both values, per the caller.
+        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
     }
 }
 

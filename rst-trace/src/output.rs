@@ -23,6 +23,9 @@ pub struct Sink<W: Write> {
     color: bool,
     /// The text header printed last, if any; printed again when a container column appears.
     header: Option<Columns>,
+    /// One JSON line, serialized whole before it is written: serde_json writes a record in
+    /// dozens of small pieces, each a call through `W` otherwise.
+    line: Vec<u8>,
 }
 
 /// Which optional columns the text output has.
@@ -43,6 +46,7 @@ impl<W: Write> Sink<W> {
             time_zone,
             color: false,
             header: None,
+            line: Vec::with_capacity(1024),
         }
     }
 
@@ -55,8 +59,10 @@ impl<W: Write> Sink<W> {
     pub fn write(&mut self, event: &Event) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, event)?;
-                self.out.write_all(b"\n")
+                self.line.clear();
+                serde_json::to_writer(&mut self.line, event)?;
+                self.line.push(b'\n');
+                self.out.write_all(&self.line)
             }
             Format::Text => {
                 // The container column appears once any event has a container.

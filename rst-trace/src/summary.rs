@@ -1,7 +1,9 @@
 //! `--summary SECS`: instead of a line per event, a table every interval of the top causes by
 //! process and local port, with counts and rates, and the totals when the trace ends.
 
-use std::{collections::HashMap, fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, time::Duration};
+
+use foldhash::HashMap;
 
 use crate::{
     cause::Cause,
