@@ -92,6 +92,11 @@ pub mod facts {
     pub const SEGMENT: u8 = 8;
     /// This host had sent data on the connection, and all of it had been acknowledged.
     pub const ALL_SENT_ACKED: u8 = 16;
+    /// `reason` holds the tracepoint's reset reason.
+    pub const REASON: u8 = 32;
+    /// From a BTF tracepoint: there is no raw record; the socket (`sk`), `reason`, state,
+    /// cookie and both ends are all in the facts.
+    pub const FROM_ARGS: u8 = 64;
 }
 
 /// A process, as recorded when it owned or closed a socket.
@@ -182,6 +187,11 @@ pub struct SocketFacts {
     pub endpoints: Endpoints,
     /// With `--stack`: the kernel stack's id in the `STACKS` map; negative when none.
     pub stack_id: i64,
+    /// The socket's address (with [`facts::FROM_ARGS`]; the raw record has it otherwise).
+    pub sk: u64,
+    /// `enum sk_rst_reason` (with [`facts::REASON`]).
+    pub reason: u32,
+    pub _pad: u32,
 }
 
 /// A tracepoint record copied verbatim, behind the common header, with what the programs read
@@ -272,7 +282,9 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     /// From a `struct socket` to its inode number (`socket_alloc.vfs_inode.i_ino`).
     pub socket_ino: u32,
-    pub _pad: u32,
+    /// `inet_sock.inet_sport`: a full socket's local port, which stays set after close() clears
+    /// `skc_num` (what the classic tracepoints record).
+    pub inet_sport: u32,
     pub states: TcpStates,
 }
 
@@ -328,7 +340,7 @@ impl KernelOffsets {
         file_private_data: NO_OFFSET,
         socket_sk: NO_OFFSET,
         socket_ino: NO_OFFSET,
-        _pad: 0,
+        inet_sport: NO_OFFSET,
         states: TcpStates {
             established: NO_OFFSET,
             syn_sent: NO_OFFSET,
@@ -370,9 +382,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<Endpoints>(), 40);
         assert_eq!(
             core::mem::size_of::<SocketFacts>(),
-            8 + 32 + 40 + 48 + 8 + 40 + 8
+            8 + 32 + 40 + 48 + 8 + 40 + 8 + 16
         );
-        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 184 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 200 + RAW_LEN);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);

@@ -16,15 +16,15 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
-    macros::{kprobe, map, tracepoint},
+    macros::{btf_tracepoint, kprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{ProbeContext, TracePointContext, tracing::StackIdContext},
+    programs::{BtfTracePointContext, ProbeContext, TracePointContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::warn;
 use rst_trace_common::{
-    ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS,
-    MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, NO_OFFSET, NO_SK_STATE, Owner, RAW_LEN,
-    RawTracepoint, RecordKind, SocketFacts, facts,
+    ClosedConnection, ConnectionKey, Endpoints, KernelOffsets, MAX_CLOSED_CONNECTIONS,
+    MAX_DROP_REASONS, MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, NO_OFFSET, NO_SK_STATE, Owner,
+    RAW_LEN, RawTracepoint, RecordKind, SocketFacts, facts,
 };
 
 const AF_INET: u16 = 2;
@@ -33,7 +33,7 @@ const IPPROTO_TCP: u16 = 6;
 /// bpf_get_stackid: replace a different stack that hashes to the same bucket.
 const BPF_F_REUSE_STACKID: u64 = 1 << 10;
 /// The flags byte of a TCP header.
-const TCP_FLAGS_OFFSET: u64 = 13;
+const TCP_FLAGS_OFFSET: usize = 13;
 
 /// Every event, in order. Userspace sizes it at load time (`--ring-buffer-kib`).
 #[map]
@@ -65,12 +65,19 @@ static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 static WAKEUP_BYTES: u32 = 0;
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Records (with their 8-byte ring buffer headers) past the wakeup mark within which a record
+/// wakes the reader.
+const WAKEUP_WINDOW: u64 = 4 * (size_of::<RawTracepoint>() as u64 + 8);
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Set by userspace when `--stack` is given: stacks cost a walk per event.
 #[unsafe(no_mangle)]
 static RECORD_STACKS: u8 = 0;
+
+/// Set by userspace when `tcp:tcp_send_reset` passes a reason (6.10+): its third argument.
+#[unsafe(no_mangle)]
+static SEND_RESET_REASON_ARG: u8 = 0;
 
 /// Set by userspace when `--pid` is given.
 #[unsafe(no_mangle)]
@@ -103,15 +110,16 @@ macro_rules! offset {
     };
 }
 
-/// A zeroed connection key on the stack, filled in place (moving one out of a function would
-/// cost a byte-wise copy).
-macro_rules! empty_key {
-    ($key:ident) => {
-        let mut $key = core::mem::MaybeUninit::<ConnectionKey>::uninit();
-        // SAFETY: zeroed on the stack, a valid `ConnectionKey`; never moved.
-        let $key = unsafe {
-            zero($key.as_mut_ptr());
-            &mut *$key.as_mut_ptr()
+/// A zeroed value on the stack, as `&mut`, to be filled in place. Building one with a literal or
+/// moving one out of a function compiles to calls of the byte-at-a-time memset and memcpy.
+macro_rules! zeroed {
+    ($name:ident: $ty:ty) => {
+        let mut $name = core::mem::MaybeUninit::<$ty>::uninit();
+        // SAFETY: every byte zeroed (all-zero is a valid value of the types used here); never
+        // moved.
+        let $name = unsafe {
+            zero($name.as_mut_ptr());
+            &mut *$name.as_mut_ptr()
         };
     };
 }
@@ -128,6 +136,29 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let sk = ctx_field::<u64>(&ctx, offset!(receive_reset_skaddr)).unwrap_or(0);
     emit(&ctx, RecordKind::ResetReceived, sk, 0);
+    0
+}
+
+/// The same two tracepoints as BTF tracepoints, used where the kernel allows them (5.5+ with BTF):
+/// the arguments are typed pointers, so the verifier lets the program read the socket and the
+/// segment's `sk_buff` with plain loads (fault-safe, no helper call) instead of a
+/// `bpf_probe_read_kernel` per field, which costs tens of nanoseconds each. There is no raw
+/// record to copy: the reason, state, cookie and both ends go into the facts.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    // The verifier knows the global's value and never looks at a third argument that the
+    // running kernel's tracepoint does not have.
+    let reason = (global!(SEND_RESET_REASON_ARG) != 0).then(|| ctx.arg::<u32>(2));
+    emit_from_args(&ctx, RecordKind::ResetSent, sk, skb, reason);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    emit_from_args(&ctx, RecordKind::ResetReceived, sk, 0, None);
     0
 }
 
@@ -176,7 +207,7 @@ fn reset_without_socket(ctx: &ProbeContext) {
     let sk: u64 = ctx.arg(0).unwrap_or(1);
     let skb: u64 = ctx.arg(1).unwrap_or(0);
     if sk == 0 && skb != 0 {
-        emit(ctx, RecordKind::ResetSentNoSocket, 0, skb);
+        emit_with::<_, Probe>(ctx, RecordKind::ResetSentNoSocket, 0, skb, Raw::None);
     }
 }
 
@@ -202,8 +233,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         let _ = OWNERS.insert(sk, current_owner(), 0);
     } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
         // close() or shutdown() by the application, in its own context.
-        empty_key!(key);
-        if connection_key(sk, &SockHead::read(sk), netns_of_sock(sk), key) {
+        zeroed!(key: ConnectionKey);
+        zeroed!(head: SockHead<Probe>);
+        head.fill(sk);
+        if connection_key(sk, head, netns_of_sock::<Probe>(sk), key) {
             let closed = ClosedConnection {
                 closer: current_owner(),
                 closed_ns: now(),
@@ -256,6 +289,40 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn emit<C: EbpfContext + StackIdContext>(ctx: &C, kind: RecordKind, sk: u64, skb: u64) {
+    emit_with::<C, Probe>(ctx, kind, sk, skb, Raw::Copy);
+}
+
+/// A BTF tracepoint's event: no raw record, everything in the facts.
+#[inline(always)]
+fn emit_from_args(
+    ctx: &BtfTracePointContext,
+    kind: RecordKind,
+    sk: u64,
+    skb: u64,
+    reason: Option<u32>,
+) {
+    emit_with::<_, Direct>(ctx, kind, sk, skb, Raw::FromArgs(reason));
+}
+
+/// What goes into a record's `raw` part.
+#[derive(Clone, Copy)]
+enum Raw {
+    /// The tracepoint's record, verbatim.
+    Copy,
+    /// Nothing: a probe has no record.
+    None,
+    /// Nothing either; the facts stand for the record (BTF tracepoints), with the reason.
+    FromArgs(Option<u32>),
+}
+
+#[inline(always)]
+fn emit_with<C: EbpfContext + StackIdContext, A: Access>(
+    ctx: &C,
+    kind: RecordKind,
+    sk: u64,
+    skb: u64,
+    raw_kind: Raw,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if global!(FILTER_BY_PID) != 0 && !pid_filter_keeps((pid_tgid >> 32) as u32, sk) {
         return;
@@ -267,6 +334,12 @@ fn emit<C: EbpfContext + StackIdContext>(ctx: &C, kind: RecordKind, sk: u64, skb
     let record = entry.as_mut_ptr();
     let record_stacks = global!(RECORD_STACKS) != 0;
     let listen = offset!(states.listen);
+    // One read of the socket's first bytes (ports, family, state, IPv4 addresses), and the
+    // segment the reset answers (none for resets the kernel sends on its own: close, timers).
+    zeroed!(head: SockHead<A>);
+    head.fill(sk);
+    zeroed!(segment: Segment);
+    segment.fill::<A>(skb);
     // SAFETY: `record` points at a reserved, writable, 8-byte aligned ring buffer slot of the
     // right size; header and facts are zeroed first and every field is written before submit.
     // Facts are filled in place: the BPF stack is too small for a second copy.
@@ -289,36 +362,60 @@ fn emit<C: EbpfContext + StackIdContext>(ctx: &C, kind: RecordKind, sk: u64, skb
                 .get_stackid(&STACKS, BPF_F_REUSE_STACKID)
                 .map_or(-1, i64::from);
         }
-        // One read of the socket's first bytes (ports, family, state, IPv4 addresses).
-        let head = SockHead::read(sk);
         if sk != 0 {
-            socket_facts(sk, &head, kind, facts);
+            socket_facts(sk, head, kind, facts);
         }
-        // The segment a reset answers (NULL for resets the kernel sends on its own: close, timers).
-        let segment = Segment::read(skb);
-        segment_facts(&segment, sk == 0, facts);
+        segment_facts::<A>(segment, sk == 0, facts);
         // The segment's ends, where the record has none: drops (their tracepoint carries no
         // addresses), probes (no record), and a listener's reset of a stray segment (the
         // listener has no peer; the segment's source is the remote end).
+        let from_args = matches!(raw_kind, Raw::FromArgs(_));
+        let listener = sk != 0 && u32::from(facts.sk_state) == listen;
+        if from_args {
+            // In the record's place: this socket's ends (a listener has no peer; the segment's
+            // source stands for it below), the reason and the socket.
+            facts.flags |= facts::FROM_ARGS;
+            facts.sk = sk;
+            if let Raw::FromArgs(Some(reason)) = raw_kind {
+                facts.reason = reason;
+                facts.flags |= facts::REASON;
+            }
+            // As tcp_send_reset records them (6.10+): a full socket's own ends; the segment's
+            // for a time-wait or request socket, or none.
+            let full = facts.flags & facts::FULL_SOCKET != 0;
+            if sk != 0 && !listener && (full || skb == 0) {
+                socket_ends(sk, head, full, &mut facts.endpoints);
+            }
+        }
         if matches!(kind, RecordKind::QueueDrop | RecordKind::ResetSentNoSocket)
-            || (kind == RecordKind::ResetSent && sk != 0 && u32::from(facts.sk_state) == listen)
+            || (kind == RecordKind::ResetSent
+                && (listener || (from_args && facts.endpoints.family == 0)))
         {
-            drop_facts(sk, &head, &segment, facts);
+            drop_facts(sk, head, segment, facts);
         }
         // The tracepoint record sits at the start of a per-CPU buffer of several KiB, so reading
         // RAW_LEN bytes never runs past it even when the record itself is shorter. A probe has
         // no record: everything is in the facts.
         // bpf_probe_read_kernel zeroes what it could not read.
         let raw = &raw mut (*record).raw;
-        if kind == RecordKind::ResetSentNoSocket {
-            zero(raw);
-        } else if generated::bpf_probe_read_kernel(raw.cast(), RAW_LEN as u32, ctx.as_ptr()) != 0 {
-            warn!(ctx, "rst-trace: could not copy a tracepoint record");
+        match raw_kind {
+            Raw::Copy => {
+                if generated::bpf_probe_read_kernel(raw.cast(), RAW_LEN as u32, ctx.as_ptr()) != 0 {
+                    warn!(ctx, "rst-trace: could not copy a tracepoint record");
+                }
+            }
+            Raw::None | Raw::FromArgs(_) => zero(raw),
         }
     }
-    // Wake the reader only once the buffer fills up: at storm rates a wakeup per record costs
-    // more than the record. Userspace also drains on a short timer, so quiet events still go out.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(global!(WAKEUP_BYTES)) {
+    // Wake the reader once per fill-up: when this record takes the data waiting past an
+    // eighth of the buffer (a window of a few records, as other CPUs may reserve between this
+    // reserve and the query). Waking on every record above the mark cost an interrupt per
+    // record at storm rates, exactly when the reader is busy anyway; a wakeup per record below
+    // it cost more than the record. Userspace also drains on a short timer, so quiet events
+    // and a missed crossing still go out.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let mark = u64::from(global!(WAKEUP_BYTES));
+    let flags = if waiting > mark && waiting <= mark + WAKEUP_WINDOW {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -339,20 +436,29 @@ fn pid_filter_keeps(tgid: u32, sk: u64) -> bool {
     if unsafe { OWNERS.get(sk) }.is_some_and(|owner| pid_kept(owner.tgid)) {
         return true;
     }
-    empty_key!(key);
-    connection_key(sk, &SockHead::read(sk), netns_of_sock(sk), key)
+    zeroed!(key: ConnectionKey);
+    zeroed!(head: SockHead<Probe>);
+    head.fill(sk);
+    connection_key(sk, head, netns_of_sock::<Probe>(sk), key)
+        // SAFETY: the value is read at once.
         && unsafe { CLOSED.get(key) }.is_some_and(|closed| pid_kept(closed.closer.tgid))
 }
 
 /// What the socket behind a reset says about it. Fields beyond `sock_common` are read only from
 /// full sockets: a time-wait or request socket is a smaller object.
 #[inline(always)]
-fn socket_facts(sk: u64, head: &SockHead, kind: RecordKind, facts: &mut SocketFacts) {
+fn socket_facts<A: Access>(sk: u64, head: &SockHead<A>, kind: RecordKind, facts: &mut SocketFacts) {
     facts.sk_state = head
         .field::<u8>(sk, offset!(skc_state))
         .unwrap_or(NO_SK_STATE);
-    facts.sk_cookie = field::<u64>(sk, offset!(skc_cookie)).unwrap_or(0);
-    facts.netns = netns_of_sock(sk);
+    facts.sk_cookie = if A::DIRECT {
+        // What the classic tracepoints record: the cookie, made now if the socket had none.
+        // SAFETY: `sk` is a typed socket pointer, as the helper requires.
+        unsafe { generated::bpf_get_socket_cookie(sk as *mut core::ffi::c_void) }
+    } else {
+        field::<u64>(sk, offset!(skc_cookie)).unwrap_or(0)
+    };
+    facts.netns = netns_of_sock::<A>(sk);
     // SAFETY: the value is copied out at once.
     if let Some(owner) = unsafe { OWNERS.get(sk) } {
         // SAFETY: both are valid `Owner`s.
@@ -363,7 +469,7 @@ fn socket_facts(sk: u64, head: &SockHead, kind: RecordKind, facts: &mut SocketFa
         facts.tw_substate = field::<u8>(sk, offset!(tw_substate)).unwrap_or(0);
     } else if facts.sk_state != NO_SK_STATE && state != offset!(states.new_syn_recv) {
         facts.flags |= facts::FULL_SOCKET;
-        let socket = field::<u64>(sk, offset!(sk_socket)).unwrap_or(0);
+        let socket = load::<A, u64>(sk, offset!(sk_socket)).unwrap_or(0);
         if socket != 0 {
             facts.flags |= facts::HAS_SOCKET_FILE;
             if facts.owner.tgid == 0 {
@@ -374,8 +480,8 @@ fn socket_facts(sk: u64, head: &SockHead, kind: RecordKind, facts: &mut SocketFa
         }
         let linger_bit = offset!(sock_linger_bit);
         if linger_bit < 64
-            && field::<u64>(sk, offset!(sk_flags)).is_some_and(|f| f & (1 << linger_bit) != 0)
-            && field::<i64>(sk, offset!(sk_lingertime)) == Some(0)
+            && load::<A, u64>(sk, offset!(sk_flags)).is_some_and(|f| f & (1 << linger_bit) != 0)
+            && load::<A, i64>(sk, offset!(sk_lingertime)) == Some(0)
         {
             facts.flags |= facts::LINGER_ZERO;
         }
@@ -389,7 +495,7 @@ fn socket_facts(sk: u64, head: &SockHead, kind: RecordKind, facts: &mut SocketFa
             facts.bytes_received = field::<u64>(sk, offset!(tcp_bytes_received)).unwrap_or(0);
         }
     }
-    empty_key!(key);
+    zeroed!(key: ConnectionKey);
     if connection_key(sk, head, facts.netns, key)
         // SAFETY: the value is copied out at once.
         && let Some(closed) = unsafe { CLOSED.get(key) }
@@ -402,7 +508,7 @@ fn socket_facts(sk: u64, head: &SockHead, kind: RecordKind, facts: &mut SocketFa
 /// A dropped segment (or one answered with a reset for want of a socket): the queue it did not
 /// fit in, and both ends: the socket's local end and the segment's source.
 #[inline(always)]
-fn drop_facts(sk: u64, head: &SockHead, segment: &Segment, facts: &mut SocketFacts) {
+fn drop_facts<A: Access>(sk: u64, head: &SockHead<A>, segment: &Segment, facts: &mut SocketFacts) {
     let ends = &mut facts.endpoints;
     if sk != 0 {
         let listening = u32::from(facts.sk_state) == offset!(states.listen);
@@ -423,99 +529,128 @@ fn drop_facts(sk: u64, head: &SockHead, segment: &Segment, facts: &mut SocketFac
             }
         }
     }
-    let (Some(ip), Some(tcp)) = (segment.network(), segment.transport()) else {
+    let Some(ip) = segment.network() else {
         return;
     };
-    // The IP version is the high nibble of the first byte of either header.
-    let version = read::<u8>(ip).unwrap_or(0) >> 4;
-    let (source, len, family) = match version {
-        4 => (ip + 12, 4, AF_INET),
-        6 => (ip + 8, 16, AF_INET6),
+    // The IP header's first 40 bytes at once: the version (the high nibble of the first byte),
+    // then both addresses (IPv4: at 12 and 16; IPv6: at 8 and 24). Past a 20-byte IPv4 header
+    // this reads into the TCP header, still inside the packet.
+    zeroed!(header: [u64; 5]);
+    // SAFETY: bpf_probe_read_kernel checks the source; `header` has 40 bytes.
+    let read = unsafe {
+        generated::bpf_probe_read_kernel(
+            header.as_mut_ptr().cast(),
+            40,
+            ip as *const core::ffi::c_void,
+        )
+    };
+    if read != 0 {
+        return;
+    }
+    let bytes = header.as_ptr().cast::<u8>();
+    // SAFETY: every offset below is within the 40 bytes of `header`.
+    let (version, at) = unsafe { (*bytes >> 4, |offset: usize| bytes.add(offset)) };
+    let (source, destination, len, family) = match version {
+        4 => (at(12), at(16), 4, AF_INET),
+        6 => (at(8), at(24), 16, AF_INET6),
         _ => return,
     };
     if ends.family == 0 {
         // No socket: this host's end is where the segment was going.
         ends.family = family;
-        let destination = source + u64::from(len);
-        // SAFETY: bpf_probe_read_kernel checks the source; the buffer has room for 16 bytes.
-        unsafe {
-            generated::bpf_probe_read_kernel(
-                ends.local_addr.as_mut_ptr().cast(),
-                len,
-                destination as *const core::ffi::c_void,
-            );
+        copy_address(destination, &mut ends.local_addr, len);
+    }
+    copy_address(source, &mut ends.remote_addr, len);
+    if let Some(tcp) = segment.tcp() {
+        ends.remote_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+        if ends.local_port == 0 {
+            ends.local_port = u16::from_be_bytes([tcp[2], tcp[3]]);
         }
-    }
-    // SAFETY: bpf_probe_read_kernel checks the source; the buffer has room for 16 bytes.
-    unsafe {
-        generated::bpf_probe_read_kernel(
-            ends.remote_addr.as_mut_ptr().cast(),
-            len,
-            source as *const core::ffi::c_void,
-        );
-    }
-    // Source and destination port, in one read.
-    let ports = read::<[u8; 4]>(tcp).unwrap_or([0; 4]);
-    ends.remote_port = u16::from_be_bytes([ports[0], ports[1]]);
-    if ends.local_port == 0 {
-        ends.local_port = u16::from_be_bytes([ports[2], ports[3]]);
     }
 }
 
-/// Where a segment's headers are, read once from its `sk_buff`.
+/// Copies an IPv4 (4) or IPv6 (16) address with word loads and stores (a variable-length copy
+/// would be a byte-wise memcpy call).
+#[inline(always)]
+fn copy_address(from: *const u8, to: &mut [u8; 16], len: usize) {
+    // SAFETY: `from` has `len` readable bytes (checked by the caller), `to` has 16.
+    unsafe {
+        let out = to.as_mut_ptr();
+        if len == 4 {
+            out.cast::<u32>()
+                .write_unaligned(from.cast::<u32>().read_unaligned());
+        } else {
+            out.cast::<u64>()
+                .write_unaligned(from.cast::<u64>().read_unaligned());
+            out.add(8)
+                .cast::<u64>()
+                .write_unaligned(from.add(8).cast::<u64>().read_unaligned());
+        }
+    }
+}
+
+/// Where a segment's headers are, read once from its `sk_buff`, with the TCP header's first 16
+/// bytes (ports and flags) in one read.
 struct Segment {
     skb: u64,
     head: u64,
-    network: u16,
-    transport: u16,
+    network: u64,
+    tcp: [u64; 2],
+    tcp_valid: u64,
 }
 
 impl Segment {
     #[inline(always)]
-    fn read(skb: u64) -> Self {
+    /// Fills a zeroed segment from `skb`.
+    fn fill<A: Access>(&mut self, skb: u64) {
+        self.skb = skb;
+        self.network = u64::MAX;
         if skb == 0 {
-            return Self {
-                skb,
-                head: 0,
-                network: u16::MAX,
-                transport: u16::MAX,
-            };
+            return;
         }
-        Self {
-            skb,
-            head: field::<u64>(skb, offset!(skb_head)).unwrap_or(0),
-            network: field::<u16>(skb, offset!(skb_network_header)).unwrap_or(u16::MAX),
-            transport: field::<u16>(skb, offset!(skb_transport_header)).unwrap_or(u16::MAX),
+        self.head = load::<A, u64>(skb, offset!(skb_head)).unwrap_or(0);
+        self.network = load::<A, u16>(skb, offset!(skb_network_header)).map_or(u64::MAX, u64::from);
+        let transport = load::<A, u16>(skb, offset!(skb_transport_header)).unwrap_or(u16::MAX);
+        if self.head != 0 && transport != u16::MAX {
+            let tcp = self.head + u64::from(transport);
+            // SAFETY: bpf_probe_read_kernel checks the source; `tcp` has 16 bytes.
+            let read = unsafe {
+                generated::bpf_probe_read_kernel(
+                    self.tcp.as_mut_ptr().cast(),
+                    16,
+                    tcp as *const core::ffi::c_void,
+                )
+            };
+            self.tcp_valid = u64::from(read == 0);
         }
     }
 
     #[inline(always)]
     fn network(&self) -> Option<u64> {
-        (self.head != 0 && self.network != u16::MAX).then(|| self.head + u64::from(self.network))
+        (self.head != 0 && self.network != u64::MAX).then(|| self.head + self.network)
     }
 
+    /// The TCP header's first 16 bytes.
     #[inline(always)]
-    fn transport(&self) -> Option<u64> {
-        (self.head != 0 && self.transport != u16::MAX)
-            .then(|| self.head + u64::from(self.transport))
+    fn tcp(&self) -> Option<[u8; 16]> {
+        // SAFETY: 16 initialized bytes.
+        (self.tcp_valid != 0)
+            .then(|| unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(self.tcp) })
     }
 }
 
 /// The flags of the segment a reset answers and, when there is no socket to say so, the
 /// namespace it arrived in.
 #[inline(always)]
-fn segment_facts(segment: &Segment, no_socket: bool, facts: &mut SocketFacts) {
-    if let Some(flags) = segment
-        .transport()
-        .and_then(|tcp| read::<u8>(tcp + TCP_FLAGS_OFFSET))
-    {
-        facts.tcp_flags = flags;
+fn segment_facts<A: Access>(segment: &Segment, no_socket: bool, facts: &mut SocketFacts) {
+    if let Some(tcp) = segment.tcp() {
+        facts.tcp_flags = tcp[TCP_FLAGS_OFFSET];
         facts.flags |= facts::SEGMENT;
     }
     if no_socket {
-        facts.netns = field::<u64>(segment.skb, offset!(skb_dev))
-            .and_then(|dev| field::<u64>(dev, offset!(dev_nd_net)))
-            .and_then(|net| field::<u32>(net, offset!(net_inum)))
+        facts.netns = load::<A, u64>(segment.skb, offset!(skb_dev))
+            .and_then(|dev| load::<A, u64>(dev, offset!(dev_nd_net)))
+            .and_then(|net| load::<A, u32>(net, offset!(net_inum)))
             .unwrap_or(0);
     }
 }
@@ -523,7 +658,12 @@ fn segment_facts(segment: &Segment, no_socket: bool, facts: &mut SocketFacts) {
 /// The connection's identity as `sock_common` holds it (same layout in every socket kind),
 /// written into `key`; false when the socket is not IPv4 or IPv6.
 #[inline(always)]
-fn connection_key(sk: u64, head: &SockHead, netns: u32, key: &mut ConnectionKey) -> bool {
+fn connection_key<A: Access>(
+    sk: u64,
+    head: &SockHead<A>,
+    netns: u32,
+    key: &mut ConnectionKey,
+) -> bool {
     let Some(family) = head.field::<u16>(sk, offset!(skc_family)) else {
         return false;
     };
@@ -550,36 +690,35 @@ fn connection_key(sk: u64, head: &SockHead, netns: u32, key: &mut ConnectionKey)
 const SOCK_HEAD_LEN: usize = 24;
 
 /// Word-sized fields only: the BPF backend zeroes and copies anything else byte by byte.
-struct SockHead {
+struct SockHead<A> {
     bytes: [u64; SOCK_HEAD_LEN / 8],
     valid: u64,
+    access: core::marker::PhantomData<A>,
 }
 
-impl SockHead {
+impl<A: Access> SockHead<A> {
     #[inline(always)]
-    fn read(sk: u64) -> Self {
-        let mut head = Self {
-            bytes: [0; SOCK_HEAD_LEN / 8],
-            valid: 0,
-        };
-        if sk != 0 {
+    /// Fills a zeroed head from `sk` (plain loads need no copy).
+    fn fill(&mut self, sk: u64) {
+        if sk != 0 && !A::DIRECT {
             // SAFETY: bpf_probe_read_kernel checks the source; the buffer has SOCK_HEAD_LEN bytes.
             let read = unsafe {
                 generated::bpf_probe_read_kernel(
-                    head.bytes.as_mut_ptr().cast(),
+                    self.bytes.as_mut_ptr().cast(),
                     SOCK_HEAD_LEN as u32,
                     sk as *const core::ffi::c_void,
                 )
             };
-            head.valid = u64::from(read == 0);
+            self.valid = u64::from(read == 0);
         }
-        head
     }
 
     /// A member of `sk` at a BTF offset: from the head when it lies there, else read.
     #[inline(always)]
     fn field<T: Copy>(&self, sk: u64, offset: u32) -> Option<T> {
-        if offset != NO_OFFSET && offset as usize + size_of::<T>() <= SOCK_HEAD_LEN {
+        if A::DIRECT {
+            load::<A, T>(sk, offset)
+        } else if offset != NO_OFFSET && offset as usize + size_of::<T>() <= SOCK_HEAD_LEN {
             // SAFETY: within `bytes` (checked above); any bit pattern is a valid T here.
             (self.valid != 0).then(|| unsafe {
                 self.bytes
@@ -620,10 +759,75 @@ fn read_into(base: u64, offset: u32, out: &mut [u8; 16], len: u32) -> bool {
 }
 
 #[inline(always)]
-fn netns_of_sock(sk: u64) -> u32 {
-    field::<u64>(sk, offset!(skc_net))
-        .and_then(|net| field::<u32>(net, offset!(net_inum)))
+fn netns_of_sock<A: Access>(sk: u64) -> u32 {
+    load::<A, u64>(sk, offset!(skc_net))
+        .and_then(|net| load::<A, u32>(net, offset!(net_inum)))
         .unwrap_or(0)
+}
+
+/// This socket's own ends, as the classic tracepoints record them: from `sock_common`, with a
+/// full socket's local port from `inet_sport` (close() has cleared `skc_num` by the time it
+/// sends a reset).
+#[inline(always)]
+fn socket_ends<A: Access>(sk: u64, head: &SockHead<A>, full: bool, ends: &mut Endpoints) {
+    let Some(family) = head.field::<u16>(sk, offset!(skc_family)) else {
+        return;
+    };
+    ends.local_port = if full {
+        // Beyond `struct sock`, so not a plain load: the verifier checks those against it.
+        field::<u16>(sk, offset!(inet_sport)).map_or(0, u16::from_be)
+    } else {
+        head.field::<u16>(sk, offset!(skc_num)).unwrap_or(0)
+    };
+    ends.remote_port = u16::from_be(head.field::<u16>(sk, offset!(skc_dport)).unwrap_or(0));
+    let read = match family {
+        AF_INET => {
+            head.ipv4(sk, offset!(skc_rcv_saddr), &mut ends.local_addr)
+                && head.ipv4(sk, offset!(skc_daddr), &mut ends.remote_addr)
+        }
+        AF_INET6 => {
+            read_into(sk, offset!(skc_v6_rcv_saddr), &mut ends.local_addr, 16)
+                && read_into(sk, offset!(skc_v6_daddr), &mut ends.remote_addr, 16)
+        }
+        _ => false,
+    };
+    if read {
+        ends.family = family;
+    }
+}
+
+/// How kernel memory is read. Classic tracepoints and probes see pointers as plain numbers, so
+/// every read is a `bpf_probe_read_kernel` call. BTF tracepoints get typed pointers: the verifier
+/// checks each load against the kernel's BTF (offsets from the read-only globals are constants
+/// to it) and turns it into a fault-safe load, no call.
+trait Access {
+    const DIRECT: bool;
+}
+
+struct Probe;
+impl Access for Probe {
+    const DIRECT: bool = false;
+}
+
+struct Direct;
+impl Access for Direct {
+    const DIRECT: bool = true;
+}
+
+/// A struct member at a BTF offset, read the way `A` reads.
+#[inline(always)]
+fn load<A: Access, T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == NO_OFFSET {
+        return None;
+    }
+    let address = base + u64::from(offset);
+    if A::DIRECT {
+        // SAFETY: a typed kernel pointer (BTF tracepoint argument or a member read from one);
+        // the verifier checks the access and makes the load fault-safe.
+        Some(unsafe { core::ptr::read_volatile(address as *const T) })
+    } else {
+        read(address)
+    }
 }
 
 #[inline(always)]

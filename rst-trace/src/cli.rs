@@ -119,6 +119,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_buffer_kib)]
     pub ring_buffer_kib: u32,
 
+    /// Serve the reset tracepoints with the classic programs (a probe read per field) even where
+    /// the kernel takes the BTF ones: what kernels before 5.5, or without BTF tracepoints, run.
+    /// For tests and comparisons.
+    #[arg(long, hide = true)]
+    pub classic_tracepoints: bool,
+
     /// Instead of one line per event, a table of the top causes by process and local port every
     /// SECS seconds (redrawn in place on a terminal), and the totals at the end.
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]

@@ -69,6 +69,20 @@ impl Decoder {
         let header = record.header;
         let facts = record.facts;
         let reset = |kind: EventKind, layout: Option<&ResetLayout>| {
+            if facts.flags & facts::FROM_ARGS != 0 {
+                // From a BTF tracepoint: no raw record; the program read it all from the socket
+                // and the segment.
+                let (local, remote) = endpoints(&facts.endpoints);
+                let fields = ResetFields {
+                    skaddr: facts.sk,
+                    state: None,
+                    reason: (facts.flags & facts::REASON != 0).then_some(facts.reason),
+                    sock_cookie: None,
+                    local,
+                    remote,
+                };
+                return anyhow::Ok((kind, fields, &self.names.reset_reasons));
+            }
             let layout =
                 layout.with_context(|| format!("{kind:?} record from a detached source"))?;
             anyhow::Ok((kind, layout.decode(&record.raw), &self.names.reset_reasons))
@@ -373,6 +387,87 @@ mod facts_tests {
         let mut comm = [0u8; COMM_LEN];
         comm[..text.len()].copy_from_slice(text.as_bytes());
         comm
+    }
+
+    /// A record from a BTF tracepoint program: no raw record, the reason, state, cookie and both
+    /// ends in the facts.
+    #[test]
+    fn btf_records_take_every_field_from_the_facts() {
+        let send = fixture("6.18", "tcp__tcp_send_reset");
+        let set_state = fixture("6.18", "sock__inet_sock_set_state");
+        let names = KernelNames::from_kernel(Some(&send), Some(&set_state), None);
+        let reason = names.reset_reasons.value_of("NOT_SPECIFIED").unwrap() as u32;
+        let decoder = Decoder {
+            // The classic layouts are there, and must not be used for such a record.
+            send_reset: Some(ResetLayout::from_format(&send).unwrap()),
+            receive_reset: None,
+            drop_reason: None,
+            names,
+            clock: WallClock::with_offset(0),
+        };
+        let mut local_addr = [0u8; 16];
+        local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let mut remote_addr = [0u8; 16];
+        remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let record = |kind: RecordKind, flags: u8| RawTracepoint {
+            header: EventHeader {
+                kind: kind as u8,
+                _pad: [0; 3],
+                cpu: 0,
+                ktime_ns: 1,
+                pid_tgid: 0,
+                cgroup_id: 0,
+                comm: [0; COMM_LEN],
+            },
+            facts: SocketFacts {
+                sk_state: 1,
+                flags: facts::FROM_ARGS | facts::FULL_SOCKET | flags,
+                sk_cookie: 77,
+                sk: 0xffff_8880_0000_3000,
+                reason,
+                endpoints: Endpoints {
+                    family: libc::AF_INET as u16,
+                    local_port: 8080,
+                    remote_port: 40000,
+                    _pad: 0,
+                    local_addr,
+                    remote_addr,
+                },
+                ..SocketFacts::default()
+            },
+            // Garbage where a classic record would be: never read.
+            raw: [0xaa; RAW_LEN],
+        };
+        let decode = |record: &RawTracepoint| {
+            // SAFETY: RawTracepoint is repr(C) plain old data with no padding.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (record as *const RawTracepoint).cast::<u8>(),
+                    size_of::<RawTracepoint>(),
+                )
+            };
+            decoder.decode(bytes).unwrap()
+        };
+
+        let sent = decode(&record(RecordKind::ResetSent, facts::REASON));
+        assert_eq!(sent.kind, EventKind::ResetSent);
+        assert_eq!(sent.reason.as_deref(), Some("NOT_SPECIFIED"));
+        assert_eq!(sent.state.as_deref(), Some("ESTABLISHED"));
+        assert_eq!(sent.sock_cookie, Some(77));
+        assert_eq!(
+            sent.local.map(|e| e.to_string()).as_deref(),
+            Some("10.0.0.1:8080")
+        );
+        assert_eq!(
+            sent.remote.map(|e| e.to_string()).as_deref(),
+            Some("10.0.0.2:40000")
+        );
+
+        // tcp_receive_reset has no reason; without the REASON bit none is made up.
+        let received = decode(&record(RecordKind::ResetReceived, 0));
+        assert_eq!(received.kind, EventKind::ResetReceived);
+        assert_eq!(received.reason, None);
+        assert_eq!(received.local.map(|e| e.port), Some(8080));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{KProbe, TracePoint},
+    programs::{BtfTracePoint, KProbe, TracePoint},
 };
 use rst_trace_common::MAX_PID_FILTER;
 
@@ -24,6 +24,8 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Record kernel stacks (`--stack`).
     pub stacks: bool,
+    /// Never use the BTF tracepoint programs (`--classic-tracepoints`).
+    pub classic_tracepoints: bool,
 }
 
 /// Forwards the kernel programs' aya-log messages to the `log` crate.
@@ -37,6 +39,16 @@ pub struct Tracer {
     pub attached: Vec<String>,
     /// Sources that could not be attached, with why.
     pub failed: Vec<(String, String)>,
+    /// How each attached reset source is served: by its BTF tracepoint program (fields read with
+    /// plain loads), or by the classic one and why the BTF program was not used.
+    pub hooks: Vec<(String, Hook)>,
+}
+
+/// Which program serves a reset tracepoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    Btf,
+    Classic { why: String },
 }
 
 impl Tracer {
@@ -49,7 +61,14 @@ impl Tracer {
         let record_stacks = u8::from(options.stacks);
         // Wake userspace when an eighth of the ring buffer is waiting (it also drains on a timer).
         let wakeup_bytes = options.ring_buffer_bytes / 8;
+        let reason_arg = u8::from(
+            support
+                .send_reset
+                .as_ref()
+                .is_some_and(|layout| layout.reason.is_some()),
+        );
         let mut ebpf = EbpfLoader::new()
+            .override_global("SEND_RESET_REASON_ARG", &reason_arg, true)
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
             .override_global("RECORD_STACKS", &record_stacks, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -60,6 +79,10 @@ impl Tracer {
             .context("the kernel refused rst-trace's BPF maps or programs")?;
         // Must exist before the programs load: it owns the log map they write to.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        // The BTF tracepoints' attach targets. Parsed again rather than shared with the loader
+        // above (which parses its own and has dropped it by now): two copies at once would
+        // double the start-up peak of resident memory.
+        let btf = aya::Btf::from_sys_fs().ok();
 
         if filter_by_pid != 0 {
             let mut pids: HashMap<_, u32, u8> = HashMap::try_from(
@@ -73,11 +96,27 @@ impl Tracer {
 
         let mut attached = Vec::new();
         let mut failed = Vec::new();
+        let mut hooks = Vec::new();
         let mut loaded = HashSet::new();
         for source in &support.sources {
             if let Err(why) = &source.status {
                 failed.push((source.name(), why.clone()));
                 continue;
+            }
+            if let Some(btf_program) = btf_program(source)
+                && !options.classic_tracepoints
+            {
+                match attach_btf(&mut ebpf, btf.as_ref(), btf_program, source.event) {
+                    Ok(()) => {
+                        attached.push(source.name());
+                        hooks.push((source.name(), Hook::Btf));
+                        continue;
+                    }
+                    Err(error) => {
+                        let why = format!("{error:#}");
+                        hooks.push((source.name(), Hook::Classic { why }));
+                    }
+                }
             }
             match attach(&mut ebpf, source, &mut loaded) {
                 Ok(()) => attached.push(source.name()),
@@ -104,6 +143,7 @@ impl Tracer {
             logger,
             attached,
             failed,
+            hooks,
         })
     }
 
@@ -168,6 +208,35 @@ impl LostCounter {
 }
 
 /// Loads the source's program (once: one program may serve several tracepoints) and attaches it.
+/// The BTF tracepoint program that can serve `source` in place of its classic one.
+fn btf_program(source: &Source) -> Option<&'static str> {
+    match (source.system, source.event) {
+        ("tcp", "tcp_send_reset") => Some("tcp_send_reset_btf"),
+        ("tcp", "tcp_receive_reset") => Some("tcp_receive_reset_btf"),
+        _ => None,
+    }
+}
+
+/// Loads and attaches a BTF tracepoint program; any failure (no BTF, a kernel before 5.5, a
+/// verifier that rejects a load) leaves the classic program to serve the tracepoint.
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    program: &str,
+    event: &str,
+) -> anyhow::Result<()> {
+    let btf = btf.context("the kernel has no BTF at /sys/kernel/btf/vmlinux")?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the object"))?
+        .try_into()?;
+    program
+        .load(event, btf)
+        .context("the kernel refused the BTF tracepoint program")?;
+    program.attach().context("attaching the BTF tracepoint")?;
+    Ok(())
+}
+
 fn attach(
     ebpf: &mut Ebpf,
     source: &Source,

@@ -28,7 +28,7 @@ use crate::{
     enrich::CgroupResolver,
     event::Event,
     filter::Filter,
-    loader::{LoadOptions, Tracer},
+    loader::{Hook, LoadOptions, Tracer},
     metrics::{self, Metrics},
     output::{Format, Outputs, Sink, SummaryView},
     privileges,
@@ -78,6 +78,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         pids: args.filters.pids.clone(),
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         stacks: args.stack,
+        classic_tracepoints: args.classic_tracepoints,
     };
     let mut tracer = Tracer::load(&support, &options)?;
     for source in &support.sources {
@@ -149,9 +150,8 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                pipeline.take(guard.get_inner_mut());
+                done = pipeline.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
-                done = pipeline.release(false)?;
             }
             Some(drop) = listener_drops.recv() => {
                 if let Some(event) = pipeline.attributor.listener_drop_event(&drop) {
@@ -171,8 +171,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
             _ = drain_tick.tick() => {
                 // The kernel wakes us only when the buffer fills up; quieter events are picked
                 // up here. Received resets that waited long enough for a partner go out too.
-                pipeline.take(ring.get_mut());
-                done = pipeline.release(false)?;
+                done = pipeline.drain(ring.get_mut())?;
             }
             _ = summary_tick.tick(), if args.summary.is_some() => {
                 if let Some(summary) = &mut pipeline.outputs.summary {
@@ -207,8 +206,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         }
     }
     // Whatever the kernel delivered before we stopped still counts.
-    if !pipeline.limit_reached() {
-        pipeline.take(ring.get_mut());
+    if !pipeline.limit_reached() && !pipeline.drain(ring.get_mut())? {
         pipeline.release(true)?;
     }
     let reported = pipeline.reported;
@@ -225,6 +223,8 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
 /// How often the ring buffer is drained when the kernel has not woken us (see WAKEUP_BYTES in
 /// the kernel programs): the most an event waits before it is printed.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// Records decoded before the events they make are written out (see `Pipeline::drain`).
+const DRAIN_BATCH: usize = 256;
 
 /// How often listener queues and drop counters are sampled in every network namespace.
 const LISTENER_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -282,8 +282,27 @@ struct Pipeline<'a> {
 
 impl Pipeline<'_> {
     /// Takes in what the ring buffer holds.
-    fn take(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
+    /// Takes everything waiting in the ring buffer through the pipeline, a batch at a time:
+    /// the buffer can hold thousands of records, and holding them all as events at once would
+    /// cost more memory than the buffer itself. True when the trace should end.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<bool> {
+        loop {
+            let more = self.take(ring, DRAIN_BATCH);
+            if self.release(false)? {
+                return Ok(true);
+            }
+            if !more {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Decodes and attributes up to `max` records; true when it stopped at `max`.
+    fn take(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
+        for _ in 0..max {
+            let Some(item) = ring.next() else {
+                return false;
+            };
             match self.decoder.decode(&item) {
                 Ok(mut event) => {
                     if let Some(stacks) = &mut self.stacks {
@@ -296,6 +315,7 @@ impl Pipeline<'_> {
                 Err(error) => log::warn!("skipped a record: {error:#}"),
             }
         }
+        true
     }
 
     /// Writes the events attribution has finished (all of them with `flush`); returns whether
@@ -403,19 +423,31 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         pids: Vec::new(),
         ring_buffer_bytes: 4096,
         stacks: false,
+        classic_tracepoints: false,
     };
     let tracer = Tracer::load(&support, &options);
-    let (attached, failed) = match &tracer {
-        Ok(tracer) => (tracer.attached.clone(), tracer.failed.clone()),
+    let (attached, failed, hooks) = match &tracer {
+        Ok(tracer) => (
+            tracer.attached.clone(),
+            tracer.failed.clone(),
+            tracer.hooks.clone(),
+        ),
         Err(error) => {
             writeln!(out, "loading the kernel programs failed: {error:#}")?;
-            (Vec::new(), Vec::new())
+            (Vec::new(), Vec::new(), Vec::new())
         }
     };
     for source in &support.sources {
         let name = source.name();
+        let hook = hooks.iter().find(|(n, _)| *n == name).map(|(_, hook)| hook);
         let status = if attached.contains(&name) {
-            "loaded and attached".to_string()
+            match hook {
+                Some(Hook::Btf) => "loaded and attached (BTF tracepoint)".to_string(),
+                Some(Hook::Classic { why }) => format!(
+                    "loaded and attached (classic tracepoint; the BTF tracepoint could not be used: {why})"
+                ),
+                None => "loaded and attached".to_string(),
+            }
         } else if let Some((_, why)) = failed.iter().find(|(n, _)| *n == name) {
             format!("cannot be used: {why}")
         } else {

@@ -414,6 +414,7 @@ fn resolve_socket_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> anyhow::Res
     o.skc_v6_daddr = common("skc_v6_daddr")?;
     o.skc_v6_rcv_saddr = common("skc_v6_rcv_saddr")?;
     o.skc_cookie = common("skc_cookie")?;
+    o.inet_sport = btf.checked_offset("inet_sock", "inet_sport")?;
     o.net_inum = btf.checked_offset("net", "ns.inum")?;
     Ok(())
 }

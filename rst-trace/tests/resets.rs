@@ -80,9 +80,26 @@ fn idle_connection_closed_by_server(port: u16, listener: &Socket) -> (Socket, u1
     (client, client_port)
 }
 
-fn s1_closed_port(ip: &str, family: &str) {
+/// The programs that serve the reset tracepoints: the BTF ones where the kernel takes them (here),
+/// or the classic ones (`--classic-tracepoints`, what older kernels run). Both must report the
+/// same fields.
+#[derive(Clone, Copy)]
+enum Programs {
+    Btf,
+    Classic,
+}
+
+fn tracer_on_port(port: u16, programs: Programs) -> Tracer {
+    let port = port.to_string();
+    match programs {
+        Programs::Btf => Tracer::start(&["--port", &port]),
+        Programs::Classic => Tracer::start(&["--port", &port, "--classic-tracepoints"]),
+    }
+}
+
+fn s1_closed_port(ip: &str, family: &str, programs: Programs) {
     let port = closed_port(ip);
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let tracer = tracer_on_port(port, programs);
     let (client, client_port) = bound_client(ip);
     let error = client
         .connect(&sockaddr(ip, port))
@@ -124,18 +141,33 @@ fn s1_closed_port(ip: &str, family: &str) {
 
 #[test]
 fn s1_connect_to_closed_port_ipv4_is_reset_with_no_socket() {
-    s1_closed_port("127.0.0.1", "ipv4");
+    s1_closed_port("127.0.0.1", "ipv4", Programs::Btf);
 }
 
 #[test]
 fn s1_connect_to_closed_port_ipv6_is_reset_with_no_socket() {
-    s1_closed_port("::1", "ipv6");
+    s1_closed_port("::1", "ipv6", Programs::Btf);
+}
+
+#[test]
+fn s1_classic_tracepoint_programs_report_the_same_fields() {
+    s1_closed_port("127.0.0.1", "ipv4", Programs::Classic);
+    s1_closed_port("::1", "ipv6", Programs::Classic);
 }
 
 #[test]
 fn s4_linger_zero_close_sends_reset_from_the_closing_process() {
+    s4_linger_zero(Programs::Btf);
+}
+
+#[test]
+fn s4_classic_tracepoint_programs_report_the_same_fields() {
+    s4_linger_zero(Programs::Classic);
+}
+
+fn s4_linger_zero(programs: Programs) {
     let (listener, port) = listener("127.0.0.1", 16);
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let tracer = tracer_on_port(port, programs);
     let (client, client_port) = bound_client("127.0.0.1");
     client
         .connect(&sockaddr("127.0.0.1", port))

@@ -403,7 +403,11 @@ impl<'a> Figures<'a> {
                 let program = tracer
                     .programs
                     .iter()
-                    .find(|p| p.name == "tcp_send_reset" && p.runs > 0)?;
+                    // The BTF tracepoint program where the kernel takes it, else the classic one.
+                    .find(|p| {
+                        matches!(p.name.as_str(), "tcp_send_reset" | "tcp_send_reset_btf")
+                            && p.runs > 0
+                    })?;
                 Some(program.run_time_ns as f64 / program.runs as f64)
             })
             .collect();
@@ -776,8 +780,10 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
          after), `run_time_ns` / `run_cnt` of every BPF program the tracer process holds, read \
          from `/proc/PID/fdinfo` before and after the load (names from `bpftool prog show \
          --json`). The reference program (`rst-trace bench-reference`) reads the same two \
-         record fields as rst-trace's `tcp_send_reset` and submits a 64-byte ring buffer \
-         record without waking its reader, nothing else.\n"
+         record fields as rst-trace's classic `tcp_send_reset` and submits a 64-byte ring buffer \
+         record without waking its reader, nothing else. rst-trace itself runs \
+         `tcp_send_reset_btf` where the kernel takes BTF tracepoints (here): the same work \
+         with plain loads instead of a probe read per field.\n"
     );
 
     let _ = writeln!(w, "## Results\n");
@@ -994,12 +1000,23 @@ fn notes(f: &Figures, ctx: &Context) -> Vec<String> {
         ));
     }
     notes.push(
+        "Where rst-trace's kernel time goes: it reads more than the reference (the socket's \
+         state, owner, cookie and namespace, the segment's flags and ends, who closed the \
+         connection) and writes a 344-byte record; with BTF tracepoints most reads are plain \
+         loads, and what remains over the reference is a handful of helper calls (timestamp, \
+         cgroup, task name, map lookups) and probe reads of packet headers, tens of \
+         nanoseconds each on this virtual machine. Under the refused-connect storm both CPUs \
+         produce records at once, so ring buffer reservations contend and records miss the \
+         cache more often than under hping3."
+            .to_string(),
+    );
+    notes.push(
         "Ring buffer wakeups: a submit that wakes a waiting reader costs microseconds on this \
          virtual machine (an interrupt the hypervisor must deliver), far more than the \
-         program's own work. rst-trace wakes its reader only once an eighth of the buffer is \
-         waiting (and drains on a timer); the reference program never wakes its reader, which \
-         drains every 10 ms, so its time is the least a reset tracer can spend per event. \
-         bpftrace's one-liner only updates a map."
+         program's own work. rst-trace wakes its reader once each time the data waiting \
+         crosses an eighth of the buffer (and drains every 20 ms); the reference program never \
+         wakes its reader, which drains every 10 ms, so its time is the least a reset tracer \
+         can spend per event. bpftrace's one-liner only updates a map."
             .to_string(),
     );
     notes.push(
