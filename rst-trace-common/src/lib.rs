@@ -285,6 +285,9 @@ pub struct KernelOffsets {
     /// `inet_sock.inet_sport`: a full socket's local port, which stays set after close() clears
     /// `skc_num` (what the classic tracepoints record).
     pub inet_sport: u32,
+    /// `sock.sk_protocol`, read as one byte (a bitfield before 5.6, whose byte this is).
+    pub sk_protocol: u32,
+    pub _pad: u32,
     pub states: TcpStates,
 }
 
@@ -341,6 +344,8 @@ impl KernelOffsets {
         socket_sk: NO_OFFSET,
         socket_ino: NO_OFFSET,
         inet_sport: NO_OFFSET,
+        sk_protocol: NO_OFFSET,
+        _pad: 0,
         states: TcpStates {
             established: NO_OFFSET,
             syn_sent: NO_OFFSET,

@@ -227,16 +227,34 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let Some(new) = ctx_field::<i32>(&ctx, offset!(set_state_newstate)) else {
         return 0;
     };
-    let (old, new) = (old as u32, new as u32);
+    set_state::<Probe>(sk, old as u32, new as u32);
+    0
+}
+
+/// The same as a BTF tracepoint: the socket's members are plain loads, the states arguments.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    if load::<Direct, u8>(sk, offset!(sk_protocol)) != Some(IPPROTO_TCP as u8) {
+        return 0;
+    }
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    set_state::<Direct>(sk, old as u32, new as u32);
+    0
+}
+
+#[inline(always)]
+fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
     if new == offset!(states.syn_sent) || new == offset!(states.listen) {
         // connect() and listen() run in the process that owns the socket.
         let _ = OWNERS.insert(sk, current_owner(), 0);
     } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
         // close() or shutdown() by the application, in its own context.
         zeroed!(key: ConnectionKey);
-        zeroed!(head: SockHead<Probe>);
+        zeroed!(head: SockHead<A>);
         head.fill(sk);
-        if connection_key(sk, head, netns_of_sock::<Probe>(sk), key) {
+        if connection_key(sk, head, netns_of_sock::<A>(sk), key) {
             let closed = ClosedConnection {
                 closer: current_owner(),
                 closed_ns: now(),
@@ -247,12 +265,20 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         // A new accepted-to-be child; any owner recorded at this address is a dead socket's.
         let _ = OWNERS.remove(sk);
     }
-    0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     if let Some(sk) = ctx_field::<u64>(&ctx, offset!(destroy_sock_skaddr)) {
+        let _ = OWNERS.remove(sk);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    if sk != 0 {
         let _ = OWNERS.remove(sk);
     }
     0

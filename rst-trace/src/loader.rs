@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
-use rst_trace_common::MAX_PID_FILTER;
+use rst_trace_common::{KernelOffsets, MAX_PID_FILTER, NO_OFFSET};
 
 use crate::sources::{KernelSupport, Role, Source};
 
@@ -39,8 +39,8 @@ pub struct Tracer {
     pub attached: Vec<String>,
     /// Sources that could not be attached, with why.
     pub failed: Vec<(String, String)>,
-    /// How each attached reset source is served: by its BTF tracepoint program (fields read with
-    /// plain loads), or by the classic one and why the BTF program was not used.
+    /// How each attached tracepoint that has a BTF program is served: by that program (fields
+    /// read with plain loads), or by the classic one and why the BTF program was not used.
     pub hooks: Vec<(String, Hook)>,
 }
 
@@ -103,7 +103,7 @@ impl Tracer {
                 failed.push((source.name(), why.clone()));
                 continue;
             }
-            if let Some(btf_program) = btf_program(source)
+            if let Some(btf_program) = btf_program(source, &support.offsets)
                 && !options.classic_tracepoints
             {
                 match attach_btf(&mut ebpf, btf.as_ref(), btf_program, source.event) {
@@ -209,10 +209,15 @@ impl LostCounter {
 
 /// Loads the source's program (once: one program may serve several tracepoints) and attaches it.
 /// The BTF tracepoint program that can serve `source` in place of its classic one.
-fn btf_program(source: &Source) -> Option<&'static str> {
+fn btf_program(source: &Source, offsets: &KernelOffsets) -> Option<&'static str> {
     match (source.system, source.event) {
         ("tcp", "tcp_send_reset") => Some("tcp_send_reset_btf"),
         ("tcp", "tcp_receive_reset") => Some("tcp_receive_reset_btf"),
+        ("tcp", "tcp_destroy_sock") => Some("tcp_destroy_sock_btf"),
+        // Its protocol test reads the socket; the classic record carries the protocol.
+        ("sock", "inet_sock_set_state") if offsets.sk_protocol != NO_OFFSET => {
+            Some("inet_sock_set_state_btf")
+        }
         _ => None,
     }
 }

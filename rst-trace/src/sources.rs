@@ -441,6 +441,11 @@ fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<Strin
         Err(_) => resolve(&mut o.sk_flags, "sock", "sk_flags", linger),
     }
     resolve(&mut o.sk_lingertime, "sock", "sk_lingertime", linger);
+    // Only the BTF program on sock:inet_sock_set_state needs it (the classic record has the
+    // protocol); without it the classic program serves that tracepoint.
+    if let Ok(offset) = btf.checked_offset("sock", "sk_protocol") {
+        o.sk_protocol = offset;
+    }
     resolve(
         &mut o.tw_substate,
         "inet_timewait_sock",

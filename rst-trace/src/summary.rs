@@ -7,18 +7,51 @@ use foldhash::HashMap;
 
 use crate::{
     cause::Cause,
-    event::{Event, EventKind},
+    event::{Event, EventKind, Process},
 };
 
 /// Rows shown per table; the rest are counted in one line.
 const TOP_ROWS: usize = 20;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Key {
     cause: Cause,
     kind: EventKindKey,
-    process: String,
+    process: ProcessKey,
     port: u16,
+}
+
+/// A process as a row key: plain bytes, so that counting an event allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum ProcessKey {
+    Unknown,
+    /// The name (a kernel task name fits in 16 bytes), then the pid.
+    Known {
+        comm: [u8; 16],
+        pid: u32,
+    },
+}
+
+impl ProcessKey {
+    fn of(process: Option<&Process>) -> Self {
+        process.map_or(Self::Unknown, |p| {
+            let mut comm = [0; 16];
+            let bytes = p.comm.as_bytes();
+            let len = bytes.len().min(comm.len());
+            comm[..len].copy_from_slice(&bytes[..len]);
+            Self::Known { comm, pid: p.pid }
+        })
+    }
+
+    fn label(self) -> String {
+        match self {
+            Self::Unknown => "-".to_string(),
+            Self::Known { comm, pid } => {
+                let len = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+                format!("{} ({pid})", String::from_utf8_lossy(&comm[..len]))
+            }
+        }
+    }
 }
 
 /// `EventKind` as an orderable key.
@@ -61,15 +94,12 @@ impl SummaryTable {
         let key = Key {
             cause: event.cause.unwrap_or(Cause::Other),
             kind: event.kind.into(),
-            process: event
-                .process
-                .as_ref()
-                .map_or_else(|| "-".to_string(), |p| format!("{} ({})", p.comm, p.pid)),
+            process: ProcessKey::of(event.process.as_ref()),
             port: event.local.map_or(0, |end| end.port),
         };
         // A queue-drop event seen through a counter stands for several drops.
         let count = event.drops.unwrap_or(1);
-        *self.interval.entry(key.clone()).or_default() += count;
+        *self.interval.entry(key).or_default() += count;
         *self.total.entry(key).or_default() += count;
     }
 
@@ -117,7 +147,7 @@ fn render(title: &str, rows: &HashMap<Key, u64>, elapsed: Duration) -> String {
             "{:<24} {:<4} {:<28} {:>6} {:>9} {:>9.1}",
             key.cause.id(),
             key.kind.label(),
-            truncate(&key.process, 28),
+            truncate(&key.process.label(), 28),
             port,
             count,
             **count as f64 / secs

@@ -50,9 +50,15 @@ fn check_lists_each_source_and_attaches_it() {
     for (index, line) in lines.iter().enumerate() {
         if line.contains(": on (") {
             let status = lines.get(index + 1).map(|l| l.trim());
-            // The reset tracepoints are served by their BTF programs here (5.5+ with BTF).
-            let expected = if line.starts_with("tcp:tcp_send_reset:")
-                || line.starts_with("tcp:tcp_receive_reset:")
+            // These are served by their BTF programs here (5.5+ with BTF).
+            let expected = if [
+                "tcp:tcp_send_reset:",
+                "tcp:tcp_receive_reset:",
+                "sock:inet_sock_set_state:",
+                "tcp:tcp_destroy_sock:",
+            ]
+            .iter()
+            .any(|source| line.starts_with(source))
             {
                 "loaded and attached (BTF tracepoint)"
             } else {
