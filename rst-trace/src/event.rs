@@ -56,8 +56,41 @@ impl From<SocketAddr> for Endpoint {
 }
 
 impl std::fmt::Display for Endpoint {
+    /// `1.2.3.4:80`, `[::1]:80`. IPv4 is written by hand: explanations name both ends of every
+    /// event, and the formatting machinery was a seventh of rst-trace's time at storm rates.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        SocketAddr::new(self.addr, self.port).fmt(f)
+        let IpAddr::V4(ip) = self.addr else {
+            return SocketAddr::new(self.addr, self.port).fmt(f);
+        };
+        let mut text = [0u8; 21];
+        let mut len = 0;
+        let mut push = |bytes: &[u8]| {
+            text[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        };
+        for (index, octet) in ip.octets().into_iter().enumerate() {
+            if index > 0 {
+                push(b".");
+            }
+            push(decimal(u32::from(octet), &mut [0; 5]));
+        }
+        push(b":");
+        push(decimal(u32::from(self.port), &mut [0; 5]));
+        // Only ASCII digits, dots and a colon were written.
+        f.pad(std::str::from_utf8(&text[..len]).unwrap_or_default())
+    }
+}
+
+/// The decimal digits of `value` (at most 99999), written into the end of `buf`.
+fn decimal(mut value: u32, buf: &mut [u8; 5]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 || start == 0 {
+            return &buf[start..];
+        }
     }
 }
 
@@ -255,5 +288,29 @@ impl Event {
             ktime_ns: 0,
             kernel: KernelFacts::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_print_as_socket_addresses() {
+        for text in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.1.20.3:8080",
+            "127.0.0.1:9",
+            "[::1]:80",
+            "[2001:db8::1]:443",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let endpoint = Endpoint::from(addr);
+            assert_eq!(endpoint.to_string(), text);
+            assert_eq!(endpoint.to_string(), addr.to_string());
+        }
+        let padded = Endpoint::from("1.2.3.4:5".parse::<SocketAddr>().unwrap());
+        assert_eq!(format!("{padded:<12}|"), "1.2.3.4:5   |");
     }
 }

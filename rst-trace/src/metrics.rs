@@ -137,7 +137,43 @@ pub struct Metrics {
     program_run_time: Family<ProgramLabels, Counter<f64, AtomicU64>>,
     program_runs: Family<ProgramLabels, Counter>,
     caps: Caps,
+    /// The reset counter each combination of raw label values went to, so that counting an
+    /// event finds its series without building (allocating) its labels again.
+    reset_series: hashbrown::HashMap<ResetSeriesKey, Counter, foldhash::fast::RandomState>,
 }
+
+/// The raw label values of a reset, before the caps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ResetSeriesKey {
+    direction: &'static str,
+    cause: &'static str,
+    reason: String,
+    comm: String,
+    container: String,
+}
+
+/// [`ResetSeriesKey`] borrowed from an event: hashes the same way, compares equal to it.
+#[derive(Hash)]
+struct RawResetKey<'a> {
+    direction: &'static str,
+    cause: &'static str,
+    reason: &'a str,
+    comm: &'a str,
+    container: &'a str,
+}
+
+impl hashbrown::Equivalent<ResetSeriesKey> for RawResetKey<'_> {
+    fn equivalent(&self, key: &ResetSeriesKey) -> bool {
+        self.direction == key.direction
+            && self.cause == key.cause
+            && self.reason == key.reason
+            && self.comm == key.comm
+            && self.container == key.container
+    }
+}
+
+/// Entries in `reset_series` before it starts over (each distinct raw combination is one).
+const RESET_SERIES_CACHE: usize = 4096;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -205,16 +241,20 @@ impl Metrics {
                 drop_port: LabelCap::new(cap),
                 drop_container: LabelCap::new(cap),
             },
+            reset_series: hashbrown::HashMap::default(),
         }
     }
 
     /// Counts one event (as the other sinks receive it: after filtering).
     pub fn observe(&mut self, event: &Event) {
         let cause = event.cause.map_or(NONE, Cause::id);
-        let container = event.container.as_ref().map_or_else(
-            || NONE.to_string(),
-            |container| container.id.chars().take(CONTAINER_ID_CHARS).collect(),
-        );
+        let container = event.container.as_ref().map_or(NONE, |container| {
+            // The first CONTAINER_ID_CHARS characters, as `docker ps` shows them.
+            let id = container.id.as_str();
+            id.char_indices()
+                .nth(CONTAINER_ID_CHARS)
+                .map_or(id, |(end, _)| &id[..end])
+        });
         let direction = match event.kind {
             EventKind::ResetSent => "sent",
             EventKind::ResetReceived => "received",
@@ -225,7 +265,7 @@ impl Metrics {
                 let labels = QueueDropLabels {
                     cause,
                     port: self.caps.drop_port.admit(&port),
-                    container: self.caps.drop_container.admit(&container),
+                    container: self.caps.drop_container.admit(container),
                 };
                 self.queue_drops
                     .get_or_create(&labels)
@@ -233,22 +273,45 @@ impl Metrics {
                 return;
             }
         };
+        let reason = event.reason.as_deref().unwrap_or(NONE);
+        let comm = event
+            .process
+            .as_ref()
+            .map_or(NONE, |process| process.comm.as_str());
+        // Looked up by borrowed values: the common case allocates nothing.
+        let raw = RawResetKey {
+            direction,
+            cause,
+            reason,
+            comm,
+            container,
+        };
+        if let Some(counter) = self.reset_series.get(&raw) {
+            counter.inc();
+            return;
+        }
         let labels = ResetLabels {
             direction,
             cause,
-            reason: self
-                .caps
-                .reset_reason
-                .admit(event.reason.as_deref().unwrap_or(NONE)),
-            comm: self.caps.reset_comm.admit(
-                event
-                    .process
-                    .as_ref()
-                    .map_or(NONE, |process| process.comm.as_str()),
-            ),
-            container: self.caps.reset_container.admit(&container),
+            reason: self.caps.reset_reason.admit(reason),
+            comm: self.caps.reset_comm.admit(comm),
+            container: self.caps.reset_container.admit(container),
         };
-        self.resets.get_or_create(&labels).inc();
+        let counter = self.resets.get_or_create(&labels).clone();
+        counter.inc();
+        if self.reset_series.len() >= RESET_SERIES_CACHE {
+            self.reset_series.clear();
+        }
+        self.reset_series.insert(
+            ResetSeriesKey {
+                direction,
+                cause,
+                reason: reason.to_string(),
+                comm: comm.to_string(),
+                container: container.to_string(),
+            },
+            counter,
+        );
     }
 
     /// Sets the lost-event counter to the kernel's total since load.
@@ -578,7 +641,8 @@ mod tests {
     #[test]
     fn values_past_the_cap_are_counted_under_other() {
         let mut metrics = Metrics::with_label_cap(2);
-        for comm in ["a", "b", "c", "d", "a"] {
+        // Repeats go to the series their first sighting went to, capped or not.
+        for comm in ["a", "b", "c", "d", "a", "c"] {
             metrics.observe(&event(EventKind::ResetSent, Some(Cause::PortClosed), comm));
         }
         let text = metrics.encode();
@@ -600,7 +664,7 @@ mod tests {
             [
                 ("a".to_string(), "2".to_string()),
                 ("b".to_string(), "1".to_string()),
-                ("other".to_string(), "2".to_string()),
+                ("other".to_string(), "3".to_string()),
             ],
             "{text}"
         );
