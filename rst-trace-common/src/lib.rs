@@ -204,6 +204,15 @@ pub struct RawTracepoint {
     pub raw: [u8; RAW_LEN],
 }
 
+/// A record from a BTF tracepoint program ([`facts::FROM_ARGS`]): a [`RawTracepoint`] without
+/// the raw part, which such a program has no record to fill. A third less to write per event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArgsRecord {
+    pub header: EventHeader,
+    pub facts: SocketFacts,
+}
+
 /// TCP state numbers of the running kernel (from its tracefs tables), for the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -390,6 +399,7 @@ mod tests {
             8 + 32 + 40 + 48 + 8 + 40 + 8 + 16
         );
         assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 200 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 200);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);

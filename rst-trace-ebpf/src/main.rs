@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use rst_trace_common::{
-    ClosedConnection, ConnectionKey, Endpoints, KernelOffsets, MAX_CLOSED_CONNECTIONS,
+    ArgsRecord, ClosedConnection, ConnectionKey, Endpoints, KernelOffsets, MAX_CLOSED_CONNECTIONS,
     MAX_DROP_REASONS, MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, NO_OFFSET, NO_SK_STATE, Owner,
     RAW_LEN, RawTracepoint, RecordKind, SocketFacts, facts,
 };
@@ -207,7 +207,7 @@ fn reset_without_socket(ctx: &ProbeContext) {
     let sk: u64 = ctx.arg(0).unwrap_or(1);
     let skb: u64 = ctx.arg(1).unwrap_or(0);
     if sk == 0 && skb != 0 {
-        emit_with::<_, Probe>(ctx, RecordKind::ResetSentNoSocket, 0, skb, Raw::None);
+        emit_with::<_, Probe, RawTracepoint>(ctx, RecordKind::ResetSentNoSocket, 0, skb, Raw::None);
     }
 }
 
@@ -315,7 +315,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn emit<C: EbpfContext + StackIdContext>(ctx: &C, kind: RecordKind, sk: u64, skb: u64) {
-    emit_with::<C, Probe>(ctx, kind, sk, skb, Raw::Copy);
+    emit_with::<C, Probe, RawTracepoint>(ctx, kind, sk, skb, Raw::Copy);
 }
 
 /// A BTF tracepoint's event: no raw record, everything in the facts.
@@ -327,7 +327,7 @@ fn emit_from_args(
     skb: u64,
     reason: Option<u32>,
 ) {
-    emit_with::<_, Direct>(ctx, kind, sk, skb, Raw::FromArgs(reason));
+    emit_with::<_, Direct, ArgsRecord>(ctx, kind, sk, skb, Raw::FromArgs(reason));
 }
 
 /// What goes into a record's `raw` part.
@@ -342,7 +342,7 @@ enum Raw {
 }
 
 #[inline(always)]
-fn emit_with<C: EbpfContext + StackIdContext, A: Access>(
+fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
     ctx: &C,
     kind: RecordKind,
     sk: u64,
@@ -353,11 +353,20 @@ fn emit_with<C: EbpfContext + StackIdContext, A: Access>(
     if global!(FILTER_BY_PID) != 0 && !pid_filter_keeps((pid_tgid >> 32) as u32, sk) {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<RawTracepoint>(0) else {
+    // `R` is the whole record, or (BTF tracepoints) the record without its raw part.
+    const {
+        assert!(
+            size_of::<R>() == size_of::<RawTracepoint>()
+                || size_of::<R>() == size_of::<ArgsRecord>()
+        )
+    };
+    let has_raw = size_of::<R>() == size_of::<RawTracepoint>();
+    let Some(mut entry) = EVENTS.reserve::<R>(0) else {
         count_lost();
         return;
     };
-    let record = entry.as_mut_ptr();
+    // Header and facts are laid out alike in both; `raw` is touched only when there is one.
+    let record = entry.as_mut_ptr().cast::<RawTracepoint>();
     let record_stacks = global!(RECORD_STACKS) != 0;
     let listen = offset!(states.listen);
     // One read of the socket's first bytes (ports, family, state, IPv4 addresses), and the
@@ -425,6 +434,7 @@ fn emit_with<C: EbpfContext + StackIdContext, A: Access>(
         // bpf_probe_read_kernel zeroes what it could not read.
         let raw = &raw mut (*record).raw;
         match raw_kind {
+            _ if !has_raw => {}
             Raw::Copy => {
                 if generated::bpf_probe_read_kernel(raw.cast(), RAW_LEN as u32, ctx.as_ptr()) != 0 {
                     warn!(ctx, "rst-trace: could not copy a tracepoint record");
@@ -512,13 +522,14 @@ fn socket_facts<A: Access>(sk: u64, head: &SockHead<A>, kind: RecordKind, facts:
             facts.flags |= facts::LINGER_ZERO;
         }
         if kind == RecordKind::ResetReceived {
-            let una = field::<u32>(sk, offset!(tcp_snd_una));
-            let sent_data = field::<u32>(sk, offset!(tcp_data_segs_out)).is_some_and(|n| n > 0);
-            if sent_data && una.is_some() && una == field::<u32>(sk, offset!(tcp_snd_nxt)) {
+            let tp = tcp_sock::<A>(sk);
+            let una = load::<A, u32>(tp, offset!(tcp_snd_una));
+            let sent_data = load::<A, u32>(tp, offset!(tcp_data_segs_out)).is_some_and(|n| n > 0);
+            if sent_data && una.is_some() && una == load::<A, u32>(tp, offset!(tcp_snd_nxt)) {
                 facts.flags |= facts::ALL_SENT_ACKED;
             }
-            facts.bytes_acked = field::<u64>(sk, offset!(tcp_bytes_acked)).unwrap_or(0);
-            facts.bytes_received = field::<u64>(sk, offset!(tcp_bytes_received)).unwrap_or(0);
+            facts.bytes_acked = load::<A, u64>(tp, offset!(tcp_bytes_acked)).unwrap_or(0);
+            facts.bytes_received = load::<A, u64>(tp, offset!(tcp_bytes_received)).unwrap_or(0);
         }
     }
     zeroed!(key: ConnectionKey);
@@ -800,8 +811,7 @@ fn socket_ends<A: Access>(sk: u64, head: &SockHead<A>, full: bool, ends: &mut En
         return;
     };
     ends.local_port = if full {
-        // Beyond `struct sock`, so not a plain load: the verifier checks those against it.
-        field::<u16>(sk, offset!(inet_sport)).map_or(0, u16::from_be)
+        load::<A, u16>(tcp_sock::<A>(sk), offset!(inet_sport)).map_or(0, u16::from_be)
     } else {
         head.field::<u16>(sk, offset!(skc_num)).unwrap_or(0)
     };
@@ -819,6 +829,19 @@ fn socket_ends<A: Access>(sk: u64, head: &SockHead<A>, full: bool, ends: &mut En
     };
     if read {
         ends.family = family;
+    }
+}
+
+/// `sk` as a `struct tcp_sock`, for members beyond `struct sock` (the verifier checks a plain
+/// load against the pointer's type): through `bpf_skc_to_tcp_sock` for plain loads (NULL for a
+/// socket that is not a full TCP socket), as is for probe reads.
+#[inline(always)]
+fn tcp_sock<A: Access>(sk: u64) -> u64 {
+    if A::DIRECT {
+        // SAFETY: `sk` is a typed socket pointer, as the helper requires.
+        unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut core::ffi::c_void) as u64 }
+    } else {
+        sk
     }
 }
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use rst_trace_common::{COMM_LEN, Endpoints, NO_SK_STATE, Owner, RawTracepoint, RecordKind, facts};
+use rst_trace_common::{
+    ArgsRecord, COMM_LEN, Endpoints, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint, RecordKind, facts,
+};
 
 use crate::{
     event::{ClosedBy, Event, EventKind, Family, KernelFacts, Queue, Segment, Task},
@@ -60,12 +62,26 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn decode(&self, bytes: &[u8]) -> anyhow::Result<Event> {
-        if bytes.len() < size_of::<RawTracepoint>() {
+        // BTF tracepoint programs send records without the raw part (ArgsRecord); they are read
+        // as a whole record with that part zeroed.
+        let record = if bytes.len() >= size_of::<RawTracepoint>() {
+            // SAFETY: RawTracepoint is plain old data and the length was checked; the ring
+            // buffer gives no alignment guarantee beyond 8, so read unaligned.
+            unsafe { bytes.as_ptr().cast::<RawTracepoint>().read_unaligned() }
+        } else if bytes.len() >= size_of::<ArgsRecord>() {
+            // SAFETY: as above, for the prefix both records share.
+            let args = unsafe { bytes.as_ptr().cast::<ArgsRecord>().read_unaligned() };
+            if args.facts.flags & facts::FROM_ARGS == 0 {
+                bail!("short ring buffer record: {} bytes", bytes.len());
+            }
+            RawTracepoint {
+                header: args.header,
+                facts: args.facts,
+                raw: [0; RAW_LEN],
+            }
+        } else {
             bail!("short ring buffer record: {} bytes", bytes.len());
-        }
-        // SAFETY: RawTracepoint is plain old data and the length was checked; the ring buffer
-        // gives no alignment guarantee beyond 8, so read unaligned.
-        let record = unsafe { bytes.as_ptr().cast::<RawTracepoint>().read_unaligned() };
+        };
         let header = record.header;
         let facts = record.facts;
         let reset = |kind: EventKind, layout: Option<&ResetLayout>| {
@@ -446,7 +462,11 @@ mod facts_tests {
                     size_of::<RawTracepoint>(),
                 )
             };
-            decoder.decode(bytes).unwrap()
+            // The programs send such records without the raw part; both forms decode alike.
+            let short = decoder.decode(&bytes[..size_of::<ArgsRecord>()]).unwrap();
+            let whole = decoder.decode(bytes).unwrap();
+            assert_eq!(format!("{short:?}"), format!("{whole:?}"));
+            short
         };
 
         let sent = decode(&record(RecordKind::ResetSent, facts::REASON));
@@ -468,6 +488,18 @@ mod facts_tests {
         assert_eq!(received.kind, EventKind::ResetReceived);
         assert_eq!(received.reason, None);
         assert_eq!(received.local.map(|e| e.port), Some(8080));
+
+        // A short record is only valid from a BTF program.
+        let mut classic = record(RecordKind::ResetSent, 0);
+        classic.facts.flags &= !facts::FROM_ARGS;
+        // SAFETY: as above.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&classic as *const RawTracepoint).cast::<u8>(),
+                size_of::<ArgsRecord>(),
+            )
+        };
+        assert!(decoder.decode(bytes).is_err());
     }
 
     #[test]

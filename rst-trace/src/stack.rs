@@ -5,7 +5,7 @@ use std::{fs, mem::size_of};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, StackTraceMap};
-use rst_trace_common::RawTracepoint;
+use rst_trace_common::ArgsRecord;
 
 /// Reads the stack of a ring buffer record from the `STACKS` map.
 pub struct StackReader {
@@ -28,11 +28,12 @@ impl StackReader {
 
     /// The symbolized stack of the record in `bytes`, innermost frame first.
     pub fn read(&mut self, bytes: &[u8]) -> Option<Vec<String>> {
-        if bytes.len() < size_of::<RawTracepoint>() {
+        // Header and facts lead every record, with or without a raw part.
+        if bytes.len() < size_of::<ArgsRecord>() {
             return None;
         }
         // SAFETY: plain old data, length checked, read unaligned.
-        let record = unsafe { bytes.as_ptr().cast::<RawTracepoint>().read_unaligned() };
+        let record = unsafe { bytes.as_ptr().cast::<ArgsRecord>().read_unaligned() };
         let id = u32::try_from(record.facts.stack_id).ok()?;
         let stack = self.map.get(&id, 0).ok()?;
         Some(
