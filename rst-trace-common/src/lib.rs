@@ -296,7 +296,8 @@ pub struct KernelOffsets {
     pub inet_sport: u32,
     /// `sock.sk_protocol`, read as one byte (a bitfield before 5.6, whose byte this is).
     pub sk_protocol: u32,
-    pub _pad: u32,
+    /// `task_struct.comm`: BTF programs read the running task's name with plain loads.
+    pub task_comm: u32,
     pub states: TcpStates,
 }
 
@@ -354,7 +355,7 @@ impl KernelOffsets {
         socket_ino: NO_OFFSET,
         inet_sport: NO_OFFSET,
         sk_protocol: NO_OFFSET,
-        _pad: 0,
+        task_comm: NO_OFFSET,
         states: TcpStates {
             established: NO_OFFSET,
             syn_sent: NO_OFFSET,

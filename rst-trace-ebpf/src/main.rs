@@ -387,7 +387,7 @@ fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
         header.ktime_ns = now();
         header.pid_tgid = pid_tgid;
         header.cgroup_id = bpf_get_current_cgroup_id();
-        current_comm(&mut header.comm);
+        current_comm::<A>(&mut header.comm);
         let facts = &mut (*record).facts;
         facts.sk_state = NO_SK_STATE;
         facts.stack_id = -1;
@@ -897,8 +897,24 @@ fn current_owner() -> Owner {
 }
 
 /// The running task's name, written in place (aya's helper would zero a copy byte by byte).
+/// BTF programs load it from the task as two words: the helper copies it byte by byte under a
+/// string copy, a seventh of a reset program's time.
 #[inline(always)]
-fn current_comm(comm: &mut [u8; 16]) {
+fn current_comm<A: Access>(comm: &mut [u8; 16]) {
+    let offset = offset!(task_comm);
+    if A::DIRECT && offset != NO_OFFSET {
+        // SAFETY: no preconditions; the task pointer is typed for the verifier.
+        let task = unsafe { generated::bpf_get_current_task_btf() } as u64;
+        let words = comm.as_mut_ptr().cast::<u64>();
+        // SAFETY: `comm` has room for two words (written unaligned).
+        unsafe {
+            words.write_unaligned(load::<A, u64>(task, offset).unwrap_or(0));
+            words
+                .add(1)
+                .write_unaligned(load::<A, u64>(task, offset + 8).unwrap_or(0));
+        }
+        return;
+    }
     // SAFETY: the helper writes at most 16 bytes, NUL-padded, and zeroes them on failure.
     unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16) };
 }

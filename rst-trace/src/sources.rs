@@ -446,6 +446,10 @@ fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<Strin
     if let Ok(offset) = btf.checked_offset("sock", "sk_protocol") {
         o.sk_protocol = offset;
     }
+    // BTF programs read the task's name with it; without it they call bpf_get_current_comm.
+    if let Ok(offset) = btf.checked_offset("task_struct", "comm") {
+        o.task_comm = offset;
+    }
     resolve(
         &mut o.tw_substate,
         "inet_timewait_sock",
