@@ -190,6 +190,14 @@ fn s4_linger_zero(programs: Programs) {
         "fired in the closing process"
     );
     assert_eq!(sent["process"]["source"], "context");
+    // The running task's name, as the kernel keeps it (15 bytes): this test's thread.
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or_default();
+    assert_eq!(
+        sent["process"]["comm"],
+        name[..name.len().min(15)],
+        "{sent}"
+    );
 
     let received = tracer.wait_for("the server's side of it", |e| {
         kind(e) == "reset_received" && local_port_of(e) == u64::from(port)
