@@ -566,26 +566,12 @@ fn drop_facts<A: Access>(sk: u64, head: &SockHead<A>, segment: &Segment, facts: 
             }
         }
     }
-    let Some(ip) = segment.network() else {
+    // The version (the high nibble of the first byte), then both addresses (IPv4: at 12 and
+    // 16; IPv6: at 8 and 24), all within the segment's first bytes.
+    let Some(bytes) = segment.ip() else {
         return;
     };
-    // The IP header's first 40 bytes at once: the version (the high nibble of the first byte),
-    // then both addresses (IPv4: at 12 and 16; IPv6: at 8 and 24). Past a 20-byte IPv4 header
-    // this reads into the TCP header, still inside the packet.
-    zeroed!(header: [u64; 5]);
-    // SAFETY: bpf_probe_read_kernel checks the source; `header` has 40 bytes.
-    let read = unsafe {
-        generated::bpf_probe_read_kernel(
-            header.as_mut_ptr().cast(),
-            40,
-            ip as *const core::ffi::c_void,
-        )
-    };
-    if read != 0 {
-        return;
-    }
-    let bytes = header.as_ptr().cast::<u8>();
-    // SAFETY: every offset below is within the 40 bytes of `header`.
+    // SAFETY: every offset below is within the SEGMENT_BYTES of the segment's copy.
     let (version, at) = unsafe { (*bytes >> 4, |offset: usize| bytes.add(offset)) };
     let (source, destination, len, family) = match version {
         4 => (at(12), at(16), 4, AF_INET),
@@ -626,19 +612,25 @@ fn copy_address(from: *const u8, to: &mut [u8; 16], len: usize) {
     }
 }
 
-/// Where a segment's headers are, read once from its `sk_buff`, with the TCP header's first 16
-/// bytes (ports and flags) in one read.
+/// Where a segment's headers are, read once from its `sk_buff`: the first 64 bytes from the IP
+/// header on, which hold the TCP header's ports and flags too when the IP header has no options
+/// (20 bytes for IPv4, 40 for IPv6), so that one probe read serves both.
 struct Segment {
     skb: u64,
     head: u64,
     network: u64,
+    ip: [u64; SEGMENT_BYTES / 8],
+    ip_valid: u64,
+    /// The TCP header's first 16 bytes.
     tcp: [u64; 2],
     tcp_valid: u64,
 }
 
+const SEGMENT_BYTES: usize = 64;
+
 impl Segment {
-    #[inline(always)]
     /// Fills a zeroed segment from `skb`.
+    #[inline(always)]
     fn fill<A: Access>(&mut self, skb: u64) {
         self.skb = skb;
         self.network = u64::MAX;
@@ -646,25 +638,59 @@ impl Segment {
             return;
         }
         self.head = load::<A, u64>(skb, offset!(skb_head)).unwrap_or(0);
-        self.network = load::<A, u16>(skb, offset!(skb_network_header)).map_or(u64::MAX, u64::from);
+        let network = load::<A, u16>(skb, offset!(skb_network_header)).unwrap_or(u16::MAX);
         let transport = load::<A, u16>(skb, offset!(skb_transport_header)).unwrap_or(u16::MAX);
-        if self.head != 0 && transport != u16::MAX {
-            let tcp = self.head + u64::from(transport);
-            // SAFETY: bpf_probe_read_kernel checks the source; `tcp` has 16 bytes.
+        if self.head == 0 {
+            return;
+        }
+        if network != u16::MAX {
+            self.network = u64::from(network);
+            // SAFETY: bpf_probe_read_kernel checks the source; `ip` has SEGMENT_BYTES bytes.
+            // Past a short packet's end it reads the buffer's unused room, never used below.
             let read = unsafe {
                 generated::bpf_probe_read_kernel(
-                    self.tcp.as_mut_ptr().cast(),
-                    16,
-                    tcp as *const core::ffi::c_void,
+                    self.ip.as_mut_ptr().cast(),
+                    SEGMENT_BYTES as u32,
+                    (self.head + self.network) as *const core::ffi::c_void,
                 )
             };
-            self.tcp_valid = u64::from(read == 0);
+            self.ip_valid = u64::from(read == 0);
         }
+        if transport == u16::MAX {
+            return;
+        }
+        // Constant offsets only: the TCP header where an IP header without options ends.
+        let from_ip = match transport.wrapping_sub(network) {
+            20 if self.ip_valid != 0 => Some(20),
+            40 if self.ip_valid != 0 => Some(40),
+            _ => None,
+        };
+        if let Some(offset) = from_ip {
+            let bytes = self.ip.as_ptr().cast::<u8>();
+            // SAFETY: offset + 16 <= SEGMENT_BYTES.
+            unsafe {
+                self.tcp[0] = bytes.add(offset).cast::<u64>().read_unaligned();
+                self.tcp[1] = bytes.add(offset + 8).cast::<u64>().read_unaligned();
+            }
+            self.tcp_valid = 1;
+            return;
+        }
+        let tcp = self.head + u64::from(transport);
+        // SAFETY: bpf_probe_read_kernel checks the source; `tcp` has 16 bytes.
+        let read = unsafe {
+            generated::bpf_probe_read_kernel(
+                self.tcp.as_mut_ptr().cast(),
+                16,
+                tcp as *const core::ffi::c_void,
+            )
+        };
+        self.tcp_valid = u64::from(read == 0);
     }
 
+    /// The IP header's first bytes.
     #[inline(always)]
-    fn network(&self) -> Option<u64> {
-        (self.head != 0 && self.network != u64::MAX).then(|| self.head + self.network)
+    fn ip(&self) -> Option<*const u8> {
+        (self.ip_valid != 0).then(|| self.ip.as_ptr().cast::<u8>())
     }
 
     /// The TCP header's first 16 bytes.
