@@ -298,6 +298,12 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// `task_struct.comm`: BTF programs read the running task's name with plain loads.
     pub task_comm: u32,
+    /// From a task to its cgroup v2 id (`task->cgroups->dfl_cgrp->kn->id`, what
+    /// `bpf_get_current_cgroup_id` returns), for BTF programs.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
     pub states: TcpStates,
 }
 
@@ -356,6 +362,10 @@ impl KernelOffsets {
         inet_sport: NO_OFFSET,
         sk_protocol: NO_OFFSET,
         task_comm: NO_OFFSET,
+        task_cgroups: NO_OFFSET,
+        css_set_dfl_cgrp: NO_OFFSET,
+        cgroup_kn: NO_OFFSET,
+        kernfs_node_id: NO_OFFSET,
         states: TcpStates {
             established: NO_OFFSET,
             syn_sent: NO_OFFSET,

@@ -386,7 +386,7 @@ fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
         header.cpu = bpf_get_smp_processor_id();
         header.ktime_ns = now();
         header.pid_tgid = pid_tgid;
-        header.cgroup_id = bpf_get_current_cgroup_id();
+        header.cgroup_id = current_cgroup_id::<A>();
         current_comm::<A>(&mut header.comm);
         let facts = &mut (*record).facts;
         facts.sk_state = NO_SK_STATE;
@@ -920,6 +920,24 @@ fn current_owner() -> Owner {
         generated::bpf_get_current_comm((&raw mut (*ptr).comm).cast(), 16);
         owner.assume_init()
     }
+}
+
+/// The running task's cgroup v2 id. BTF programs follow `task->cgroups->dfl_cgrp->kn->id`
+/// with plain loads, as the helper does under its call.
+#[inline(always)]
+fn current_cgroup_id<A: Access>() -> u64 {
+    let kernfs_id = offset!(kernfs_node_id);
+    if A::DIRECT && kernfs_id != NO_OFFSET {
+        // SAFETY: no preconditions; the task pointer is typed for the verifier.
+        let task = unsafe { generated::bpf_get_current_task_btf() } as u64;
+        return load::<A, u64>(task, offset!(task_cgroups))
+            .and_then(|cgroups| load::<A, u64>(cgroups, offset!(css_set_dfl_cgrp)))
+            .and_then(|cgroup| load::<A, u64>(cgroup, offset!(cgroup_kn)))
+            .and_then(|kn| load::<A, u64>(kn, kernfs_id))
+            .unwrap_or(0);
+    }
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_current_cgroup_id() }
 }
 
 /// The running task's name, written in place (aya's helper would zero a copy byte by byte).

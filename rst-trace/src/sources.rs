@@ -450,6 +450,18 @@ fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<Strin
     if let Ok(offset) = btf.checked_offset("task_struct", "comm") {
         o.task_comm = offset;
     }
+    // And its cgroup id with these (all four, or the helper).
+    if let (Ok(cgroups), Ok(dfl_cgrp), Ok(kn), Ok(id)) = (
+        btf.checked_offset("task_struct", "cgroups"),
+        btf.checked_offset("css_set", "dfl_cgrp"),
+        btf.checked_offset("cgroup", "kn"),
+        btf.checked_offset("kernfs_node", "id"),
+    ) {
+        o.task_cgroups = cgroups;
+        o.css_set_dfl_cgrp = dfl_cgrp;
+        o.cgroup_kn = kn;
+        o.kernfs_node_id = id;
+    }
     resolve(
         &mut o.tw_substate,
         "inet_timewait_sock",
