@@ -7,6 +7,12 @@
 //! teardown only (connect, listen, accept, close, destroy), never from per-packet or per-send
 //! events. Decoding, naming and every decision that needs a table live in userspace. A record that
 //! does not fit in the ring buffer is counted in `LOST`, never dropped silently.
+//!
+//! Where the kernel takes BTF tracepoints, `*_btf` twins of the reset, set-state and destroy
+//! programs serve those tracepoints instead: the same code (generic over [`Access`]) reading
+//! kernel structs with plain loads rather than a probe read per field, and putting what the raw
+//! record would hold into the facts. Nothing here zeroes or copies a byte array by assignment:
+//! the BPF backend turns that into a byte-at-a-time loop (see `zero`).
 #![no_std]
 #![no_main]
 
@@ -60,7 +66,7 @@ static CLOSED: LruHashMap<ConnectionKey, ClosedConnection> =
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 
-/// Bytes waiting in `EVENTS` above which a record wakes the reader (set from the ring size).
+/// Bytes waiting in `EVENTS` whose crossing wakes the reader (set from the ring size).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u32 = 0;
 

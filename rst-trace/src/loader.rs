@@ -59,7 +59,8 @@ impl Tracer {
         raise_memlock_limit(&support.release);
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let record_stacks = u8::from(options.stacks);
-        // Wake userspace when an eighth of the ring buffer is waiting (it also drains on a timer).
+        // Wake userspace when the data waiting crosses an eighth of the ring buffer (it also
+        // drains on a timer).
         let wakeup_bytes = options.ring_buffer_bytes / 8;
         let reason_arg = u8::from(
             support
