@@ -366,7 +366,6 @@ fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
                 || size_of::<R>() == size_of::<ArgsRecord>()
         )
     };
-    let has_raw = size_of::<R>() == size_of::<RawTracepoint>();
     let Some(mut entry) = EVENTS.reserve::<R>(0) else {
         count_lost();
         return;
@@ -437,16 +436,16 @@ fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
         // The tracepoint record sits at the start of a per-CPU buffer of several KiB, so reading
         // RAW_LEN bytes never runs past it even when the record itself is shorter. A probe has
         // no record: everything is in the facts.
-        // bpf_probe_read_kernel zeroes what it could not read.
         let raw = &raw mut (*record).raw;
         match raw_kind {
-            _ if !has_raw => {}
             Raw::Copy => {
-                if generated::bpf_probe_read_kernel(raw.cast(), RAW_LEN as u32, ctx.as_ptr()) != 0 {
+                if !copy_in(raw.cast(), RAW_LEN, ctx.as_ptr() as u64) {
                     warn!(ctx, "rst-trace: could not copy a tracepoint record");
                 }
             }
-            Raw::None | Raw::FromArgs(_) => zero(raw),
+            Raw::None => zero(raw),
+            // An ArgsRecord: there is no raw part.
+            Raw::FromArgs(_) => {}
         }
     }
     // Wake the reader once per fill-up: when this record takes the data waiting past an
@@ -623,8 +622,6 @@ fn copy_address(from: *const u8, to: &mut [u8; 16], len: usize) {
 /// (20 bytes for IPv4, 40 for IPv6), so that one probe read serves both.
 struct Segment {
     skb: u64,
-    head: u64,
-    network: u64,
     ip: [u64; SEGMENT_BYTES / 8],
     ip_valid: u64,
     /// The TCP header's first 16 bytes.
@@ -639,28 +636,23 @@ impl Segment {
     #[inline(always)]
     fn fill<A: Access>(&mut self, skb: u64) {
         self.skb = skb;
-        self.network = u64::MAX;
-        if skb == 0 {
-            return;
-        }
-        self.head = load::<A, u64>(skb, offset!(skb_head)).unwrap_or(0);
+        let head = load::<A, u64>(skb, offset!(skb_head)).unwrap_or(0);
         let network = load::<A, u16>(skb, offset!(skb_network_header)).unwrap_or(u16::MAX);
         let transport = load::<A, u16>(skb, offset!(skb_transport_header)).unwrap_or(u16::MAX);
-        if self.head == 0 {
+        if head == 0 {
             return;
         }
         if network != u16::MAX {
-            self.network = u64::from(network);
-            // SAFETY: bpf_probe_read_kernel checks the source; `ip` has SEGMENT_BYTES bytes.
-            // Past a short packet's end it reads the buffer's unused room, never used below.
+            // Past a short packet's end this reads the buffer's unused room, never used below.
+            // SAFETY: `ip` has SEGMENT_BYTES bytes.
             let read = unsafe {
-                generated::bpf_probe_read_kernel(
+                copy_in(
                     self.ip.as_mut_ptr().cast(),
-                    SEGMENT_BYTES as u32,
-                    (self.head + self.network) as *const core::ffi::c_void,
+                    SEGMENT_BYTES,
+                    head + u64::from(network),
                 )
             };
-            self.ip_valid = u64::from(read == 0);
+            self.ip_valid = u64::from(read);
         }
         if transport == u16::MAX {
             return;
@@ -681,16 +673,15 @@ impl Segment {
             self.tcp_valid = 1;
             return;
         }
-        let tcp = self.head + u64::from(transport);
-        // SAFETY: bpf_probe_read_kernel checks the source; `tcp` has 16 bytes.
+        // SAFETY: `tcp` has 16 bytes.
         let read = unsafe {
-            generated::bpf_probe_read_kernel(
+            copy_in(
                 self.tcp.as_mut_ptr().cast(),
                 16,
-                tcp as *const core::ffi::c_void,
+                head + u64::from(transport),
             )
         };
-        self.tcp_valid = u64::from(read == 0);
+        self.tcp_valid = u64::from(read);
     }
 
     /// The IP header's first bytes.
@@ -770,15 +761,9 @@ impl<A: Access> SockHead<A> {
     /// Fills a zeroed head from `sk` (plain loads need no copy).
     fn fill(&mut self, sk: u64) {
         if sk != 0 && !A::DIRECT {
-            // SAFETY: bpf_probe_read_kernel checks the source; the buffer has SOCK_HEAD_LEN bytes.
-            let read = unsafe {
-                generated::bpf_probe_read_kernel(
-                    self.bytes.as_mut_ptr().cast(),
-                    SOCK_HEAD_LEN as u32,
-                    sk as *const core::ffi::c_void,
-                )
-            };
-            self.valid = u64::from(read == 0);
+            // SAFETY: the buffer has SOCK_HEAD_LEN bytes.
+            let read = unsafe { copy_in(self.bytes.as_mut_ptr().cast(), SOCK_HEAD_LEN, sk) };
+            self.valid = u64::from(read);
         }
     }
 
@@ -822,9 +807,25 @@ fn read_into(base: u64, offset: u32, out: &mut [u8; 16], len: u32) -> bool {
     if base == 0 || offset == NO_OFFSET || len > 16 {
         return false;
     }
-    let src = (base + u64::from(offset)) as *const core::ffi::c_void;
-    // SAFETY: bpf_probe_read_kernel checks the source; `out` has room for 16 bytes.
-    unsafe { generated::bpf_probe_read_kernel(out.as_mut_ptr().cast(), len, src) == 0 }
+    // SAFETY: `out` has room for 16 bytes.
+    unsafe { copy_in(out.as_mut_ptr(), len as usize, base + u64::from(offset)) }
+}
+
+/// Copies `len` bytes of kernel memory at `address` into `dst` with one probe read; true when
+/// all could be read (the helper zeroes `dst` otherwise).
+///
+/// # Safety
+/// `dst` must have room for `len` bytes.
+#[inline(always)]
+unsafe fn copy_in(dst: *mut u8, len: usize, address: u64) -> bool {
+    // SAFETY: bpf_probe_read_kernel checks the source; the caller vouches for `dst`.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            dst.cast(),
+            len as u32,
+            address as *const core::ffi::c_void,
+        ) == 0
+    }
 }
 
 #[inline(always)]
@@ -1023,11 +1024,8 @@ fn ctx_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 
 /// A kernel struct member at an offset from BTF.
 #[inline(always)]
-fn field<T>(base: u64, offset: u32) -> Option<T> {
-    if base == 0 || offset == NO_OFFSET {
-        return None;
-    }
-    read(base + u64::from(offset))
+fn field<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    load::<Probe, T>(base, offset)
 }
 
 #[inline(always)]
