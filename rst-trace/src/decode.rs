@@ -275,7 +275,12 @@ mod tests {
         }
     }
 
-    fn record(kind: RecordKind, pid_tgid: u64, comm: &str, raw: [u8; RAW_LEN]) -> RawTracepoint {
+    pub(super) fn record(
+        kind: RecordKind,
+        pid_tgid: u64,
+        comm: &str,
+        raw: [u8; RAW_LEN],
+    ) -> RawTracepoint {
         let mut comm_bytes = [0u8; COMM_LEN];
         comm_bytes[..comm.len()].copy_from_slice(comm.as_bytes());
         RawTracepoint {
@@ -296,7 +301,7 @@ mod tests {
         }
     }
 
-    fn bytes(record: &RawTracepoint) -> Vec<u8> {
+    pub(super) fn bytes(record: &RawTracepoint) -> Vec<u8> {
         // SAFETY: RawTracepoint is repr(C) plain old data with no padding.
         unsafe {
             std::slice::from_raw_parts(
@@ -394,8 +399,9 @@ mod tests {
 
 #[cfg(test)]
 mod facts_tests {
-    use rst_trace_common::{ClosedConnection, EventHeader, Owner, RAW_LEN, SocketFacts};
+    use rst_trace_common::{ClosedConnection, Owner, RAW_LEN, SocketFacts};
 
+    use super::tests::{bytes, record};
     use super::*;
     use crate::{event::Segment, tracefs::tests::fixture};
 
@@ -426,15 +432,6 @@ mod facts_tests {
         let mut remote_addr = [0u8; 16];
         remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
         let record = |kind: RecordKind, flags: u8| RawTracepoint {
-            header: EventHeader {
-                kind: kind as u8,
-                _pad: [0; 3],
-                cpu: 0,
-                ktime_ns: 1,
-                pid_tgid: 0,
-                cgroup_id: 0,
-                comm: [0; COMM_LEN],
-            },
             facts: SocketFacts {
                 sk_state: 1,
                 flags: facts::FROM_ARGS | facts::FULL_SOCKET | flags,
@@ -452,19 +449,13 @@ mod facts_tests {
                 ..SocketFacts::default()
             },
             // Garbage where a classic record would be: never read.
-            raw: [0xaa; RAW_LEN],
+            ..record(kind, 0, "", [0xaa; RAW_LEN])
         };
         let decode = |record: &RawTracepoint| {
-            // SAFETY: RawTracepoint is repr(C) plain old data with no padding.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(
-                    (record as *const RawTracepoint).cast::<u8>(),
-                    size_of::<RawTracepoint>(),
-                )
-            };
+            let bytes = bytes(record);
             // The programs send such records without the raw part; both forms decode alike.
             let short = decoder.decode(&bytes[..size_of::<ArgsRecord>()]).unwrap();
-            let whole = decoder.decode(bytes).unwrap();
+            let whole = decoder.decode(&bytes).unwrap();
             assert_eq!(format!("{short:?}"), format!("{whole:?}"));
             short
         };
@@ -492,14 +483,11 @@ mod facts_tests {
         // A short record is only valid from a BTF program.
         let mut classic = record(RecordKind::ResetSent, 0);
         classic.facts.flags &= !facts::FROM_ARGS;
-        // SAFETY: as above.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&classic as *const RawTracepoint).cast::<u8>(),
-                size_of::<ArgsRecord>(),
-            )
-        };
-        assert!(decoder.decode(bytes).is_err());
+        assert!(
+            decoder
+                .decode(&bytes(&classic)[..size_of::<ArgsRecord>()])
+                .is_err()
+        );
     }
 
     #[test]
@@ -527,16 +515,7 @@ mod facts_tests {
             since_ns: 2,
             comm: comm16("app"),
         };
-        let record = RawTracepoint {
-            header: EventHeader {
-                kind: RecordKind::ResetSent as u8,
-                _pad: [0; 3],
-                cpu: 0,
-                ktime_ns: 3_000_000_000,
-                pid_tgid: 0,
-                cgroup_id: 0,
-                comm: [0; COMM_LEN],
-            },
+        let mut sent = RawTracepoint {
             facts: SocketFacts {
                 netns: 4026531840,
                 sk_state: 6,
@@ -554,16 +533,10 @@ mod facts_tests {
                 },
                 ..SocketFacts::default()
             },
-            raw: [0; RAW_LEN],
+            ..record(RecordKind::ResetSent, 0, "", [0; RAW_LEN])
         };
-        // SAFETY: RawTracepoint is repr(C) plain old data with no padding.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&record as *const RawTracepoint).cast::<u8>(),
-                size_of::<RawTracepoint>(),
-            )
-        };
-        let event = decoder.decode(bytes).unwrap();
+        sent.header.ktime_ns = 3_000_000_000;
+        let event = decoder.decode(&bytes(&sent)).unwrap();
         assert_eq!(event.netns, Some(4026531840));
         let facts = &event.kernel;
         assert_eq!(facts.context, None);

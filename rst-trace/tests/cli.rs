@@ -168,16 +168,7 @@ fn count_ends_the_run_after_n_events() {
 fn duration_ends_the_run_and_text_output_has_a_header() {
     let port = closed_port("127.0.0.1");
     require_root();
-    let mut child = Command::new(BINARY)
-        .args(["--port", &port.to_string(), "--duration", "3"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let started = std::time::Instant::now();
-    connect_until_exit(&mut child, port);
-    let out = child.wait_with_output().expect("wait");
-    let elapsed = started.elapsed();
+    let (out, elapsed) = run_against_closed_port(port, &["--duration", "3"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -279,23 +270,20 @@ fn output_file_gets_ndjson_and_color_always_colours_the_text() {
     let port = closed_port("127.0.0.1");
     let file = std::env::temp_dir().join(format!("rst-trace-output-{}.ndjson", std::process::id()));
     let _ = std::fs::remove_file(&file);
-    let mut child = Command::new(BINARY)
-        .args([
-            "--port",
-            &port.to_string(),
+    let file_arg = file.to_str().expect("a UTF-8 temporary path");
+    let (out, _) = run_against_closed_port(
+        port,
+        &[
             "--count",
             "2",
             "--duration",
             "20",
-        ])
-        .args(["--color", "always", "--output"])
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    connect_until_exit(&mut child, port);
-    let out = child.wait_with_output().expect("output");
+            "--color",
+            "always",
+            "--output",
+            file_arg,
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("\x1b[31mSENT"), "SENT in red: {stdout:?}");
@@ -317,21 +305,7 @@ fn output_file_gets_ndjson_and_color_always_colours_the_text() {
 fn summary_prints_a_table_per_interval_and_the_totals() {
     require_root();
     let port = closed_port("127.0.0.1");
-    let mut child = Command::new(BINARY)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--summary",
-            "1",
-            "--duration",
-            "4",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    connect_until_exit(&mut child, port);
-    let out = child.wait_with_output().expect("output");
+    let (out, _) = run_against_closed_port(port, &["--summary", "1", "--duration", "4"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // Not a terminal: one block per interval, then the totals; no per-event lines.
@@ -360,7 +334,16 @@ fn summary_prints_a_table_per_interval_and_the_totals() {
 
 /// Refused connects to `port` until rst-trace ends by itself (--duration, --count); the first
 /// ones may come before its programs are attached.
-fn connect_until_exit(child: &mut std::process::Child, port: u16) {
+/// Runs rst-trace with `--port PORT` and `args`, connecting to that closed port every 100 ms
+/// until rst-trace exits by itself (at most 30 s); its output, and how long it ran.
+fn run_against_closed_port(port: u16, args: &[&str]) -> (std::process::Output, Duration) {
+    let mut child = Command::new(BINARY)
+        .args(["--port", &port.to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let started = std::time::Instant::now();
     while child.try_wait().expect("wait").is_none() {
         assert!(
@@ -370,4 +353,6 @@ fn connect_until_exit(child: &mut std::process::Child, port: u16) {
         let _ = std::net::TcpStream::connect(("127.0.0.1", port));
         std::thread::sleep(Duration::from_millis(100));
     }
+    let out = child.wait_with_output().expect("output");
+    (out, started.elapsed())
 }
