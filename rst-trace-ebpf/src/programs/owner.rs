@@ -1,0 +1,124 @@
+//! The socket-owner bookkeeping, from connection set-up and teardown only: connect and listen
+//! give a socket its owner (`OWNERS`), accept gives the accepted socket its owner, close records
+//! who closed the connection (`CLOSED`), and destroy or a new passive child forgets an owner.
+//! `sock:inet_sock_set_state` and `tcp:tcp_destroy_sock` have BTF twins (`*_btf`).
+
+use aya_ebpf::{
+    helpers::bpf_get_current_task,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use rst_trace_common::{ClosedConnection, ConnectionKey};
+
+use crate::read::{Access, Direct, Probe, ctx_field, field, load, read};
+use crate::sock::{AF_INET, AF_INET6, SockHead, connection_key, netns_of_sock};
+use crate::task::{current_owner, now};
+use crate::{CLOSED, OWNERS};
+
+const IPPROTO_TCP: u16 = 6;
+
+/// Connection set-up and teardown: connect and listen give a socket its owner; close records
+/// who closed the connection; a new passive child forgets a stale owner of the same address.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if ctx_field::<u16>(&ctx, offset!(set_state_protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let Some(sk) = ctx_field::<u64>(&ctx, offset!(set_state_skaddr)) else {
+        return 0;
+    };
+    let Some(old) = ctx_field::<i32>(&ctx, offset!(set_state_oldstate)) else {
+        return 0;
+    };
+    let Some(new) = ctx_field::<i32>(&ctx, offset!(set_state_newstate)) else {
+        return 0;
+    };
+    set_state::<Probe>(sk, old as u32, new as u32);
+    0
+}
+
+/// The same as a BTF tracepoint: the socket's members are plain loads, the states arguments.
+/// `trace_inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`:
+/// arg0 = sk, arg1 = old state, arg2 = new state.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    if load::<Direct, u8>(sk, offset!(sk_protocol)) != Some(IPPROTO_TCP as u8) {
+        return 0;
+    }
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    set_state::<Direct>(sk, old as u32, new as u32);
+    0
+}
+
+#[inline(always)]
+fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
+    if new == offset!(states.syn_sent) || new == offset!(states.listen) {
+        // connect() and listen() run in the process that owns the socket.
+        let _ = OWNERS.insert(sk, current_owner(), 0);
+    } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
+        // close() or shutdown() by the application, in its own context.
+        zeroed!(key: ConnectionKey);
+        zeroed!(head: SockHead<A>);
+        head.fill(sk);
+        if connection_key(sk, head, netns_of_sock::<A>(sk), key) {
+            let closed = ClosedConnection {
+                closer: current_owner(),
+                closed_ns: now(),
+            };
+            let _ = CLOSED.insert(key, closed, 0);
+        }
+    } else if old == offset!(states.syn_recv) && new == offset!(states.established) {
+        // A new accepted-to-be child; any owner recorded at this address is a dead socket's.
+        let _ = OWNERS.remove(sk);
+    }
+}
+
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    if let Some(sk) = ctx_field::<u64>(&ctx, offset!(destroy_sock_skaddr)) {
+        let _ = OWNERS.remove(sk);
+    }
+    0
+}
+
+/// `trace_tcp_destroy_sock(struct sock *sk)`: arg0 = sk.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    if sk != 0 {
+        let _ = OWNERS.remove(sk);
+    }
+    0
+}
+
+/// accept() and accept4() returned a descriptor: the socket behind it belongs to this process.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let Some(fd) = ctx_field::<i64>(&ctx, offset!(sys_exit_ret)) else {
+        return 0;
+    };
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions; the task is only read through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    // task->files->fdt->fd[fd]->private_data (a struct socket)->sk.
+    let sk = field::<u64>(task, offset!(task_files))
+        .and_then(|files| field::<u64>(files, offset!(files_fdt)))
+        .and_then(|fdt| field::<u64>(fdt, offset!(fdt_fd)))
+        .and_then(|fds| read::<u64>(fds + (fd as u64) * 8))
+        .and_then(|file| field::<u64>(file, offset!(file_private_data)))
+        .and_then(|socket| field::<u64>(socket, offset!(socket_sk)));
+    if let Some(sk) = sk
+        && sk != 0
+        && matches!(
+            field::<u16>(sk, offset!(skc_family)),
+            Some(AF_INET | AF_INET6)
+        )
+    {
+        let _ = OWNERS.insert(sk, current_owner(), 0);
+    }
+    0
+}

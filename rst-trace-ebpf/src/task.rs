@@ -1,0 +1,75 @@
+//! The running task: who it is (process, thread, cgroup, name) and the clock, for records and
+//! for the owner map. In softirq this is whatever task was interrupted, not the socket's owner;
+//! userspace knows which is which.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated,
+};
+use rst_trace_common::{NO_OFFSET, Owner};
+
+use crate::read::{Access, load};
+
+/// The running task as an owner or closer, stamped now.
+#[inline(always)]
+pub fn current_owner() -> Owner {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut owner = core::mem::MaybeUninit::<Owner>::uninit();
+    let ptr = owner.as_mut_ptr();
+    // SAFETY: every field is written before `assume_init` (the helper fills all of `comm`); no
+    // zeroed byte array is built, which would compile to a byte-wise memset.
+    unsafe {
+        (*ptr).tgid = (pid_tgid >> 32) as u32;
+        (*ptr).pid = pid_tgid as u32;
+        (*ptr).cgroup_id = bpf_get_current_cgroup_id();
+        (*ptr).since_ns = now();
+        generated::bpf_get_current_comm((&raw mut (*ptr).comm).cast(), 16);
+        owner.assume_init()
+    }
+}
+
+/// The running task's cgroup v2 id. BTF programs follow `task->cgroups->dfl_cgrp->kn->id`
+/// with plain loads, as the helper does under its call.
+#[inline(always)]
+pub fn current_cgroup_id<A: Access>() -> u64 {
+    let kernfs_id = offset!(kernfs_node_id);
+    if A::DIRECT && kernfs_id != NO_OFFSET {
+        // SAFETY: no preconditions; the task pointer is typed for the verifier.
+        let task = unsafe { generated::bpf_get_current_task_btf() } as u64;
+        return load::<A, u64>(task, offset!(task_cgroups))
+            .and_then(|cgroups| load::<A, u64>(cgroups, offset!(css_set_dfl_cgrp)))
+            .and_then(|cgroup| load::<A, u64>(cgroup, offset!(cgroup_kn)))
+            .and_then(|kn| load::<A, u64>(kn, kernfs_id))
+            .unwrap_or(0);
+    }
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// The running task's name, written in place (aya's helper would zero a copy byte by byte).
+/// BTF programs load it from the task as two words: the helper copies it byte by byte under a
+/// string copy, a seventh of a reset program's time.
+#[inline(always)]
+pub fn current_comm<A: Access>(comm: &mut [u8; 16]) {
+    let offset = offset!(task_comm);
+    if A::DIRECT && offset != NO_OFFSET {
+        // SAFETY: no preconditions; the task pointer is typed for the verifier.
+        let task = unsafe { generated::bpf_get_current_task_btf() } as u64;
+        let words = comm.as_mut_ptr().cast::<u64>();
+        // SAFETY: `comm` has room for two words (written unaligned).
+        unsafe {
+            words.write_unaligned(load::<A, u64>(task, offset).unwrap_or(0));
+            words
+                .add(1)
+                .write_unaligned(load::<A, u64>(task, offset + 8).unwrap_or(0));
+        }
+        return;
+    }
+    // SAFETY: the helper writes at most 16 bytes, NUL-padded, and zeroes them on failure.
+    unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16) };
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
