@@ -1,54 +1,19 @@
 //! Types shared by the kernel programs and the userspace loader.
 //!
 //! Every record in the ring buffer starts with the same [`EventHeader`]; the header's `kind` says
-//! what follows. The kernel side copies the tracepoint's raw record verbatim into [`RawTracepoint`]
-//! and userspace decodes it with the field offsets it read from tracefs, so one kernel program
-//! serves every tracepoint layout (the 6.10+ `tcp_send_reset` with a reason and sockaddr fields, and
-//! the older one with separate ports and family).
+//! what follows. A classic tracepoint program copies the tracepoint's raw record verbatim into
+//! [`RawTracepoint`] and userspace decodes it with the field offsets it read from tracefs, so one
+//! kernel program serves every tracepoint layout (the 6.10+ `tcp_send_reset` with a reason and
+//! sockaddr fields, and the older one with separate ports and family); a BTF tracepoint program
+//! sends an [`ArgsRecord`], whose facts stand for the raw record.
+//!
+//! Layout: the `#[repr(C)]` types the ring buffer, the maps and the globals carry come first
+//! (records, then their parts, then the offsets userspace hands the programs), then the
+//! constants and flag bits they use, then their methods. Userspace-only trait impls
+//! (`aya::Pod`) are in `mod user`, behind the `user` feature, so the kernel crate never sees aya.
 #![no_std]
 
-/// Bytes of the tracepoint record copied into each event. The largest record we read
-/// (`tcp:tcp_send_reset` on 6.10+) is 88 bytes; userspace refuses a layout whose fields end later.
-pub const RAW_LEN: usize = 96;
-
-/// Length of a task's `comm`, as the kernel defines `TASK_COMM_LEN`.
-pub const COMM_LEN: usize = 16;
-
-/// Drop reasons are numbered below this; the kernel program keeps a bitmap of the queue ones.
-pub const MAX_DROP_REASONS: usize = 256;
-
-/// Distinct kernel stacks kept for `--stack`.
-pub const MAX_STACKS: u32 = 16384;
-
-/// Entries in the kernel-side `--pid` filter map.
-pub const MAX_PID_FILTER: u32 = 64;
-
-/// What a record in the ring buffer describes.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    /// `tcp:tcp_send_reset` fired: this host sent a RST.
-    ResetSent = 1,
-    /// `tcp:tcp_receive_reset` fired: a socket on this host received a RST.
-    ResetReceived = 2,
-    /// `skb:kfree_skb` fired with a queue-overflow reason.
-    QueueDrop = 3,
-    /// A probe on `tcp_v4_send_reset`/`tcp_v6_send_reset` saw a reset sent with no socket
-    /// (kernels before 6.10, whose tracepoint does not fire then). No tracepoint record follows.
-    ResetSentNoSocket = 4,
-}
-
-impl RecordKind {
-    pub fn from_u8(value: u8) -> Option<Self> {
-        match value {
-            1 => Some(Self::ResetSent),
-            2 => Some(Self::ResetReceived),
-            3 => Some(Self::QueueDrop),
-            4 => Some(Self::ResetSentNoSocket),
-            _ => None,
-        }
-    }
-}
+// ---- Layouts: records in the ring buffer and their parts. ----
 
 /// Prefix of every ring buffer record. `#[repr(C)]` with explicit padding: no hidden bytes.
 #[repr(C)]
@@ -70,88 +35,23 @@ pub struct EventHeader {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Value of an offset that userspace could not resolve: the programs skip that read.
-pub const NO_OFFSET: u32 = u32::MAX;
-
-/// Value of [`SocketFacts::sk_state`] when no socket state was read.
-pub const NO_SK_STATE: u8 = 0xff;
-
-/// Entries in the socket-owner map, and in the map of recently closed connections.
-pub const MAX_OWNED_SOCKETS: u32 = 32768;
-pub const MAX_CLOSED_CONNECTIONS: u32 = 16384;
-
-/// Bits of [`SocketFacts::flags`].
-pub mod facts {
-    /// The socket had SO_LINGER on with a zero timeout.
-    pub const LINGER_ZERO: u8 = 1;
-    /// `sk->sk_socket` was set: a process holds (or held until now) a file for this socket.
-    pub const HAS_SOCKET_FILE: u8 = 2;
-    /// Fields of a full socket (not a time-wait or request socket) were read.
-    pub const FULL_SOCKET: u8 = 4;
-    /// `tcp_flags` holds the flags of the segment that caused a reset.
-    pub const SEGMENT: u8 = 8;
-    /// This host had sent data on the connection, and all of it had been acknowledged.
-    pub const ALL_SENT_ACKED: u8 = 16;
-    /// `reason` holds the tracepoint's reset reason.
-    pub const REASON: u8 = 32;
-    /// From a BTF tracepoint: there is no raw record; the socket (`sk`), `reason`, state,
-    /// cookie and both ends are all in the facts.
-    pub const FROM_ARGS: u8 = 64;
-}
-
-/// A process, as recorded when it owned or closed a socket.
+/// A tracepoint record copied verbatim, behind the common header, with what the programs read
+/// from the socket the record points at.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Owner {
-    /// Process id; 0 when no process is recorded.
-    pub tgid: u32,
-    /// Thread id.
-    pub pid: u32,
-    pub cgroup_id: u64,
-    /// CLOCK_MONOTONIC when it was recorded.
-    pub since_ns: u64,
-    pub comm: [u8; COMM_LEN],
+#[derive(Clone, Copy, Debug)]
+pub struct RawTracepoint {
+    pub header: EventHeader,
+    pub facts: SocketFacts,
+    pub raw: [u8; RAW_LEN],
 }
 
-/// A connection's identity inside a network namespace, as `struct sock_common` stores it: the
-/// key of the recently-closed map, built the same way for full and time-wait sockets.
-/// 8-byte aligned, like every record type the programs fill: the BPF backend writes aligned
-/// structs with word stores, unaligned ones with a call to a byte-at-a-time memset.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnectionKey {
-    pub netns: u32,
-    pub family: u16,
-    /// Local port, host order.
-    pub local_port: u16,
-    /// Remote port, network order as the kernel keeps it.
-    pub remote_port_be: u16,
-    pub _pad: [u8; 6],
-    /// IPv4 addresses in the first 4 bytes, or IPv6 addresses.
-    pub local_addr: [u8; 16],
-    pub remote_addr: [u8; 16],
-}
-
-/// Who closed a connection, and when: kept after the socket is gone so that a reset sent later for
-/// it (from a time-wait socket) can name the process.
+/// A record from a BTF tracepoint program ([`facts::FROM_ARGS`]): a [`RawTracepoint`] without
+/// the raw part, which such a program has no record to fill. A third less to write per event.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClosedConnection {
-    pub closer: Owner,
-    pub closed_ns: u64,
-}
-
-/// Both ends of a dropped segment's connection: the socket's local end, the segment's source.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Endpoints {
-    /// AF_INET or AF_INET6; 0 when not read.
-    pub family: u16,
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub _pad: u16,
-    pub local_addr: [u8; 16],
-    pub remote_addr: [u8; 16],
+#[derive(Clone, Copy, Debug)]
+pub struct ArgsRecord {
+    pub header: EventHeader,
+    pub facts: SocketFacts,
 }
 
 /// What the programs read from the socket (or the segment) behind a reset.
@@ -179,11 +79,14 @@ pub struct SocketFacts {
     pub owner: Owner,
     /// Who closed this connection, for sockets past close().
     pub closed: ClosedConnection,
-    /// For queue drops: the listener's accept queue (or the socket's receive memory) and its
-    /// limit when the segment was dropped.
+    /// The queue the segment met at the socket (a listener's accept queue, any other socket's
+    /// receive memory) and its limit: for queue drops and for resets whose ends come from the
+    /// segment (see `endpoints`).
     pub queue_len: u32,
     pub queue_max: u32,
-    /// For queue drops (their tracepoint carries no addresses).
+    /// The connection's two ends where the record has none: queue drops (their tracepoint
+    /// carries no addresses), resets seen by the probes (no record), a listener's reset of a
+    /// stray segment (the segment's source is the remote end), and BTF tracepoint events.
     pub endpoints: Endpoints,
     /// With `--stack`: the kernel stack's id in the `STACKS` map; negative when none.
     pub stack_id: i64,
@@ -194,40 +97,64 @@ pub struct SocketFacts {
     pub _pad: u32,
 }
 
-/// A tracepoint record copied verbatim, behind the common header, with what the programs read
-/// from the socket the record points at.
+/// A process, as recorded when it owned or closed a socket.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RawTracepoint {
-    pub header: EventHeader,
-    pub facts: SocketFacts,
-    pub raw: [u8; RAW_LEN],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Process id; 0 when no process is recorded.
+    pub tgid: u32,
+    /// Thread id.
+    pub pid: u32,
+    pub cgroup_id: u64,
+    /// CLOCK_MONOTONIC when it was recorded.
+    pub since_ns: u64,
+    pub comm: [u8; COMM_LEN],
 }
 
-/// A record from a BTF tracepoint program ([`facts::FROM_ARGS`]): a [`RawTracepoint`] without
-/// the raw part, which such a program has no record to fill. A third less to write per event.
+/// Who closed a connection, and when: kept after the socket is gone so that a reset sent later for
+/// it (from a time-wait socket) can name the process.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ArgsRecord {
-    pub header: EventHeader,
-    pub facts: SocketFacts,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClosedConnection {
+    pub closer: Owner,
+    pub closed_ns: u64,
 }
 
-/// TCP state numbers of the running kernel (from its tracefs tables), for the programs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpStates {
-    pub established: u32,
-    pub syn_sent: u32,
-    pub syn_recv: u32,
-    pub fin_wait1: u32,
-    pub time_wait: u32,
-    pub close: u32,
-    pub close_wait: u32,
-    pub last_ack: u32,
-    pub listen: u32,
-    pub new_syn_recv: u32,
+/// A connection's identity inside a network namespace, as `struct sock_common` stores it: the
+/// key of the recently-closed map, built the same way for full and time-wait sockets.
+/// 8-byte aligned, like every record type the programs fill: the BPF backend writes aligned
+/// structs with word stores, unaligned ones with a call to a byte-at-a-time memset.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionKey {
+    pub netns: u32,
+    pub family: u16,
+    /// Local port, host order.
+    pub local_port: u16,
+    /// Remote port, network order as the kernel keeps it.
+    pub remote_port_be: u16,
+    pub _pad: [u8; 6],
+    /// IPv4 addresses in the first 4 bytes, or IPv6 addresses.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
 }
+
+/// A connection's two ends, host order ports: this host's (from the socket, or the segment's
+/// destination when there is no socket) and the remote one (the socket's peer, or the
+/// segment's source).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// AF_INET or AF_INET6; 0 when not read.
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+// ---- Layouts: what userspace hands the programs. ----
 
 /// Offsets the programs read at, resolved by userspace at start-up: tracepoint record fields from
 /// tracefs format files, kernel struct members from BTF. [`NO_OFFSET`] turns a read off.
@@ -307,6 +234,98 @@ pub struct KernelOffsets {
     pub states: TcpStates,
 }
 
+/// TCP state numbers of the running kernel (from its tracefs tables), for the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpStates {
+    pub established: u32,
+    pub syn_sent: u32,
+    pub syn_recv: u32,
+    pub fin_wait1: u32,
+    pub time_wait: u32,
+    pub close: u32,
+    pub close_wait: u32,
+    pub last_ack: u32,
+    pub listen: u32,
+    pub new_syn_recv: u32,
+}
+
+// ---- Constants, record kinds and flag bits. ----
+
+/// Bytes of the tracepoint record copied into each event. The largest record we read
+/// (`tcp:tcp_send_reset` on 6.10+) is 88 bytes; userspace refuses a layout whose fields end later.
+pub const RAW_LEN: usize = 96;
+
+/// Length of a task's `comm`, as the kernel defines `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+
+/// Drop reasons are numbered below this; the kernel program keeps a bitmap of the queue ones.
+pub const MAX_DROP_REASONS: usize = 256;
+
+/// Distinct kernel stacks kept for `--stack`.
+pub const MAX_STACKS: u32 = 16384;
+
+/// Entries in the kernel-side `--pid` filter map.
+pub const MAX_PID_FILTER: u32 = 64;
+
+/// Value of an offset that userspace could not resolve: the programs skip that read.
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// Value of [`SocketFacts::sk_state`] when no socket state was read.
+pub const NO_SK_STATE: u8 = 0xff;
+
+/// Entries in the socket-owner map, and in the map of recently closed connections.
+pub const MAX_OWNED_SOCKETS: u32 = 32768;
+pub const MAX_CLOSED_CONNECTIONS: u32 = 16384;
+
+/// What a record in the ring buffer describes.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// `tcp:tcp_send_reset` fired: this host sent a RST.
+    ResetSent = 1,
+    /// `tcp:tcp_receive_reset` fired: a socket on this host received a RST.
+    ResetReceived = 2,
+    /// `skb:kfree_skb` fired with a queue-overflow reason.
+    QueueDrop = 3,
+    /// A probe on `tcp_v4_send_reset`/`tcp_v6_send_reset` saw a reset sent with no socket
+    /// (kernels before 6.10, whose tracepoint does not fire then). No tracepoint record follows.
+    ResetSentNoSocket = 4,
+}
+
+/// Bits of [`SocketFacts::flags`].
+pub mod facts {
+    /// The socket had SO_LINGER on with a zero timeout.
+    pub const LINGER_ZERO: u8 = 1;
+    /// `sk->sk_socket` was set: a process holds (or held until now) a file for this socket.
+    pub const HAS_SOCKET_FILE: u8 = 2;
+    /// Fields of a full socket (not a time-wait or request socket) were read.
+    pub const FULL_SOCKET: u8 = 4;
+    /// `tcp_flags` holds the flags of the segment that caused a reset.
+    pub const SEGMENT: u8 = 8;
+    /// This host had sent data on the connection, and all of it had been acknowledged.
+    pub const ALL_SENT_ACKED: u8 = 16;
+    /// `reason` holds the tracepoint's reset reason.
+    pub const REASON: u8 = 32;
+    /// From a BTF tracepoint: there is no raw record; the socket (`sk`), `reason`, state,
+    /// cookie and both ends are all in the facts.
+    pub const FROM_ARGS: u8 = 64;
+}
+
+// ---- Methods. ----
+
+impl RecordKind {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::ResetSent),
+            2 => Some(Self::ResetReceived),
+            3 => Some(Self::QueueDrop),
+            4 => Some(Self::ResetSentNoSocket),
+            _ => None,
+        }
+    }
+}
+
 impl KernelOffsets {
     /// Every read off.
     pub const NONE: Self = Self {
@@ -381,18 +400,28 @@ impl KernelOffsets {
     };
 }
 
+/// What only userspace needs: aya's `Pod`, so that the loader can read records and maps and
+/// write the globals as bytes.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for EventHeader {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for RawTracepoint {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for KernelOffsets {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for ConnectionKey {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for ClosedConnection {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for Owner {}
+mod user {
+    use super::{
+        ClosedConnection, ConnectionKey, EventHeader, KernelOffsets, Owner, RawTracepoint,
+    };
+
+    // SAFETY (all six): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
+    // bit pattern is a valid value, and no hidden padding (`layouts_have_no_hidden_padding`).
+    unsafe impl aya::Pod for EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RawTracepoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnectionKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ClosedConnection {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Owner {}
+}
 
 #[cfg(test)]
 mod tests {
