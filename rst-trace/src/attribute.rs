@@ -465,7 +465,294 @@ pub fn innermost_ns_pid(status: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
+    use crate::{
+        decoded::Segment,
+        kernel_enums::{DropReason, Reason, ResetReason},
+        listeners::ListenerQueue,
+    };
+
+    const MS: u64 = 1_000_000;
+    const HOLD_NS: u64 = HOLD.as_nanos() as u64;
+
+    /// A task no /proc entry exists for (above any pid_max), in no cgroup the test resolves.
+    fn task(pid: u32, comm: &str) -> Task {
+        Task {
+            pid,
+            tid: pid,
+            comm: comm.to_string(),
+            cgroup_id: 1,
+        }
+    }
+
+    fn end(text: &str) -> Option<Endpoint> {
+        text.parse::<SocketAddr>().ok().map(Endpoint::from)
+    }
+
+    const CLIENT: &str = "127.0.0.1:40000";
+    const SERVER: &str = "127.0.0.1:8080";
+    const OTHER: &str = "127.0.0.1:9999";
+
+    /// A reset this host sent at `at_ms` from `local` to `remote`, closed with SO_LINGER 0 by
+    /// the socket's owner.
+    fn linger_sent(at_ms: u64, local: &str, remote: &str) -> Decoded {
+        Decoded {
+            ktime_ns: at_ms * MS,
+            reason: Some(Reason::Reset(ResetReason::TcpAbortOnLinger)),
+            state: Some(TcpState::Close),
+            local: end(local),
+            remote: end(remote),
+            kernel: KernelFacts {
+                owner: Some(task(5_000_001, "client")),
+                full_socket: true,
+                has_socket_file: true,
+                linger_zero: true,
+                ..KernelFacts::default()
+            },
+            ..Decoded::for_test(EventKind::ResetSent)
+        }
+    }
+
+    /// A reset for a segment no socket matched (the sender's view of a half-open connection).
+    fn no_socket_sent(at_ms: u64, local: &str, remote: &str) -> Decoded {
+        Decoded {
+            ktime_ns: at_ms * MS,
+            reason: Some(Reason::Reset(ResetReason::NoSocket)),
+            local: end(local),
+            remote: end(remote),
+            kernel: KernelFacts {
+                segment: Some(Segment(0x18)),
+                ..KernelFacts::default()
+            },
+            ..Decoded::for_test(EventKind::ResetSent)
+        }
+    }
+
+    /// A reset this host received at `at_ms` on `local`'s socket in `state`.
+    fn received(at_ms: u64, state: TcpState, local: &str, remote: &str) -> Decoded {
+        Decoded {
+            ktime_ns: at_ms * MS,
+            state: Some(state),
+            local: end(local),
+            remote: end(remote),
+            kernel: KernelFacts {
+                owner: Some(task(5_000_002, "server")),
+                full_socket: true,
+                has_socket_file: true,
+                ..KernelFacts::default()
+            },
+            ..Decoded::for_test(EventKind::ResetReceived)
+        }
+    }
+
+    enum Step {
+        Push(Decoded),
+        /// Release at this CLOCK_MONOTONIC time (ns), flushing or not; expect these events out.
+        Release(u64, bool, &'static [Out]),
+    }
+
+    /// An event expected out of `release`: kind, cause, and how its explanation begins.
+    type Out = (EventKind, Cause, &'static str);
+
+    const SENT_LINGER: Out = (
+        EventKind::ResetSent,
+        Cause::LingerAbort,
+        "client (pid 5000001) closed the connection with SO_LINGER",
+    );
+    const PAIRED_LINGER: Out = (
+        EventKind::ResetReceived,
+        Cause::LingerAbort,
+        "the other end is on this host and sent it: client (pid 5000001) closed",
+    );
+    const UNPAIRED: Out = (
+        EventKind::ResetReceived,
+        Cause::PeerAbort,
+        "127.0.0.1:40000 reset the connection; nothing on this host explains it",
+    );
+
+    #[test]
+    fn pairs_and_holds_resets_by_connection_and_time() {
+        use Step::{Push, Release};
+        let cases: Vec<(&str, Vec<Step>)> = vec![
+            (
+                "sent first: the received reset pairs at once",
+                vec![
+                    Push(linger_sent(0, CLIENT, SERVER)),
+                    Push(received(1, TcpState::Established, SERVER, CLIENT)),
+                    Release(MS, false, &[SENT_LINGER, PAIRED_LINGER]),
+                ],
+            ),
+            (
+                "received first (loopback's order): held until the sent reset, order kept",
+                vec![
+                    Push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    Release(0, false, &[]),
+                    Push(linger_sent(1, CLIENT, SERVER)),
+                    Release(MS, false, &[PAIRED_LINGER, SENT_LINGER]),
+                ],
+            ),
+            (
+                "no partner: held for HOLD, then a peer abort",
+                vec![
+                    Push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    Release(HOLD_NS - 1, false, &[]),
+                    Release(HOLD_NS, false, &[UNPAIRED]),
+                ],
+            ),
+            (
+                "a held reset keeps later events behind it",
+                vec![
+                    Push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    Push(linger_sent(1, OTHER, SERVER)),
+                    Release(MS, false, &[]),
+                    Release(HOLD_NS, false, &[UNPAIRED, SENT_LINGER]),
+                ],
+            ),
+            (
+                "flush releases a held reset at once",
+                vec![
+                    Push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    Release(0, true, &[UNPAIRED]),
+                ],
+            ),
+            (
+                "a refused connect is never held",
+                vec![
+                    Push(received(0, TcpState::SynSent, SERVER, CLIENT)),
+                    Release(
+                        0,
+                        false,
+                        &[(
+                            EventKind::ResetReceived,
+                            Cause::ConnectionRefused,
+                            "server (pid 5000002) connected to 127.0.0.1:40000, where nothing",
+                        )],
+                    ),
+                ],
+            ),
+            (
+                "a sent reset older than the pairing window explains nothing",
+                vec![
+                    Push(linger_sent(0, CLIENT, SERVER)),
+                    Push(received(3_000, TcpState::Established, SERVER, CLIENT)),
+                    Release(3_000 * MS + HOLD_NS, false, &[SENT_LINGER, UNPAIRED]),
+                ],
+            ),
+            (
+                "a reset sent from the end that received one is not its partner",
+                vec![
+                    Push(linger_sent(0, SERVER, CLIENT)),
+                    Push(received(1, TcpState::Established, SERVER, CLIENT)),
+                    Release(MS, false, &[SENT_LINGER]),
+                    Release(MS + HOLD_NS, false, &[UNPAIRED]),
+                ],
+            ),
+            (
+                "a half-open sender's view does not explain the received reset",
+                vec![
+                    Push(no_socket_sent(0, CLIENT, SERVER)),
+                    Push(received(1, TcpState::Established, SERVER, CLIENT)),
+                    Release(
+                        MS,
+                        false,
+                        &[
+                            (
+                                EventKind::ResetSent,
+                                Cause::HalfOpen,
+                                "a segment from 127.0.0.1:8080 (not a SYN) arrived",
+                            ),
+                            (
+                                EventKind::ResetReceived,
+                                Cause::PeerAbort,
+                                "the other end is on this host and reset the connection: a \
+                                 segment from 127.0.0.1:8080",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+        ];
+        for (name, steps) in cases {
+            let mut attributor = Attributor::new(CgroupResolver::with_root(None));
+            for step in steps {
+                match step {
+                    Push(decoded) => attributor.push(decoded, None),
+                    Release(now_ns, flush, expected) => {
+                        let out: Vec<(EventKind, Option<Cause>, String)> = attributor
+                            .release(now_ns, flush)
+                            .into_iter()
+                            .map(|e| (e.kind, e.cause, e.explanation.unwrap_or_default()))
+                            .collect();
+                        assert_eq!(out.len(), expected.len(), "{name}: {out:?}");
+                        for ((kind, cause, line), (want_kind, want_cause, start)) in
+                            out.iter().zip(expected.iter())
+                        {
+                            assert_eq!(
+                                (*kind, *cause),
+                                (*want_kind, Some(*want_cause)),
+                                "{name}: {out:?}"
+                            );
+                            assert!(line.starts_with(start), "{name}: {line}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn listener_samples_report_only_drops_the_kernel_did_not() {
+        let listener = ListenerQueue {
+            netns: 7,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            accept_len: 5,
+            accept_max: 4,
+            syn_queue: 0,
+            inode: 0,
+        };
+        let sample = |drops| ListenerDrop {
+            kind: DropKind::AcceptQueueFull,
+            listener: listener.clone(),
+            drops,
+            counter: "ListenOverflows",
+            counter_delta: drops,
+            note: Some("shared".to_string()),
+        };
+        let overflow = |at_ms| Decoded {
+            ktime_ns: at_ms * MS,
+            reason: Some(Reason::Drop(DropReason::TcpListenOverflow)),
+            local: end(SERVER),
+            netns: Some(7),
+            drops: Some(1),
+            ..Decoded::for_test(EventKind::QueueDrop)
+        };
+        let mut attributor = Attributor::new(CgroupResolver::with_root(None));
+        attributor.push(overflow(0), None);
+        attributor.push(overflow(1), None);
+        let out = attributor.release(MS, false);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|e| e.cause == Some(Cause::AcceptQueueFull)));
+
+        // Two of the sample's five were reported one by one already.
+        let event = attributor.listener_drop_event(&sample(5)).unwrap();
+        assert_eq!(event.drops, Some(3));
+        assert_eq!(event.cause, Some(Cause::AcceptQueueFull));
+        assert_eq!(event.state, Some(TcpState::Listen));
+        assert_eq!(event.queue, Some(Queue { len: 5, max: 4 }));
+        let explanation = event.explanation.unwrap();
+        assert!(
+            explanation
+                .contains("(5/4): 3 connection attempts (kernel counter ListenOverflows +5)"),
+            "{explanation}"
+        );
+        assert!(explanation.ends_with(" (shared)"), "{explanation}");
+        // The count starts again after each sample; a sample with nothing left is no event.
+        assert!(attributor.listener_drop_event(&sample(2)).is_some());
+        attributor.push(overflow(2), None);
+        assert!(attributor.listener_drop_event(&sample(1)).is_none());
+    }
 
     #[test]
     fn reads_the_innermost_pid_namespace() {

@@ -212,7 +212,7 @@ mod tests {
     use crate::decoded::Segment;
 
     #[test]
-    fn ids_round_trip_and_match_scenarios_md() {
+    fn ids_round_trip_and_match_the_documented_causes() {
         let ids: Vec<&str> = Cause::ALL.iter().map(|c| c.id()).collect();
         assert_eq!(
             ids,

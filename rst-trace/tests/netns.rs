@@ -1,4 +1,4 @@
-//! Scenarios from SCENARIOS.md that need a peer in another network namespace: each test builds
+//! Scenarios (docs/scenarios.md) that need a peer in another network namespace: each test builds
 //! two namespaces of its own joined by a veth pair (addresses that exist only there), opens the
 //! server's sockets in one and the client's in the other from threads of this process, changes
 //! what the server's namespace lets through with nftables, and asserts the events.

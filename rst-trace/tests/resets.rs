@@ -1,4 +1,4 @@
-//! Scenarios from SCENARIOS.md, proven against the running kernel: each test loads the real
+//! Scenarios (docs/scenarios.md), proven against the running kernel: each test loads the real
 //! programs (through the real binary), makes the scenario happen on loopback, and asserts the
 //! fields of the events it caused.
 
