@@ -548,7 +548,7 @@ mod tests {
     }
 
     enum Step {
-        Push(Decoded),
+        Push(Box<Decoded>),
         /// Release at this CLOCK_MONOTONIC time (ns), flushing or not; expect these events out.
         Release(u64, bool, &'static [Out]),
     }
@@ -574,29 +574,30 @@ mod tests {
 
     #[test]
     fn pairs_and_holds_resets_by_connection_and_time() {
-        use Step::{Push, Release};
+        use Step::Release;
+        let push = |decoded| Step::Push(Box::new(decoded));
         let cases: Vec<(&str, Vec<Step>)> = vec![
             (
                 "sent first: the received reset pairs at once",
                 vec![
-                    Push(linger_sent(0, CLIENT, SERVER)),
-                    Push(received(1, TcpState::Established, SERVER, CLIENT)),
+                    push(linger_sent(0, CLIENT, SERVER)),
+                    push(received(1, TcpState::Established, SERVER, CLIENT)),
                     Release(MS, false, &[SENT_LINGER, PAIRED_LINGER]),
                 ],
             ),
             (
                 "received first (loopback's order): held until the sent reset, order kept",
                 vec![
-                    Push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    push(received(0, TcpState::Established, SERVER, CLIENT)),
                     Release(0, false, &[]),
-                    Push(linger_sent(1, CLIENT, SERVER)),
+                    push(linger_sent(1, CLIENT, SERVER)),
                     Release(MS, false, &[PAIRED_LINGER, SENT_LINGER]),
                 ],
             ),
             (
                 "no partner: held for HOLD, then a peer abort",
                 vec![
-                    Push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    push(received(0, TcpState::Established, SERVER, CLIENT)),
                     Release(HOLD_NS - 1, false, &[]),
                     Release(HOLD_NS, false, &[UNPAIRED]),
                 ],
@@ -604,8 +605,8 @@ mod tests {
             (
                 "a held reset keeps later events behind it",
                 vec![
-                    Push(received(0, TcpState::Established, SERVER, CLIENT)),
-                    Push(linger_sent(1, OTHER, SERVER)),
+                    push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    push(linger_sent(1, OTHER, SERVER)),
                     Release(MS, false, &[]),
                     Release(HOLD_NS, false, &[UNPAIRED, SENT_LINGER]),
                 ],
@@ -613,14 +614,14 @@ mod tests {
             (
                 "flush releases a held reset at once",
                 vec![
-                    Push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    push(received(0, TcpState::Established, SERVER, CLIENT)),
                     Release(0, true, &[UNPAIRED]),
                 ],
             ),
             (
                 "a refused connect is never held",
                 vec![
-                    Push(received(0, TcpState::SynSent, SERVER, CLIENT)),
+                    push(received(0, TcpState::SynSent, SERVER, CLIENT)),
                     Release(
                         0,
                         false,
@@ -635,16 +636,16 @@ mod tests {
             (
                 "a sent reset older than the pairing window explains nothing",
                 vec![
-                    Push(linger_sent(0, CLIENT, SERVER)),
-                    Push(received(3_000, TcpState::Established, SERVER, CLIENT)),
+                    push(linger_sent(0, CLIENT, SERVER)),
+                    push(received(3_000, TcpState::Established, SERVER, CLIENT)),
                     Release(3_000 * MS + HOLD_NS, false, &[SENT_LINGER, UNPAIRED]),
                 ],
             ),
             (
                 "a reset sent from the end that received one is not its partner",
                 vec![
-                    Push(linger_sent(0, SERVER, CLIENT)),
-                    Push(received(1, TcpState::Established, SERVER, CLIENT)),
+                    push(linger_sent(0, SERVER, CLIENT)),
+                    push(received(1, TcpState::Established, SERVER, CLIENT)),
                     Release(MS, false, &[SENT_LINGER]),
                     Release(MS + HOLD_NS, false, &[UNPAIRED]),
                 ],
@@ -652,8 +653,8 @@ mod tests {
             (
                 "a half-open sender's view does not explain the received reset",
                 vec![
-                    Push(no_socket_sent(0, CLIENT, SERVER)),
-                    Push(received(1, TcpState::Established, SERVER, CLIENT)),
+                    push(no_socket_sent(0, CLIENT, SERVER)),
+                    push(received(1, TcpState::Established, SERVER, CLIENT)),
                     Release(
                         MS,
                         false,
@@ -678,7 +679,7 @@ mod tests {
             let mut attributor = Attributor::new(CgroupResolver::with_root(None));
             for step in steps {
                 match step {
-                    Push(decoded) => attributor.push(decoded, None),
+                    Step::Push(decoded) => attributor.push(*decoded, None),
                     Release(now_ns, flush, expected) => {
                         let out: Vec<(EventKind, Option<Cause>, String)> = attributor
                             .release(now_ns, flush)
