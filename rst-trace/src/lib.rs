@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod names;
 pub mod output;
 pub mod privileges;
+pub mod programs;
 pub mod run;
 pub mod sources;
 pub mod stack;
