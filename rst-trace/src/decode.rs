@@ -20,7 +20,7 @@ use crate::{
     decoded::{Decoded, KernelFacts, Segment, Task},
     event::{ClosedBy, EventKind, Queue},
     kernel_enums::Reason,
-    layout::{ResetFields, ResetLayout},
+    layout::{RecordFields, ResetLayout},
     names::KernelNames,
 };
 
@@ -92,7 +92,7 @@ impl Decoder {
                 // From a BTF tracepoint: no raw record; the program read it all from the socket
                 // and the segment.
                 let (local, remote) = segment_ends(&facts.endpoints);
-                let fields = ResetFields {
+                let fields = RecordFields {
                     skaddr: facts.sk,
                     state: None,
                     reason: (facts.flags & facts::REASON != 0).then_some(facts.reason),
@@ -125,7 +125,7 @@ impl Decoder {
             Some(RecordKind::ResetSentNoSocket) => {
                 // From a probe: the segment's ends are all there is; no reason before 6.10.
                 let (local, remote) = segment_ends(&facts.endpoints);
-                let fields = ResetFields {
+                let fields = RecordFields {
                     skaddr: 0,
                     state: None,
                     reason: None,
@@ -142,7 +142,7 @@ impl Decoder {
                 let mut reason = [0u8; 4];
                 reason.copy_from_slice(&record.raw[offset..offset + 4]);
                 let (local, remote) = segment_ends(&facts.endpoints);
-                let fields = ResetFields {
+                let fields = RecordFields {
                     skaddr: 0,
                     state: None,
                     reason: Some(u32::from_ne_bytes(reason)),
