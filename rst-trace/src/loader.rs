@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
-use rst_trace_common::{KernelOffsets, MAX_PID_FILTER, NO_OFFSET};
+use rst_trace_common::{KernelOffsets, MAX_PID_FILTER};
 
 use crate::sources::{KernelSupport, Role, Source};
 
@@ -56,7 +56,7 @@ impl Tracer {
         if options.pids.len() > MAX_PID_FILTER as usize {
             bail!("at most {MAX_PID_FILTER} --pid filters are supported");
         }
-        raise_memlock_limit(&support.release);
+        raise_memlock_limit(support);
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let record_stacks = u8::from(options.stacks);
         // Wake userspace when the data waiting crosses an eighth of the ring buffer (it also
@@ -208,19 +208,13 @@ impl LostCounter {
     }
 }
 
-/// Loads the source's program (once: one program may serve several tracepoints) and attaches it.
-/// The BTF tracepoint program that can serve `source` in place of its classic one.
+/// The BTF tracepoint program that can serve `source` in place of its classic one, when this
+/// kernel's offsets let it run (the program table, [`crate::programs`], says which).
 fn btf_program(source: &Source, offsets: &KernelOffsets) -> Option<&'static str> {
-    match (source.system, source.event) {
-        ("tcp", "tcp_send_reset") => Some("tcp_send_reset_btf"),
-        ("tcp", "tcp_receive_reset") => Some("tcp_receive_reset_btf"),
-        ("tcp", "tcp_destroy_sock") => Some("tcp_destroy_sock_btf"),
-        // Its protocol test reads the socket; the classic record carries the protocol.
-        ("sock", "inet_sock_set_state") if offsets.sk_protocol != NO_OFFSET => {
-            Some("inet_sock_set_state_btf")
-        }
-        _ => None,
-    }
+    source
+        .btf_twin
+        .filter(|twin| (twin.usable)(offsets))
+        .map(|twin| twin.program)
 }
 
 /// Loads and attaches a BTF tracepoint program; any failure (no BTF, a kernel before 5.5, a
@@ -243,6 +237,7 @@ fn attach_btf(
     Ok(())
 }
 
+/// Loads the source's program (once: one program may serve several tracepoints) and attaches it.
 fn attach(
     ebpf: &mut Ebpf,
     source: &Source,
@@ -271,20 +266,22 @@ fn attach(
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the cgroup, where the
-/// limit does not matter. Failing to raise it is therefore a warning, and only where it matters.
-fn raise_memlock_limit(release: &str) {
+/// limit does not matter. Failing to raise it is therefore a warning, and only where it matters
+/// (the sources decide where).
+fn raise_memlock_limit(support: &KernelSupport) {
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit with a valid pointer to a local struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0
-        && crate::sources::release_before(release, (5, 11))
+        && support.charges_bpf_to_memlock()
     {
         log::warn!(
             "could not raise RLIMIT_MEMLOCK ({}); this kernel ({release}) charges BPF maps to it \
              and may refuse to create them",
-            std::io::Error::last_os_error()
+            std::io::Error::last_os_error(),
+            release = support.release
         );
     }
 }
