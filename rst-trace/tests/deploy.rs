@@ -702,6 +702,18 @@ fn every_alert_has_a_case_that_fires_and_a_case_that_must_not() {
 }
 
 #[test]
+fn readme_lists_every_alert() {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+        .expect("README.md");
+    for (alert, _) in alert_rules() {
+        assert!(
+            readme.contains(&format!("| `{alert}` |")),
+            "README's alert table has a row for {alert}"
+        );
+    }
+}
+
+#[test]
 fn prometheus_operator_manifest_carries_the_same_rules_and_scrapes_the_daemonset() {
     let operator = yaml_documents("prometheus-operator.yaml");
     let rules = of_kind(&operator, "PrometheusRule");
