@@ -9,6 +9,9 @@
 //! - alerts.yaml: its unit tests pass under the real `promtool test rules`, every alert has a
 //!   case that fires and one that must not, the metrics and labels it reads are the ones the real
 //!   binary serves (as root), and prometheus-operator.yaml carries the same rules.
+//!
+//! Every test's name starts with `deploy_`: `cargo xtask test -- deploy` runs them all,
+//! `cargo xtask test -- deploy_alerts` the alerting ones.
 
 mod common;
 
@@ -87,7 +90,7 @@ fn strings(value: &Value) -> Vec<&str> {
 }
 
 #[test]
-fn daemonset_runs_in_the_hosts_pid_and_network_namespaces_on_every_node() {
+fn deploy_daemonset_runs_in_the_hosts_pid_and_network_namespaces_on_every_node() {
     let ds = daemonset();
     assert_eq!(ds["apiVersion"].as_str(), Some("apps/v1"));
     let pod = &ds["spec"]["template"]["spec"];
@@ -110,7 +113,7 @@ fn daemonset_runs_in_the_hosts_pid_and_network_namespaces_on_every_node() {
 }
 
 #[test]
-fn daemonset_namespace_admits_privileged_pods() {
+fn deploy_daemonset_namespace_admits_privileged_pods() {
     let documents = documents();
     let namespace = daemonset()["metadata"]["namespace"]
         .as_str()
@@ -131,7 +134,7 @@ fn daemonset_namespace_admits_privileged_pods() {
 }
 
 #[test]
-fn container_gets_bpf_and_perfmon_and_is_not_privileged() {
+fn deploy_container_gets_bpf_and_perfmon_and_is_not_privileged() {
     let security = &container(&daemonset())["securityContext"];
     let added = strings(&security["capabilities"]["add"]);
     for needed in ["BPF", "PERFMON"] {
@@ -150,7 +153,7 @@ fn container_gets_bpf_and_perfmon_and_is_not_privileged() {
 }
 
 #[test]
-fn kernel_and_proc_views_are_mounted_read_only_from_the_host() {
+fn deploy_kernel_and_proc_views_are_mounted_read_only_from_the_host() {
     let ds = daemonset();
     let container = container(&ds);
     let mounts = container["volumeMounts"].as_sequence().expect("mounts");
@@ -193,7 +196,7 @@ fn kernel_and_proc_views_are_mounted_read_only_from_the_host() {
 }
 
 #[test]
-fn metrics_port_agrees_across_args_container_port_probe_and_scrape_annotations() {
+fn deploy_metrics_port_agrees_across_args_container_port_probe_and_scrape_annotations() {
     let ds = daemonset();
     let container = container(&ds);
     let args = strings(&container["args"]);
@@ -230,7 +233,7 @@ fn metrics_port_agrees_across_args_container_port_probe_and_scrape_annotations()
 }
 
 #[test]
-fn container_has_resources() {
+fn deploy_container_has_resources() {
     let container = container(&daemonset());
     for bound in ["requests", "limits"] {
         for resource in ["cpu", "memory"] {
@@ -342,7 +345,7 @@ fn pod_argv(container: &Value, image: &Image) -> Vec<String> {
 const RELEASE_DIR: &str = "target/x86_64-unknown-linux-gnu/release";
 
 #[test]
-fn manifest_runs_the_binary_the_image_installs_with_arguments_rst_trace_accepts() {
+fn deploy_manifest_runs_the_binary_the_image_installs_with_arguments_rst_trace_accepts() {
     let image = image();
     let ds = daemonset();
     let container = container(&ds);
@@ -418,7 +421,7 @@ fn manifest_runs_the_binary_the_image_installs_with_arguments_rst_trace_accepts(
 }
 
 #[test]
-fn the_pods_command_line_serves_metrics_on_the_manifests_port_and_stops_on_sigterm() {
+fn deploy_pods_command_line_serves_metrics_on_the_manifests_port_and_stops_on_sigterm() {
     require_root();
     let image = image();
     let ds = daemonset();
@@ -630,7 +633,7 @@ fn matched_value(expr: &str, label: &str) -> Option<String> {
 }
 
 #[test]
-fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+fn deploy_alerts_pass_promtool_check_and_their_unit_tests() {
     assert!(
         Path::new(PROMTOOL).exists(),
         "{PROMTOOL} is missing: install Debian's prometheus package (`cargo xtask setup --for \
@@ -657,7 +660,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
 }
 
 #[test]
-fn every_alert_has_a_case_that_fires_and_a_case_that_must_not() {
+fn deploy_alerts_each_have_a_case_that_fires_and_a_case_that_must_not() {
     let tests = &yaml_documents("alerts.test.yaml")[0];
     assert_eq!(strings(&tests["rule_files"]), ["alerts.yaml"]);
     let cases: Vec<&Value> = tests["tests"]
@@ -702,7 +705,7 @@ fn every_alert_has_a_case_that_fires_and_a_case_that_must_not() {
 }
 
 #[test]
-fn readme_lists_every_alert() {
+fn deploy_alerts_are_all_in_the_readme_table() {
     let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
         .expect("README.md");
     for (alert, _) in alert_rules() {
@@ -714,7 +717,7 @@ fn readme_lists_every_alert() {
 }
 
 #[test]
-fn prometheus_operator_manifest_carries_the_same_rules_and_scrapes_the_daemonset() {
+fn deploy_prometheus_operator_manifest_carries_the_same_rules_and_scrapes_the_daemonset() {
     let operator = yaml_documents("prometheus-operator.yaml");
     let rules = of_kind(&operator, "PrometheusRule");
     assert_eq!(rules.len(), 1, "one PrometheusRule");
@@ -799,7 +802,7 @@ fn connect_many(netns: &TestNetns, port: u16, count: usize) -> Vec<Socket> {
 }
 
 #[test]
-fn alerts_read_the_metrics_and_labels_rst_trace_serves() {
+fn deploy_alerts_read_the_metrics_and_labels_rst_trace_serves() {
     require_root();
     // An accept-queue overflow and a reset in a namespace of the test's own, counted by the real
     // binary's --metrics.
