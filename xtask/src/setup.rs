@@ -259,7 +259,11 @@ fn install_packages(purpose: Purpose) -> anyhow::Result<()> {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("installing Debian packages needs root");
+        let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
+        bail!(
+            "installing Debian packages needs root: run this as root, or install {} yourself",
+            names.join(" ")
+        );
     }
     run_command(Command::new("apt-get").arg("update").arg("-q"))?;
     run_command(
