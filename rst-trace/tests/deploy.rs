@@ -8,7 +8,9 @@
 //!   network namespace of the test's own).
 //! - alerts.yaml: its unit tests pass under the real `promtool test rules`, every alert has a
 //!   case that fires and one that must not, the metrics and labels it reads are the ones the real
-//!   binary serves (as root), and prometheus-operator.yaml carries the same rules.
+//!   binary serves (as root), a real Prometheus loaded with it fires the accept-queue alert for a
+//!   real overflow that the real binary counts (as root), and prometheus-operator.yaml carries
+//!   the same rules.
 //!
 //! Every test's name starts with `deploy_`: `cargo xtask test -- deploy` runs them all,
 //! `cargo xtask test -- deploy_alerts` the alerting ones.
@@ -18,7 +20,7 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    io::{Read as _, Write as _},
+    io::Read as _,
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -27,14 +29,17 @@ use std::{
 };
 
 use clap::Parser as _;
-use common::{netns::TestNetns, *};
+use common::{
+    netns::TestNetns,
+    prometheus::{PROMETHEUS_TIMEOUT, Prometheus, http_get},
+    *,
+};
 use rst_trace::cli::Cli;
 use serde::Deserialize as _;
 use serde_norway::Value;
 use socket2::{Domain, Socket, Type};
 
 const PROMTOOL: &str = "/usr/bin/promtool";
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -512,22 +517,6 @@ fn deploy_pods_command_line_serves_metrics_on_the_manifests_port_and_stops_on_si
     );
 }
 
-/// A plain HTTP/1.0 GET: (status, body).
-fn http_get(addr: SocketAddr, target: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    write!(stream, "GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
-}
-
 // The alerting rules.
 
 /// Labels the scrape configuration adds to every series (README "Running on a fleet",
@@ -801,25 +790,46 @@ fn connect_many(netns: &TestNetns, port: u16, count: usize) -> Vec<Socket> {
     })
 }
 
-#[test]
-fn deploy_alerts_read_the_metrics_and_labels_rst_trace_serves() {
-    require_root();
-    // An accept-queue overflow and a reset in a namespace of the test's own, counted by the real
-    // binary's --metrics.
-    let netns = TestNetns::new("alerts");
-    let (listener, port) = netns.run(|| listener("127.0.0.1", 1));
-    let metrics: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
-        .parse()
-        .expect("addr");
-    let tracer = Tracer::start(&[
-        "--netns",
-        &netns.inode().to_string(),
-        "--metrics",
-        &metrics.to_string(),
-    ]);
-    // The tracer's first sample of the namespace is its baseline.
-    thread::sleep(Duration::from_millis(1500));
-    let clients = connect_many(&netns, port, 6);
+/// A listener with backlog 1 that never accepts, in a network namespace of the test's own, and
+/// rst-trace tracing that namespace with `--metrics` on loopback.
+struct Traced {
+    netns: TestNetns,
+    listener: Socket,
+    port: u16,
+    metrics: SocketAddr,
+    tracer: Tracer,
+}
+
+impl Traced {
+    fn start(tag: &str) -> Self {
+        require_root();
+        let netns = TestNetns::new(tag);
+        let (listener, port) = netns.run(|| listener("127.0.0.1", 1));
+        let metrics: SocketAddr = format!("127.0.0.1:{}", closed_port("127.0.0.1"))
+            .parse()
+            .expect("addr");
+        let tracer = Tracer::start(&[
+            "--netns",
+            &netns.inode().to_string(),
+            "--metrics",
+            &metrics.to_string(),
+        ]);
+        // The tracer's first sample of the namespace is its baseline.
+        thread::sleep(Duration::from_millis(1500));
+        Self {
+            netns,
+            listener,
+            port,
+            metrics,
+            tracer,
+        }
+    }
+}
+
+/// Overflows the listener's accept queue (6 clients for room for 2) and waits until rst-trace
+/// reports the drops.
+fn overflow(netns: &TestNetns, port: u16, tracer: &Tracer) {
+    let clients = connect_many(netns, port, 6);
     let started = Instant::now();
     while netns.tcp_ext("ListenOverflows") < 3 {
         assert!(
@@ -829,14 +839,26 @@ fn deploy_alerts_read_the_metrics_and_labels_rst_trace_serves() {
         thread::sleep(Duration::from_millis(50));
     }
     drop(clients);
-    let closed = netns.run(|| closed_port("127.0.0.1"));
-    let refused = netns.run(|| TcpStream::connect(("127.0.0.1", closed)));
-    assert!(refused.is_err(), "port {closed} is closed");
     tracer.wait_for("the accept-queue drops", |e| {
         kind(e) == "queue_drop"
             && e["cause"] == "accept_queue_full"
             && local_port_of(e) == u64::from(port)
     });
+}
+
+#[test]
+fn deploy_alerts_read_the_metrics_and_labels_rst_trace_serves() {
+    let Traced {
+        netns,
+        listener,
+        port,
+        metrics,
+        tracer,
+    } = Traced::start("alerts");
+    overflow(&netns, port, &tracer);
+    let closed = netns.run(|| closed_port("127.0.0.1"));
+    let refused = netns.run(|| TcpStream::connect(("127.0.0.1", closed)));
+    assert!(refused.is_err(), "port {closed} is closed");
     tracer.wait_for("the reset sent for the closed port", |e| {
         kind(e) == "reset_sent" && local_port_of(e) == u64::from(closed)
     });
@@ -941,6 +963,84 @@ fn deploy_alerts_read_the_metrics_and_labels_rst_trace_serves() {
         assert!(
             explain.status.success(),
             "alerts.test.yaml uses cause {cause}, which rst-trace does not have"
+        );
+    }
+}
+
+#[test]
+fn deploy_alerts_fire_in_a_real_prometheus_for_a_real_accept_queue_overflow() {
+    let Traced {
+        netns,
+        listener,
+        port,
+        metrics,
+        tracer,
+    } = Traced::start("firing");
+    // Scraped as the fleet's scrape configuration does: job rst-trace, a node label.
+    let rules = deploy_dir().join("alerts.yaml");
+    let prometheus = Prometheus::start_with(metrics, &[("node", "test-node")], &[&rules]);
+    let started = Instant::now();
+    while !prometheus
+        .query(r#"up{job="rst-trace"} == 1"#)
+        .is_ok_and(|result| !result.is_empty())
+    {
+        assert!(
+            started.elapsed() < PROMETHEUS_TIMEOUT,
+            "Prometheus did not scrape rst-trace:\n{}\n{}",
+            prometheus.targets(),
+            prometheus.log()
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+
+    overflow(&netns, port, &tracer);
+
+    let port_label = port.to_string();
+    let started = Instant::now();
+    let (firing, alerts) = loop {
+        let alerts = prometheus.alerts().unwrap_or_default();
+        let firing = alerts.iter().find(|alert| {
+            alert["labels"]["alertname"] == "RstTraceAcceptQueueOverflow"
+                && alert["labels"]["port"] == port_label.as_str()
+                && alert["state"] == "firing"
+        });
+        if let Some(firing) = firing {
+            break (firing.clone(), alerts);
+        }
+        assert!(
+            started.elapsed() < PROMETHEUS_TIMEOUT,
+            "RstTraceAcceptQueueOverflow did not fire for port {port} within \
+             {PROMETHEUS_TIMEOUT:?}; alerts: {alerts:?}\nqueue drops: {:?}\nprometheus log:\n{}",
+            prometheus.query("rst_trace_queue_drops_total"),
+            prometheus.log()
+        );
+        thread::sleep(Duration::from_millis(250));
+    };
+    tracer.stop();
+    drop(listener);
+
+    assert_eq!(
+        firing["labels"],
+        serde_json::json!({
+            "alertname": "RstTraceAcceptQueueOverflow",
+            "severity": "warning",
+            "node": "test-node",
+            "container": "none",
+            "port": port_label,
+        }),
+        "{firing}"
+    );
+    assert_eq!(
+        firing["annotations"]["summary"],
+        format!("Accept queue full on test-node: port {port} in container none"),
+        "{firing}"
+    );
+    for quiet in ["RstTraceLostEvents", "RstTraceDown", "RstTraceAbsent"] {
+        assert!(
+            alerts
+                .iter()
+                .all(|alert| alert["labels"]["alertname"] != quiet),
+            "{quiet} is not pending or firing while rst-trace is up and loses nothing: {alerts:?}"
         );
     }
 }
