@@ -234,6 +234,67 @@ pub struct KernelOffsets {
     pub states: TcpStates,
 }
 
+/// Keys folded at most per epoch (the folded maps are drained and emptied every second); an
+/// event whose key finds the map full is sent on its own instead.
+pub const MAX_FOLD_KEYS: u32 = 4096;
+
+/// Keys whose rate the programs keep (least recently used ones make room).
+pub const MAX_RATE_KEYS: u32 = 16384;
+
+/// What decides whether two events are "the same" for folding: their kind, the facts their cause
+/// comes from, where they happened and whose they are. The ephemeral end's port is not part of
+/// it (it changes with every connection); the service end's port is.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FoldKey {
+    /// The owner's (or closer's) cgroup v2 id; 0 when the event has no owner.
+    pub cgroup_id: u64,
+    /// `enum sk_rst_reason`, with [`facts::REASON`] in `flags`.
+    pub reason: u32,
+    pub netns: u32,
+    /// The owner's (or closer's) process id; 0: none.
+    pub tgid: u32,
+    /// A [`RecordKind`] as u8.
+    pub kind: u8,
+    pub sk_state: u8,
+    /// The [`facts`] bits that causes are decided by.
+    pub flags: u8,
+    pub tcp_flags: u8,
+    pub tw_substate: u8,
+    /// 1: too many new keys this second; the remote address is left out.
+    pub coarse: u8,
+    pub family: u16,
+    /// The port listened on or connected to.
+    pub service_port: u16,
+    /// 1: the service end is this host's end (`local_addr`).
+    pub service_local: u8,
+    pub _pad: u8,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// How many events of a key the programs saw in one second (`window`, in seconds of
+/// CLOCK_MONOTONIC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    pub window: u64,
+    pub seen: u64,
+}
+
+/// The events of one key that were counted instead of sent, and the first of them as it would
+/// have been sent (header, facts and, from classic tracepoints, the raw record), so that
+/// userspace explains a folded key exactly as it explains a single event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FoldedEvents {
+    pub count: u64,
+    /// CLOCK_MONOTONIC of the first and last event counted.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub record: RawTracepoint,
+}
+
 /// TCP state numbers of the running kernel (from its tracefs tables), for the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,10 +466,11 @@ impl KernelOffsets {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        ClosedConnection, ConnectionKey, EventHeader, KernelOffsets, Owner, RawTracepoint,
+        ClosedConnection, ConnectionKey, EventHeader, FoldKey, FoldedEvents, KernelOffsets, Owner,
+        RawTracepoint,
     };
 
-    // SAFETY (all six): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
+    // SAFETY (all eight): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
     // bit pattern is a valid value, and no hidden padding (`layouts_have_no_hidden_padding`).
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.
@@ -421,6 +483,10 @@ mod user {
     unsafe impl aya::Pod for ClosedConnection {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FoldKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FoldedEvents {}
 }
 
 #[cfg(test)]
@@ -441,6 +507,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 200 + RAW_LEN);
         assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 200);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
+        assert_eq!(core::mem::size_of::<FoldKey>(), 64);
+        assert_eq!(
+            core::mem::size_of::<FoldedEvents>(),
+            24 + 48 + 200 + RAW_LEN
+        );
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);
     }

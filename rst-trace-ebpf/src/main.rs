@@ -20,6 +20,9 @@
 //! task) and [`read`] (probe reads and plain loads).
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write types; the intrinsic is the kernel's atomic add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
     macros::map,
@@ -32,6 +35,7 @@ use rst_trace_common::{
 
 #[macro_use]
 mod macros;
+mod fold;
 mod programs;
 mod read;
 mod record;
