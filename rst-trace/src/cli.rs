@@ -119,6 +119,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_buffer_kib)]
     pub ring_buffer_kib: u32,
 
+    /// During a storm, report the first N events of each kind of event (same cause, addresses,
+    /// service port and process) every second one by one, and the rest as one line a second
+    /// with their count, counted in the kernel. 0: never fold (every event one by one).
+    #[arg(long, value_name = "N", default_value_t = crate::fold::DEFAULT_FOLD_AFTER)]
+    pub fold_after: u32,
+
     /// Serve the reset tracepoints with the classic programs (a probe read per field) even where
     /// the kernel takes the BTF ones: what kernels before 5.5, or without BTF tracepoints, run.
     /// For tests and comparisons.

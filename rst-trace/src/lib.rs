@@ -14,6 +14,7 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod filter;
+pub mod fold;
 pub mod generate;
 pub mod kernel_btf;
 pub mod layout;

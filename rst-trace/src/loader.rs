@@ -5,12 +5,15 @@ use std::collections::HashSet;
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
 use rst_trace_common::{KernelOffsets, MAX_PID_FILTER, NO_OFFSET};
 
-use crate::sources::{KernelSupport, Role, Source};
+use crate::{
+    fold::FoldReader,
+    sources::{KernelSupport, Role, Source},
+};
 
 /// The kernel programs, built by build.rs and embedded so that the binary is one file.
 pub(crate) static EBPF_OBJECT: &[u8] =
@@ -26,6 +29,9 @@ pub struct LoadOptions {
     pub stacks: bool,
     /// Never use the BTF tracepoint programs (`--classic-tracepoints`).
     pub classic_tracepoints: bool,
+    /// Events of one key sent per second before the rest are counted (`--fold-after`; 0:
+    /// never fold).
+    pub fold_after: u32,
 }
 
 /// Forwards the kernel programs' aya-log messages to the `log` crate.
@@ -68,7 +74,14 @@ impl Tracer {
                 .as_ref()
                 .is_some_and(|layout| layout.reason.is_some()),
         );
+        let fold_after = options.fold_after;
+        let coarse_after = crate::fold::COARSE_AFTER;
+        let (ephemeral_low, ephemeral_high) = ephemeral_ports();
         let mut ebpf = EbpfLoader::new()
+            .override_global("FOLD_AFTER", &fold_after, true)
+            .override_global("COARSE_AFTER", &coarse_after, true)
+            .override_global("EPHEMERAL_LOW", &ephemeral_low, true)
+            .override_global("EPHEMERAL_HIGH", &ephemeral_high, true)
             .override_global("SEND_RESET_REASON_ARG", &reason_arg, true)
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
             .override_global("RECORD_STACKS", &record_stacks, true)
@@ -146,6 +159,19 @@ impl Tracer {
             failed,
             hooks,
         })
+    }
+
+    /// The maps the programs count folded events in.
+    pub fn fold_reader(&mut self) -> anyhow::Result<FoldReader> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("{name} map missing from the object"))
+        };
+        let even = HashMap::try_from(take("FOLDED_EVEN")?)?;
+        let odd = HashMap::try_from(take("FOLDED_ODD")?)?;
+        let epoch = Array::try_from(take("FOLD_EPOCH")?)?;
+        Ok(FoldReader::new(even, odd, epoch))
     }
 
     /// The ring buffer every event arrives in.
@@ -272,6 +298,18 @@ fn attach(
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the cgroup, where the
 /// limit does not matter. Failing to raise it is therefore a warning, and only where it matters.
+/// `net.ipv4.ip_local_port_range` of this host's namespace, where connecting sockets take their
+/// port from: the folding key leaves that end's port out. Linux's defaults when unreadable.
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut ports = text.split_whitespace().map(str::parse::<u16>);
+            Some((ports.next()?.ok()?, ports.next()?.ok()?))
+        })
+        .unwrap_or((32768, 60999))
+}
+
 fn raise_memlock_limit(release: &str) {
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,

@@ -79,6 +79,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         stacks: args.stack,
         classic_tracepoints: args.classic_tracepoints,
+        fold_after: args.fold_after,
     };
     let mut tracer = Tracer::load(&support, &options)?;
     for source in &support.sources {
@@ -424,6 +425,7 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         ring_buffer_bytes: 4096,
         stacks: false,
         classic_tracepoints: false,
+        fold_after: crate::fold::DEFAULT_FOLD_AFTER,
     };
     let tracer = Tracer::load(&support, &options);
     let (attached, failed, hooks) = match &tracer {
