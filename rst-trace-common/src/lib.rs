@@ -95,6 +95,25 @@ pub struct SocketFacts {
     /// `enum sk_rst_reason` (with [`facts::REASON`]).
     pub reason: u32,
     pub _pad: u32,
+    /// For a received reset: the other end of the connection, when it is on this host and was
+    /// aborted (closed with a reset) just before; `ns` 0 when not.
+    pub peer_abort: Abort,
+}
+
+/// A connection this host aborted: closed with a reset (SO_LINGER 0, close() with unread data,
+/// a listener closed with the connection still queued). Kept so that a reset the other end
+/// receives on this host takes its cause from here, even when the sender's own event was folded
+/// or lost: the state change fires just before the reset is sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Abort {
+    /// The task that closed it.
+    pub closer: Owner,
+    /// CLOCK_MONOTONIC of the close; 0: no abort recorded.
+    pub ns: u64,
+    /// [`facts::LINGER_ZERO`] and [`facts::HAS_SOCKET_FILE`] as they were at the close.
+    pub flags: u8,
+    pub _pad: [u8; 7],
 }
 
 /// A process, as recorded when it owned or closed a socket.
@@ -466,11 +485,11 @@ impl KernelOffsets {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        ClosedConnection, ConnectionKey, EventHeader, FoldKey, FoldedEvents, KernelOffsets, Owner,
+        Abort, ClosedConnection, ConnectionKey, EventHeader, FoldKey, FoldedEvents, KernelOffsets, Owner,
         RawTracepoint,
     };
 
-    // SAFETY (all eight): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
+    // SAFETY (all nine): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
     // bit pattern is a valid value, and no hidden padding (`layouts_have_no_hidden_padding`).
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.
@@ -483,6 +502,8 @@ mod user {
     unsafe impl aya::Pod for ClosedConnection {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Abort {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FoldKey {}
     // SAFETY: as above.
@@ -502,15 +523,16 @@ mod tests {
         assert_eq!(core::mem::size_of::<Endpoints>(), 40);
         assert_eq!(
             core::mem::size_of::<SocketFacts>(),
-            8 + 32 + 40 + 48 + 8 + 40 + 8 + 16
+            8 + 32 + 40 + 48 + 8 + 40 + 8 + 16 + 56
         );
-        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 200 + RAW_LEN);
-        assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 200);
+        assert_eq!(core::mem::size_of::<Abort>(), 56);
+        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 256 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 256);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
         assert_eq!(core::mem::size_of::<FoldKey>(), 64);
         assert_eq!(
             core::mem::size_of::<FoldedEvents>(),
-            24 + 48 + 200 + RAW_LEN
+            24 + 48 + 256 + RAW_LEN
         );
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);

@@ -29,7 +29,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use rst_trace_common::{
-    ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS,
+    Abort, ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS,
     MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, Owner,
 };
 
@@ -62,6 +62,12 @@ static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(MAX_OWNED_S
 /// Connection -> who closed it and when, kept after the socket is gone.
 #[map]
 static CLOSED: LruHashMap<ConnectionKey, ClosedConnection> =
+    LruHashMap::with_max_entries(MAX_CLOSED_CONNECTIONS, 0);
+
+/// Connection (the aborting end's view) -> who aborted it and how, read by the other end's
+/// received reset when both ends are on this host (see `Abort`).
+#[map]
+static ABORTS: LruHashMap<ConnectionKey, Abort> =
     LruHashMap::with_max_entries(MAX_CLOSED_CONNECTIONS, 0);
 
 /// Kernel stacks of events, with `--stack`.
