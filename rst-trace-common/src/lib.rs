@@ -348,6 +348,10 @@ pub const MAX_STACKS: u32 = 16384;
 /// Entries in the kernel-side `--pid` filter map.
 pub const MAX_PID_FILTER: u32 = 64;
 
+/// Entries in the kernel-side `--port` and `--netns` filter maps.
+pub const MAX_PORT_FILTER: u32 = 64;
+pub const MAX_NETNS_FILTER: u32 = 64;
+
 /// Value of an offset that userspace could not resolve: the programs skip that read.
 pub const NO_OFFSET: u32 = u32::MAX;
 
@@ -485,8 +489,8 @@ impl KernelOffsets {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Abort, ClosedConnection, ConnectionKey, EventHeader, FoldKey, FoldedEvents, KernelOffsets, Owner,
-        RawTracepoint,
+        Abort, ClosedConnection, ConnectionKey, EventHeader, FoldKey, FoldedEvents, KernelOffsets,
+        Owner, RawTracepoint,
     };
 
     // SAFETY (all nine): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every

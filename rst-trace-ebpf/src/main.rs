@@ -29,12 +29,13 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use rst_trace_common::{
-    Abort, ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS,
-    MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, Owner,
+    Abort, ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS,
+    MAX_DROP_REASONS, MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, Owner,
 };
 
 #[macro_use]
 mod macros;
+mod filter;
 mod fold;
 mod programs;
 mod read;

@@ -14,7 +14,6 @@ use rst_trace_common::{
     facts,
 };
 
-use crate::fold;
 use crate::read::{Access, Direct, Probe, copy_in, zero};
 use crate::skb::{Segment, segment_ends, segment_facts};
 use crate::sock::{
@@ -24,6 +23,7 @@ use crate::task::{current_cgroup_id, current_comm, now};
 use crate::{
     CLOSED, EVENTS, FILTER_BY_PID, LOST, OWNERS, PIDS, RECORD_STACKS, STACKS, WAKEUP_BYTES,
 };
+use crate::{filter, fold};
 
 /// bpf_get_stackid: replace a different stack that hashes to the same bucket.
 const BPF_F_REUSE_STACKID: u64 = 1 << 10;
@@ -172,19 +172,20 @@ pub fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
             Raw::FromArgs(_) => {}
         }
     }
-    // Past its key's first events this second, the event is only counted.
+    // `--port` and `--netns`, then folding: past its key's first events this second, the event
+    // is only counted.
     zeroed!(key: FoldKey);
     // SAFETY: the scratch record is complete.
     let facts = unsafe { &(*record).facts };
-    let folded = if facts.endpoints.family != 0 || sk == 0 {
-        fold::folded(slot, &facts.endpoints, key)
+    let sent = if facts.endpoints.family != 0 || sk == 0 {
+        filter::keeps(&facts.endpoints, facts.netns) && !fold::folded(slot, &facts.endpoints, key)
     } else {
         // Classic tracepoints keep a full socket's ends in the raw record.
         zeroed!(ends: Endpoints);
         socket_ends(sk, head, facts.flags & facts::FULL_SOCKET != 0, ends);
-        fold::folded(slot, ends, key)
+        filter::keeps(ends, facts.netns) && !fold::folded(slot, ends, key)
     };
-    if folded {
+    if !sent {
         return;
     }
     // Wake the reader once per fill-up: when this record takes the data waiting past an

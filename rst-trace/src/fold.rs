@@ -109,8 +109,7 @@ impl FoldReader {
                     record: record_bytes(&value.record),
                 });
             }
-            map.remove(&key)
-                .context("emptying the folded-events map")?;
+            map.remove(&key).context("emptying the folded-events map")?;
         }
         Ok(folded)
     }

@@ -8,7 +8,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
-use rst_trace_common::{KernelOffsets, MAX_PID_FILTER, NO_OFFSET};
+use rst_trace_common::{
+    KernelOffsets, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER, NO_OFFSET,
+};
 
 use crate::{
     fold::FoldReader,
@@ -24,6 +26,10 @@ pub(crate) static EBPF_OBJECT: &[u8] =
 pub struct LoadOptions {
     /// Keep only these processes (`--pid`), filtered in the kernel.
     pub pids: Vec<u32>,
+    /// Keep only events where either end uses one of these ports (`--port`), in the kernel.
+    pub ports: Vec<u16>,
+    /// Keep only events in these network namespaces (`--netns`), in the kernel.
+    pub netns: Vec<u64>,
     pub ring_buffer_bytes: u32,
     /// Record kernel stacks (`--stack`).
     pub stacks: bool,
@@ -62,7 +68,27 @@ impl Tracer {
         if options.pids.len() > MAX_PID_FILTER as usize {
             bail!("at most {MAX_PID_FILTER} --pid filters are supported");
         }
+        if options.ports.len() > MAX_PORT_FILTER as usize {
+            bail!("at most {MAX_PORT_FILTER} --port filters are supported");
+        }
+        if options.netns.len() > MAX_NETNS_FILTER as usize {
+            bail!("at most {MAX_NETNS_FILTER} --netns filters are supported");
+        }
+        let netns = options
+            .netns
+            .iter()
+            .map(|&inode| {
+                u32::try_from(inode).map_err(|_| {
+                    anyhow!(
+                        "--netns {inode} is not a network namespace inode (they fit in 32 bits; \
+                         see readlink /proc/PID/ns/net)"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<u32>>>()?;
         raise_memlock_limit(&support.release);
+        let filter_by_port = u8::from(!options.ports.is_empty());
+        let filter_by_netns = u8::from(!netns.is_empty());
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let record_stacks = u8::from(options.stacks);
         // Wake userspace when the data waiting crosses an eighth of the ring buffer (it also
@@ -84,6 +110,8 @@ impl Tracer {
             .override_global("EPHEMERAL_HIGH", &ephemeral_high, true)
             .override_global("SEND_RESET_REASON_ARG", &reason_arg, true)
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
+            .override_global("FILTER_BY_PORT", &filter_by_port, true)
+            .override_global("FILTER_BY_NETNS", &filter_by_netns, true)
             .override_global("RECORD_STACKS", &record_stacks, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("OFFSETS", &support.offsets, true)
@@ -106,6 +134,25 @@ impl Tracer {
             for pid in &options.pids {
                 pids.insert(pid, 1, 0).context("filling the --pid filter")?;
             }
+        }
+
+        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
+            ebpf.map_mut("PORTS")
+                .ok_or_else(|| anyhow!("PORTS map missing from the object"))?,
+        )?;
+        for port in &options.ports {
+            ports
+                .insert(port, 1, 0)
+                .context("filling the --port filter")?;
+        }
+        let mut namespaces: HashMap<_, u32, u8> = HashMap::try_from(
+            ebpf.map_mut("NETNS")
+                .ok_or_else(|| anyhow!("NETNS map missing from the object"))?,
+        )?;
+        for inode in &netns {
+            namespaces
+                .insert(inode, 1, 0)
+                .context("filling the --netns filter")?;
         }
 
         let mut attached = Vec::new();

@@ -76,6 +76,8 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     let support = probe_kernel()?;
     let options = LoadOptions {
         pids: args.filters.pids.clone(),
+        ports: args.filters.ports.clone(),
+        netns: args.filters.netns.clone(),
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         stacks: args.stack,
         classic_tracepoints: args.classic_tracepoints,
@@ -422,6 +424,8 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
     )?;
     let options = LoadOptions {
         pids: Vec::new(),
+        ports: Vec::new(),
+        netns: Vec::new(),
         ring_buffer_bytes: 4096,
         stacks: false,
         classic_tracepoints: false,
