@@ -12,11 +12,11 @@ use foldhash::HashMap;
 use crate::{
     cause::{Cause, classify, fires_in_closing_process},
     container::Container,
+    decoded::{Decoded, KernelFacts, Task},
     enrich::{CgroupResolver, SocketHolders, process_cgroup},
-    event::{
-        ClosedByView, Counter, Endpoint, Event, EventKind, Family, KernelFacts, Process,
-        ProcessSource, Queue, Task,
-    },
+    event::{Counter, Endpoint, Event, EventKind, Process, ProcessSource, Queue},
+    explain::{self, PeerReset},
+    kernel_enums::TcpState,
     listeners::{DropKind, ListenerDrop},
 };
 
@@ -45,15 +45,20 @@ enum Attribution {
     Nobody(&'static str),
 }
 
-/// An event waiting in arrival order until it is attributed.
-struct Pending {
-    /// Taken out while a waiting event is attributed in place. Boxed: an event is over 600
-    /// bytes, and moving it in and out of the queue cost more than attributing it.
-    event: Option<Box<Event>>,
+/// An event in arrival order, until it goes out.
+enum Pending {
+    /// A received reset waiting for its partner until `deadline_ns` (CLOCK_MONOTONIC), after
+    /// which it is attributed without one. Boxed: moving a decoded event in and out of the
+    /// queue cost more than attributing it.
+    Waiting {
+        decoded: Box<Decoded>,
+        stack: Option<Vec<String>>,
+        deadline_ns: u64,
+    },
     /// Attributed and ready to go out.
-    ready: bool,
-    /// CLOCK_MONOTONIC after which a waiting received reset is attributed without a peer.
-    deadline_ns: u64,
+    Ready(Box<Event>),
+    /// Only while a waiting event is being attributed in place.
+    Attributing,
 }
 
 /// A connection as (this end, the other end).
@@ -101,50 +106,45 @@ impl Attributor {
         self
     }
 
-    /// Takes an event in; attributed events come out of [`Attributor::release`] in the order
-    /// they went in. A received reset on an established connection waits up to [`HOLD`] for the
-    /// reset this host may have sent on the same connection, which explains it.
-    pub fn push(&mut self, event: Event) {
-        let mut event = Box::new(event);
-        match event.kind {
+    /// Takes a decoded event (and its symbolized stack, with `--stack`) in; attributed events
+    /// come out of [`Attributor::release`] in the order they went in. A received reset on an
+    /// established connection waits up to [`HOLD`] for the reset this host may have sent on the
+    /// same connection, which explains it.
+    pub fn push(&mut self, decoded: Decoded, stack: Option<Vec<String>>) {
+        let event = match decoded.kind {
             EventKind::ResetReceived => {
-                let peer = self.peer_of(&event);
-                let pairable = !matches!(event.state.as_deref(), Some("SYN_SENT" | "CLOSE_WAIT"));
+                let peer = self.peer_of(&decoded);
+                let pairable =
+                    !matches!(decoded.state, Some(TcpState::SynSent | TcpState::CloseWait));
                 if peer.is_none()
                     && pairable
-                    && let (Some(local), Some(remote)) = (event.local, event.remote)
+                    && let (Some(local), Some(remote)) = (decoded.local, decoded.remote)
                 {
                     let seq = self.first_seq + self.pending.len() as u64;
                     self.waiting.insert((local, remote), seq);
-                    let deadline_ns = event.ktime_ns + HOLD.as_nanos() as u64;
-                    self.pending.push_back(Pending {
-                        event: Some(event),
-                        ready: false,
+                    let deadline_ns = decoded.ktime_ns + HOLD.as_nanos() as u64;
+                    self.pending.push_back(Pending::Waiting {
+                        decoded: Box::new(decoded),
+                        stack,
                         deadline_ns,
                     });
                     return;
                 }
-                self.attribute(&mut event, peer);
+                self.attribute(decoded, peer, stack)
             }
             EventKind::ResetSent => {
-                self.attribute(&mut event, None);
+                let event = self.attribute(decoded, None, stack);
                 // The other end's received reset may already be waiting for this one.
                 if let (Some(local), Some(remote)) = (event.local, event.remote)
                     && let Some(seq) = self.waiting.remove(&(remote, local))
                     && let Some(index) = seq.checked_sub(self.first_seq)
-                    && let Some(slot) = self.pending.get_mut(index as usize)
-                    && !slot.ready
-                    && let Some(mut waiting) = slot.event.take()
                 {
-                    let sent = self.recent_sent.remove(&(local, remote));
-                    self.attribute(&mut waiting, sent);
-                    let slot = &mut self.pending[index as usize];
-                    slot.event = Some(waiting);
-                    slot.ready = true;
+                    self.attribute_waiting(index as usize, (local, remote));
                 }
+                event
             }
             EventKind::QueueDrop => {
-                self.attribute(&mut event, None);
+                let event = self.attribute(decoded, None, stack);
                 if event.cause == Some(Cause::AcceptQueueFull)
                     && let (Some(netns), Some(local)) = (event.netns, event.local)
                 {
@@ -153,13 +153,26 @@ impl Attributor {
                         .entry((netns, local.port))
                         .or_default() += event.drops.unwrap_or(1);
                 }
+                event
             }
+        };
+        self.pending.push_back(Pending::Ready(event));
+    }
+
+    /// Attributes the received reset waiting at `index` with the reset this host just sent on
+    /// `sent` (sender's end, receiver's end).
+    fn attribute_waiting(&mut self, index: usize, sent: Ends) {
+        let Some(slot) = self.pending.get_mut(index) else {
+            return;
+        };
+        match std::mem::replace(slot, Pending::Attributing) {
+            Pending::Waiting { decoded, stack, .. } => {
+                let peer = self.recent_sent.remove(&sent);
+                let event = self.attribute(*decoded, peer, stack);
+                self.pending[index] = Pending::Ready(event);
+            }
+            other => *slot = other,
         }
-        self.pending.push_back(Pending {
-            event: Some(event),
-            ready: true,
-            deadline_ns: 0,
-        });
     }
 
     /// The event for drops a listener sample found, less those the kernel already reported
@@ -178,22 +191,17 @@ impl Attributor {
         if drops == 0 {
             return None;
         }
-        let mut event = Event {
-            time: jiff::Timestamp::now(),
+        // What the kernel's counters and socket table said.
+        let sampled = Decoded {
             kind: EventKind::QueueDrop,
+            time: jiff::Timestamp::now(),
+            ktime_ns: 0,
             reason: None,
-            state: Some("LISTEN".to_string()),
-            family: Some(Family::of(listener.local.ip())),
+            state: Some(TcpState::Listen),
             local: Some(listener.local.into()),
             remote: None,
-            process: None,
-            cause: Some(cause),
-            explanation: None,
             netns: Some(listener.netns),
-            cgroup: None,
-            container: None,
             sock_cookie: None,
-            closed_by: None,
             queue: Some(Queue {
                 len: queue_len,
                 max: listener.accept_max,
@@ -203,27 +211,30 @@ impl Attributor {
                 name: drop.counter,
                 delta: drop.counter_delta,
             }),
-            stack: None,
-            ktime_ns: 0,
+            sampled_cause: Some(cause),
             kernel: KernelFacts {
                 socket_ino: (listener.inode != 0).then_some(listener.inode),
                 full_socket: true,
                 has_socket_file: true,
                 ..KernelFacts::default()
             },
+            stack_id: None,
         };
-        self.attribute(&mut event, None);
+        let mut event = self.attribute(sampled, None, None);
         if let (Some(note), Some(explanation)) = (&drop.note, event.explanation.as_mut()) {
             explanation.push_str(&format!(" ({note})"));
         }
-        Some(event)
+        Some(*event)
     }
 
     /// Events attributed by now, in order; with `flush`, everything (at the end of a trace).
     pub fn release(&mut self, now_ns: u64, flush: bool) -> Vec<Box<Event>> {
         let mut out = Vec::new();
         while let Some(front) = self.pending.front() {
-            if !front.ready && !flush && now_ns < front.deadline_ns {
+            if let Pending::Waiting { deadline_ns, .. } = front
+                && !flush
+                && now_ns < *deadline_ns
+            {
                 break;
             }
             let Some(pending) = self.pending.pop_front() else {
@@ -231,52 +242,79 @@ impl Attributor {
             };
             let seq = self.first_seq;
             self.first_seq += 1;
-            let Some(mut event) = pending.event else {
-                continue;
-            };
-            if !pending.ready {
-                if let (Some(local), Some(remote)) = (event.local, event.remote)
-                    && self.waiting.get(&(local, remote)) == Some(&seq)
-                {
-                    self.waiting.remove(&(local, remote));
+            match pending {
+                Pending::Ready(event) => out.push(event),
+                Pending::Waiting { decoded, stack, .. } => {
+                    if let (Some(local), Some(remote)) = (decoded.local, decoded.remote)
+                        && self.waiting.get(&(local, remote)) == Some(&seq)
+                    {
+                        self.waiting.remove(&(local, remote));
+                    }
+                    out.push(self.attribute(*decoded, None, stack));
                 }
-                self.attribute(&mut event, None);
+                Pending::Attributing => {}
             }
-            out.push(event);
         }
         out
     }
 
-    fn attribute(&mut self, event: &mut Event, peer: Option<SentReset>) {
-        let cause = classify(event, peer.as_ref().map(|sent| sent.cause));
-        event.cause = Some(cause);
+    /// Builds the printed event: cause, process, cgroup, container and explanation.
+    fn attribute(
+        &mut self,
+        decoded: Decoded,
+        peer: Option<SentReset>,
+        stack: Option<Vec<String>>,
+    ) -> Box<Event> {
+        let cause = classify(&decoded, peer.as_ref().map(|sent| sent.cause));
 
-        let mut nobody = None;
-        match self.process_task(event, cause) {
+        let (mut process, mut cgroup, mut container, mut nobody) = (None, None, None, None);
+        match self.process_task(&decoded, cause) {
             Attribution::Process(task, source) => {
-                event.cgroup = match task.cgroup_id {
+                cgroup = match task.cgroup_id {
                     0 => process_cgroup(task.pid),
                     id => self.cgroups.path(id),
                 };
-                event.container = event.cgroup.as_deref().and_then(Container::from_cgroup);
-                event.process = Some(Process {
+                container = cgroup.as_deref().and_then(Container::from_cgroup);
+                process = Some(Process {
                     pid: task.pid,
                     tid: task.tid,
+                    ns_pid: self.ns_pid(task.pid),
                     comm: task.comm,
                     source,
-                    ns_pid: self.ns_pid(task.pid),
                 });
             }
             Attribution::Nobody(why) => nobody = Some(why),
         }
-        event.closed_by = event.kernel.closed_by.as_ref().map(|closed| ClosedByView {
-            pid: closed.closer.pid,
-            comm: closed.closer.comm.clone(),
-            seconds_ago: (closed.ago.as_secs_f64() * 1000.0).round() / 1000.0,
+        let family = decoded.family();
+        let exchange_completed = decoded.kernel.all_sent_acked;
+        let mut event = Box::new(Event {
+            time: decoded.time,
+            kind: decoded.kind,
+            reason: decoded.reason,
+            state: decoded.state,
+            family,
+            local: decoded.local,
+            remote: decoded.remote,
+            process,
+            cause: Some(cause),
+            explanation: None,
+            netns: decoded.netns,
+            cgroup,
+            container,
+            sock_cookie: decoded.sock_cookie,
+            closed_by: decoded.kernel.closed_by,
+            queue: decoded.queue,
+            drops: decoded.drops,
+            counter: decoded.counter,
+            stack,
         });
         // Summary and metrics never print explanations: at storm rates the strings cost.
         let explanation = if self.explanations {
-            explain(event, cause, peer.as_ref())
+            let peer = peer.as_ref().map(|sent| PeerReset {
+                cause: sent.cause,
+                explanation: &sent.explanation,
+            });
+            explain::event_line(&event, cause, peer, exchange_completed)
         } else {
             String::new()
         };
@@ -291,7 +329,7 @@ impl Attributor {
             && let (Some(local), Some(remote)) = (event.local, event.remote)
         {
             self.remember_sent(SentReset {
-                ktime_ns: event.ktime_ns,
+                ktime_ns: decoded.ktime_ns,
                 local,
                 remote,
                 cause,
@@ -299,10 +337,11 @@ impl Attributor {
                 explanation,
             });
         }
+        event
     }
 
     /// The process to name, and where it came from.
-    fn process_task(&mut self, event: &Event, cause: Cause) -> Attribution {
+    fn process_task(&mut self, event: &Decoded, cause: Cause) -> Attribution {
         let facts = &event.kernel;
         let source = |task: &Task| match &facts.context {
             Some(context) if context.pid == task.pid => ProcessSource::Context,
@@ -355,7 +394,7 @@ impl Attributor {
 
     /// The reset this host sent on the same connection before `event`, when the other end is
     /// here too.
-    fn peer_of(&mut self, event: &Event) -> Option<SentReset> {
+    fn peer_of(&mut self, event: &Decoded) -> Option<SentReset> {
         self.forget_old(event.ktime_ns);
         if event.kind != EventKind::ResetReceived {
             return None;
@@ -424,186 +463,297 @@ pub fn innermost_ns_pid(status: &str) -> Option<u32> {
         .and_then(|pid| pid.parse().ok())
 }
 
-/// ` (2/1)`: a queue's length and limit.
-fn queue(event: &Event) -> String {
-    event
-        .queue
-        .map_or_else(String::new, |q| format!(" ({}/{})", q.len, q.max))
-}
-
-/// `3 connection attempts` (with the counter that saw them).
-fn dropped(event: &Event, what: &str) -> String {
-    let drops = event.drops.unwrap_or(1);
-    let plural = if drops == 1 { "" } else { "s" };
-    match &event.counter {
-        Some(counter) => format!(
-            "{drops} {what}{plural} (kernel counter {} +{})",
-            counter.name, counter.delta
-        ),
-        None => format!("{drops} {what}{plural}"),
-    }
-}
-
-fn who(process: Option<&Process>) -> String {
-    process.map_or_else(
-        || "a process".to_string(),
-        |p| format!("{} (pid {})", p.comm, p.pid),
-    )
-}
-
-fn endpoint(end: Option<Endpoint>) -> String {
-    end.map_or_else(|| "?".to_string(), |end| end.to_string())
-}
-
-fn ago(duration: Duration) -> String {
-    let secs = duration.as_secs_f64();
-    if secs < 1.0 {
-        format!("{} ms", duration.as_millis())
-    } else if secs < 120.0 {
-        format!("{secs:.1} s")
-    } else {
-        format!("{:.0} min", secs / 60.0)
-    }
-}
-
-/// The one line printed under an event.
-fn explain(event: &Event, cause: Cause, peer: Option<&SentReset>) -> String {
-    let mut line = match peer {
-        // Both ends are here and the sender's side explains the reset.
-        Some(sent) if sent.cause == cause => {
-            format!(
-                "the other end is on this host and sent it: {}",
-                sent.explanation
-            )
-        }
-        // The refusal says it all: nothing listens there.
-        Some(_) if cause == Cause::ConnectionRefused => explain_cause(event, cause),
-        Some(sent) if cause == Cause::PeerAbort => {
-            format!(
-                "the other end is on this host and reset the connection: {}",
-                sent.explanation
-            )
-        }
-        Some(sent) => format!(
-            "{}; the other end is on this host: {}",
-            explain_cause(event, cause),
-            sent.explanation
-        ),
-        None => explain_cause(event, cause),
-    };
-    let facts = &event.kernel;
-    if event.kind == EventKind::ResetReceived && facts.all_sent_acked {
-        // S13: a client that aborts after reading the response; the request itself completed.
-        line.push_str(
-            "; the exchange had completed: everything this host sent had been acknowledged \
-             before the reset",
-        );
-    }
-    line
-}
-
-fn explain_cause(event: &Event, cause: Cause) -> String {
-    let process = who(event.process.as_ref());
-    let local = endpoint(event.local);
-    let remote = endpoint(event.remote);
-    let facts = &event.kernel;
-    let closer = facts.closed_by.as_ref().map(|closed| {
-        format!(
-            "{} (pid {}) closed it {} before",
-            closed.closer.comm,
-            closed.closer.pid,
-            ago(closed.ago)
-        )
-    });
-    match cause {
-        Cause::PortClosed => format!(
-            "nothing listens on {local}: the SYN from {remote} was refused (no process owns a \
-             closed port)"
-        ),
-        Cause::HalfOpen => format!(
-            "a segment from {remote} (not a SYN) arrived for a connection {local} does not know: \
-             the peer believes it still exists"
-        ),
-        Cause::ConnectionRefused => {
-            format!("{process} connected to {remote}, where nothing listens (connection refused)")
-        }
-        Cause::LingerAbort => {
-            format!("{process} closed the connection with SO_LINGER {{on, 0}}, aborting it")
-        }
-        Cause::UnreadDataClose => format!(
-            "{process} closed the connection with unread data in its receive buffer, which forces \
-             a reset"
-        ),
-        Cause::DataAfterClose => match closer {
-            Some(closer) => format!(
-                "data from {remote} arrived for a connection the application had closed: {closer}"
-            ),
-            None => format!(
-                "data from {remote} arrived for a connection the application on {local} had \
-                 already closed"
-            ),
-        },
-        Cause::StaleConnectionReuse => format!(
-            "{process} sent on a connection {remote} had already closed (CLOSE_WAIT): make the \
-             client's idle timeout shorter than the server's keep-alive timeout, or retry \
-             idempotent requests"
-        ),
-        Cause::ListenerClosed => format!(
-            "{process} closed the listener on port {} while this connection waited in its accept \
-             queue",
-            event.local.map_or(0, |end| end.port)
-        ),
-        Cause::Timewait => format!("a segment from {remote} arrived for {local} in TIME_WAIT"),
-        Cause::KeepaliveTimeout => format!(
-            "keep-alive probes from {local} to {remote} went unanswered; the kernel gave up on \
-             the connection of {process}"
-        ),
-        Cause::MemoryPressure => {
-            "the kernel aborted the connection under orphan-socket or TCP memory limits".to_string()
-        }
-        Cause::InvalidPacket => format!(
-            "the kernel rejected a segment from {remote} ({})",
-            event.reason.as_deref().unwrap_or("invalid segment")
-        ),
-        Cause::SocketDestroyed => format!("{process} destroyed the socket (tcp_abort, ss -K)"),
-        Cause::PeerAbort => {
-            format!("{remote} reset the connection; nothing on this host explains it")
-        }
-        Cause::AcceptQueueFull => format!(
-            "the accept queue of {process}'s listener on {local} was full{}: {} dropped; accept \
-             faster, or raise the listen() backlog and net.core.somaxconn in its network namespace",
-            queue(event),
-            dropped(event, "connection attempt"),
-        ),
-        Cause::SynQueueFull => format!(
-            "the SYN queue of {process}'s listener on {local} was full and syncookies are off: {} \
-             dropped; enable net.ipv4.tcp_syncookies or raise tcp_max_syn_backlog and the backlog",
-            dropped(event, "SYN"),
-        ),
-        Cause::SocketBacklogFull => format!(
-            "{process} held its socket {local} while its backlog filled: a segment from {remote} \
-             was dropped"
-        ),
-        Cause::ReceiveBufferFull => format!(
-            "the receive buffer of {process}'s socket {local} was full{}: data from {remote} was \
-             dropped; read faster or raise SO_RCVBUF / net.ipv4.tcp_rmem",
-            queue(event),
-        ),
-        Cause::CpuBacklogFull => format!(
-            "the per-CPU input backlog was full (net.core.netdev_max_backlog): a packet from \
-             {remote} was dropped before TCP saw it"
-        ),
-        Cause::Other => format!(
-            "kernel reason {} in state {}",
-            event.reason.as_deref().unwrap_or("-"),
-            event.state.as_deref().unwrap_or("-")
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
+    use crate::{
+        decoded::Segment,
+        kernel_enums::{DropReason, Reason, ResetReason},
+        listeners::ListenerQueue,
+    };
+
+    const MS: u64 = 1_000_000;
+    const HOLD_NS: u64 = HOLD.as_nanos() as u64;
+
+    /// A task no /proc entry exists for (above any pid_max), in no cgroup the test resolves.
+    fn task(pid: u32, comm: &str) -> Task {
+        Task {
+            pid,
+            tid: pid,
+            comm: comm.to_string(),
+            cgroup_id: 1,
+        }
+    }
+
+    fn end(text: &str) -> Option<Endpoint> {
+        text.parse::<SocketAddr>().ok().map(Endpoint::from)
+    }
+
+    const CLIENT: &str = "127.0.0.1:40000";
+    const SERVER: &str = "127.0.0.1:8080";
+    const OTHER: &str = "127.0.0.1:9999";
+
+    /// A reset this host sent at `at_ms` from `local` to `remote`, closed with SO_LINGER 0 by
+    /// the socket's owner.
+    fn linger_sent(at_ms: u64, local: &str, remote: &str) -> Decoded {
+        Decoded {
+            ktime_ns: at_ms * MS,
+            reason: Some(Reason::Reset(ResetReason::TcpAbortOnLinger)),
+            state: Some(TcpState::Close),
+            local: end(local),
+            remote: end(remote),
+            kernel: KernelFacts {
+                owner: Some(task(5_000_001, "client")),
+                full_socket: true,
+                has_socket_file: true,
+                linger_zero: true,
+                ..KernelFacts::default()
+            },
+            ..Decoded::for_test(EventKind::ResetSent)
+        }
+    }
+
+    /// A reset for a segment no socket matched (the sender's view of a half-open connection).
+    fn no_socket_sent(at_ms: u64, local: &str, remote: &str) -> Decoded {
+        Decoded {
+            ktime_ns: at_ms * MS,
+            reason: Some(Reason::Reset(ResetReason::NoSocket)),
+            local: end(local),
+            remote: end(remote),
+            kernel: KernelFacts {
+                segment: Some(Segment(0x18)),
+                ..KernelFacts::default()
+            },
+            ..Decoded::for_test(EventKind::ResetSent)
+        }
+    }
+
+    /// A reset this host received at `at_ms` on `local`'s socket in `state`.
+    fn received(at_ms: u64, state: TcpState, local: &str, remote: &str) -> Decoded {
+        Decoded {
+            ktime_ns: at_ms * MS,
+            state: Some(state),
+            local: end(local),
+            remote: end(remote),
+            kernel: KernelFacts {
+                owner: Some(task(5_000_002, "server")),
+                full_socket: true,
+                has_socket_file: true,
+                ..KernelFacts::default()
+            },
+            ..Decoded::for_test(EventKind::ResetReceived)
+        }
+    }
+
+    enum Step {
+        Push(Box<Decoded>),
+        /// Release at this CLOCK_MONOTONIC time (ns), flushing or not; expect these events out.
+        Release(u64, bool, &'static [Out]),
+    }
+
+    /// An event expected out of `release`: kind, cause, and how its explanation begins.
+    type Out = (EventKind, Cause, &'static str);
+
+    const SENT_LINGER: Out = (
+        EventKind::ResetSent,
+        Cause::LingerAbort,
+        "client (pid 5000001) closed the connection with SO_LINGER",
+    );
+    const PAIRED_LINGER: Out = (
+        EventKind::ResetReceived,
+        Cause::LingerAbort,
+        "the other end is on this host and sent it: client (pid 5000001) closed",
+    );
+    const UNPAIRED: Out = (
+        EventKind::ResetReceived,
+        Cause::PeerAbort,
+        "127.0.0.1:40000 reset the connection; nothing on this host explains it",
+    );
+
+    #[test]
+    fn pairs_and_holds_resets_by_connection_and_time() {
+        use Step::Release;
+        let push = |decoded| Step::Push(Box::new(decoded));
+        let cases: Vec<(&str, Vec<Step>)> = vec![
+            (
+                "sent first: the received reset pairs at once",
+                vec![
+                    push(linger_sent(0, CLIENT, SERVER)),
+                    push(received(1, TcpState::Established, SERVER, CLIENT)),
+                    Release(MS, false, &[SENT_LINGER, PAIRED_LINGER]),
+                ],
+            ),
+            (
+                "received first (loopback's order): held until the sent reset, order kept",
+                vec![
+                    push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    Release(0, false, &[]),
+                    push(linger_sent(1, CLIENT, SERVER)),
+                    Release(MS, false, &[PAIRED_LINGER, SENT_LINGER]),
+                ],
+            ),
+            (
+                "no partner: held for HOLD, then a peer abort",
+                vec![
+                    push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    Release(HOLD_NS - 1, false, &[]),
+                    Release(HOLD_NS, false, &[UNPAIRED]),
+                ],
+            ),
+            (
+                "a held reset keeps later events behind it",
+                vec![
+                    push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    push(linger_sent(1, OTHER, SERVER)),
+                    Release(MS, false, &[]),
+                    Release(HOLD_NS, false, &[UNPAIRED, SENT_LINGER]),
+                ],
+            ),
+            (
+                "flush releases a held reset at once",
+                vec![
+                    push(received(0, TcpState::Established, SERVER, CLIENT)),
+                    Release(0, true, &[UNPAIRED]),
+                ],
+            ),
+            (
+                "a refused connect is never held",
+                vec![
+                    push(received(0, TcpState::SynSent, SERVER, CLIENT)),
+                    Release(
+                        0,
+                        false,
+                        &[(
+                            EventKind::ResetReceived,
+                            Cause::ConnectionRefused,
+                            "server (pid 5000002) connected to 127.0.0.1:40000, where nothing",
+                        )],
+                    ),
+                ],
+            ),
+            (
+                "a sent reset older than the pairing window explains nothing",
+                vec![
+                    push(linger_sent(0, CLIENT, SERVER)),
+                    push(received(3_000, TcpState::Established, SERVER, CLIENT)),
+                    Release(3_000 * MS + HOLD_NS, false, &[SENT_LINGER, UNPAIRED]),
+                ],
+            ),
+            (
+                "a reset sent from the end that received one is not its partner",
+                vec![
+                    push(linger_sent(0, SERVER, CLIENT)),
+                    push(received(1, TcpState::Established, SERVER, CLIENT)),
+                    Release(MS, false, &[SENT_LINGER]),
+                    Release(MS + HOLD_NS, false, &[UNPAIRED]),
+                ],
+            ),
+            (
+                "a half-open sender's view does not explain the received reset",
+                vec![
+                    push(no_socket_sent(0, CLIENT, SERVER)),
+                    push(received(1, TcpState::Established, SERVER, CLIENT)),
+                    Release(
+                        MS,
+                        false,
+                        &[
+                            (
+                                EventKind::ResetSent,
+                                Cause::HalfOpen,
+                                "a segment from 127.0.0.1:8080 (not a SYN) arrived",
+                            ),
+                            (
+                                EventKind::ResetReceived,
+                                Cause::PeerAbort,
+                                "the other end is on this host and reset the connection: a \
+                                 segment from 127.0.0.1:8080",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+        ];
+        for (name, steps) in cases {
+            let mut attributor = Attributor::new(CgroupResolver::with_root(None));
+            for step in steps {
+                match step {
+                    Step::Push(decoded) => attributor.push(*decoded, None),
+                    Release(now_ns, flush, expected) => {
+                        let out: Vec<(EventKind, Option<Cause>, String)> = attributor
+                            .release(now_ns, flush)
+                            .into_iter()
+                            .map(|e| (e.kind, e.cause, e.explanation.unwrap_or_default()))
+                            .collect();
+                        assert_eq!(out.len(), expected.len(), "{name}: {out:?}");
+                        for ((kind, cause, line), (want_kind, want_cause, start)) in
+                            out.iter().zip(expected.iter())
+                        {
+                            assert_eq!(
+                                (*kind, *cause),
+                                (*want_kind, Some(*want_cause)),
+                                "{name}: {out:?}"
+                            );
+                            assert!(line.starts_with(start), "{name}: {line}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn listener_samples_report_only_drops_the_kernel_did_not() {
+        let listener = ListenerQueue {
+            netns: 7,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            accept_len: 5,
+            accept_max: 4,
+            syn_queue: 0,
+            inode: 0,
+        };
+        let sample = |drops| ListenerDrop {
+            kind: DropKind::AcceptQueueFull,
+            listener: listener.clone(),
+            drops,
+            counter: "ListenOverflows",
+            counter_delta: drops,
+            note: Some("shared".to_string()),
+        };
+        let overflow = |at_ms| Decoded {
+            ktime_ns: at_ms * MS,
+            reason: Some(Reason::Drop(DropReason::TcpListenOverflow)),
+            local: end(SERVER),
+            netns: Some(7),
+            drops: Some(1),
+            ..Decoded::for_test(EventKind::QueueDrop)
+        };
+        let mut attributor = Attributor::new(CgroupResolver::with_root(None));
+        attributor.push(overflow(0), None);
+        attributor.push(overflow(1), None);
+        let out = attributor.release(MS, false);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|e| e.cause == Some(Cause::AcceptQueueFull)));
+
+        // Two of the sample's five were reported one by one already.
+        let event = attributor.listener_drop_event(&sample(5)).unwrap();
+        assert_eq!(event.drops, Some(3));
+        assert_eq!(event.cause, Some(Cause::AcceptQueueFull));
+        assert_eq!(event.state, Some(TcpState::Listen));
+        assert_eq!(event.queue, Some(Queue { len: 5, max: 4 }));
+        let explanation = event.explanation.unwrap();
+        assert!(
+            explanation
+                .contains("(5/4): 3 connection attempts (kernel counter ListenOverflows +5)"),
+            "{explanation}"
+        );
+        assert!(explanation.ends_with(" (shared)"), "{explanation}");
+        // The count starts again after each sample; a sample with nothing left is no event.
+        assert!(attributor.listener_drop_event(&sample(2)).is_some());
+        attributor.push(overflow(2), None);
+        assert!(attributor.listener_drop_event(&sample(1)).is_none());
+    }
 
     #[test]
     fn reads_the_innermost_pid_namespace() {
@@ -611,12 +761,5 @@ mod tests {
         assert_eq!(innermost_ns_pid(status), Some(7));
         assert_eq!(innermost_ns_pid("Name:\tx\nNSpid:\t12\n"), Some(12));
         assert_eq!(innermost_ns_pid("Name:\tx\n"), None);
-    }
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(ago(Duration::from_millis(250)), "250 ms");
-        assert_eq!(ago(Duration::from_millis(1500)), "1.5 s");
-        assert_eq!(ago(Duration::from_secs(600)), "10 min");
     }
 }

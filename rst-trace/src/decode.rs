@@ -1,8 +1,9 @@
-//! Raw ring buffer records -> [`Event`]s.
+//! Raw ring buffer records -> [`Decoded`]: what the kernel said, nothing more.
 //!
 //! Reads the common header, dispatches on its kind, reads the tracepoint fields with the layout of
-//! the running kernel and names reasons and states. Attribution (which process owns the socket,
-//! which container, what the cause is) is a later stage.
+//! the running kernel and turns reasons and states into the running kernel's variants
+//! ([`crate::kernel_enums`]). Attribution (which process owns the socket, which container, what
+//! the cause is) is the next stage, and builds the printed event.
 
 use std::mem::size_of;
 
@@ -16,8 +17,10 @@ use rst_trace_common::{
 };
 
 use crate::{
-    event::{ClosedBy, Event, EventKind, Family, KernelFacts, Queue, Segment, Task},
-    layout::{ResetFields, ResetLayout},
+    decoded::{Decoded, KernelFacts, Segment, Task},
+    event::{ClosedBy, EventKind, Queue},
+    kernel_enums::Reason,
+    layout::{RecordFields, ResetLayout},
     names::KernelNames,
 };
 
@@ -61,7 +64,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn decode(&self, bytes: &[u8]) -> anyhow::Result<Event> {
+    pub fn decode(&self, bytes: &[u8]) -> anyhow::Result<Decoded> {
         // BTF tracepoint programs send records without the raw part (ArgsRecord); they are read
         // as a whole record with that part zeroed.
         let record = if bytes.len() >= size_of::<RawTracepoint>() {
@@ -88,8 +91,8 @@ impl Decoder {
             if facts.flags & facts::FROM_ARGS != 0 {
                 // From a BTF tracepoint: no raw record; the program read it all from the socket
                 // and the segment.
-                let (local, remote) = endpoints(&facts.endpoints);
-                let fields = ResetFields {
+                let (local, remote) = segment_ends(&facts.endpoints);
+                let fields = RecordFields {
                     skaddr: facts.sk,
                     state: None,
                     reason: (facts.flags & facts::REASON != 0).then_some(facts.reason),
@@ -97,33 +100,32 @@ impl Decoder {
                     local,
                     remote,
                 };
-                return anyhow::Ok((kind, fields, &self.names.reset_reasons));
+                return anyhow::Ok((kind, fields));
             }
             let layout =
                 layout.with_context(|| format!("{kind:?} record from a detached source"))?;
-            anyhow::Ok((kind, layout.decode(&record.raw), &self.names.reset_reasons))
+            anyhow::Ok((kind, layout.decode(&record.raw)))
         };
-        let (kind, fields, reasons) = match RecordKind::from_u8(header.kind) {
+        let (kind, fields) = match RecordKind::from_u8(header.kind) {
             Some(RecordKind::ResetSent) => {
-                let (kind, mut fields, reasons) =
-                    reset(EventKind::ResetSent, self.send_reset.as_ref())?;
+                let (kind, mut fields) = reset(EventKind::ResetSent, self.send_reset.as_ref())?;
                 // A listener resetting a stray segment has no peer: the segment's source is.
                 if fields
                     .remote
                     .is_none_or(|addr| addr.ip().is_unspecified() && addr.port() == 0)
-                    && let (_, Some(remote)) = endpoints(&facts.endpoints)
+                    && let (_, Some(remote)) = segment_ends(&facts.endpoints)
                 {
                     fields.remote = Some(remote);
                 }
-                (kind, fields, reasons)
+                (kind, fields)
             }
             Some(RecordKind::ResetReceived) => {
                 reset(EventKind::ResetReceived, self.receive_reset.as_ref())?
             }
             Some(RecordKind::ResetSentNoSocket) => {
                 // From a probe: the segment's ends are all there is; no reason before 6.10.
-                let (local, remote) = endpoints(&facts.endpoints);
-                let fields = ResetFields {
+                let (local, remote) = segment_ends(&facts.endpoints);
+                let fields = RecordFields {
                     skaddr: 0,
                     state: None,
                     reason: None,
@@ -131,7 +133,7 @@ impl Decoder {
                     local,
                     remote,
                 };
-                (EventKind::ResetSent, fields, &self.names.reset_reasons)
+                (EventKind::ResetSent, fields)
             }
             Some(RecordKind::QueueDrop) => {
                 let offset = self
@@ -139,8 +141,8 @@ impl Decoder {
                     .context("queue drop record from a detached source")?;
                 let mut reason = [0u8; 4];
                 reason.copy_from_slice(&record.raw[offset..offset + 4]);
-                let (local, remote) = endpoints(&facts.endpoints);
-                let fields = ResetFields {
+                let (local, remote) = segment_ends(&facts.endpoints);
+                let fields = RecordFields {
                     skaddr: 0,
                     state: None,
                     reason: Some(u32::from_ne_bytes(reason)),
@@ -148,7 +150,7 @@ impl Decoder {
                     local,
                     remote,
                 };
-                (EventKind::QueueDrop, fields, &self.names.drop_reasons)
+                (EventKind::QueueDrop, fields)
             }
             None => bail!("unknown record kind {}", header.kind),
         };
@@ -184,33 +186,31 @@ impl Decoder {
             closer,
         });
         let segment = (facts.flags & facts::SEGMENT != 0).then_some(Segment(facts.tcp_flags));
-        let tw_substate = (facts.tw_substate != 0)
-            .then(|| self.names.tcp_states.describe(u64::from(facts.tw_substate)));
+        let tw_substate =
+            (facts.tw_substate != 0).then(|| self.names.tcp_state(u64::from(facts.tw_substate)));
+        let reason = fields.reason.map(|value| match kind {
+            EventKind::QueueDrop => Reason::Drop(self.names.drop_reason(u64::from(value))),
+            _ => Reason::Reset(self.names.reset_reason(u64::from(value))),
+        });
 
-        Ok(Event {
-            time: self.clock.wall_time(header.ktime_ns),
+        Ok(Decoded {
             kind,
-            reason: fields.reason.map(|r| reasons.describe(u64::from(r))),
-            state: state.map(|s| self.names.tcp_states.describe(s)),
-            family: fields.local.map(|addr| Family::of(addr.ip())),
+            time: self.clock.wall_time(header.ktime_ns),
+            ktime_ns: header.ktime_ns,
+            reason,
+            state: state.map(|s| self.names.tcp_state(s)),
             local: fields.local.map(Into::into),
             remote: fields.remote.map(Into::into),
-            process: None,
-            cause: None,
-            explanation: None,
             netns: (facts.netns != 0).then_some(u64::from(facts.netns)),
-            cgroup: None,
-            container: None,
             sock_cookie,
-            closed_by: None,
             queue: (kind == EventKind::QueueDrop && facts.queue_max != 0).then_some(Queue {
                 len: facts.queue_len,
                 max: facts.queue_max,
             }),
             drops: (kind == EventKind::QueueDrop).then_some(1),
             counter: None,
-            stack: None,
-            ktime_ns: header.ktime_ns,
+            sampled_cause: None,
+            stack_id: u32::try_from(facts.stack_id).ok(),
             kernel: KernelFacts {
                 context,
                 owner: task(&facts.owner),
@@ -229,8 +229,9 @@ impl Decoder {
     }
 }
 
-/// A queue drop's two ends, as the program read them from the socket and the segment.
-fn endpoints(ends: &Endpoints) -> (Option<SocketAddr>, Option<SocketAddr>) {
+/// A record's two ends as the program read them from the socket and the segment: every end of a
+/// BTF tracepoint's reset, of a reset no socket matched and of a queue drop.
+fn segment_ends(ends: &Endpoints) -> (Option<SocketAddr>, Option<SocketAddr>) {
     let ip = |bytes: &[u8; 16]| match i32::from(ends.family) {
         libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
             bytes[0], bytes[1], bytes[2], bytes[3],
@@ -260,7 +261,12 @@ mod tests {
     use rst_trace_common::{EventHeader, RAW_LEN, SocketFacts};
 
     use super::*;
-    use crate::{event::Endpoint, layout::tests::RawBuilder, tracefs::tests::fixture};
+    use crate::{
+        event::{Endpoint, Family},
+        kernel_enums::TcpState,
+        layout::tests::RawBuilder,
+        tracefs::tests::fixture,
+    };
 
     fn decoder(kernel: &str) -> Decoder {
         let send = fixture(kernel, "tcp__tcp_send_reset");
@@ -321,9 +327,9 @@ mod tests {
         let rec = record(RecordKind::ResetSent, (4242 << 32) | 4243, "curl", raw.0);
         let event = decoder("6.18").decode(&bytes(&rec)).unwrap();
         assert_eq!(event.kind, EventKind::ResetSent);
-        assert_eq!(event.reason.as_deref(), Some("NO_SOCKET"));
+        assert_eq!(event.reason.as_ref().map(Reason::name), Some("NO_SOCKET"));
         assert_eq!(event.state, None);
-        assert_eq!(event.family, Some(Family::Ipv4));
+        assert_eq!(event.family(), Some(Family::Ipv4));
         assert_eq!(
             event.local,
             Some(Endpoint {
@@ -332,7 +338,7 @@ mod tests {
             })
         );
         assert_eq!(event.remote.unwrap().port, 35340);
-        assert_eq!(event.process, None, "attribution decides the process");
+        // No process: a Decoded has none, attribution decides it.
         let context = event.kernel.context.unwrap();
         assert_eq!(
             (context.pid, context.tid, context.comm.as_str()),
@@ -359,8 +365,8 @@ mod tests {
             let event = decoder(kernel).decode(&bytes(&rec)).unwrap();
             assert_eq!(event.kind, EventKind::ResetReceived);
             assert_eq!(event.reason, None);
-            assert_eq!(event.state.as_deref(), Some("SYN_SENT"));
-            assert_eq!(event.family, Some(Family::Ipv6));
+            assert_eq!(event.state.as_ref().map(TcpState::name), Some("SYN_SENT"));
+            assert_eq!(event.family(), Some(Family::Ipv6));
             assert_eq!(event.local.unwrap().to_string(), "[::1]:41000");
             assert_eq!(event.sock_cookie, Some(99));
             // pid 0 is the idle task: no process to name.
@@ -382,7 +388,7 @@ mod tests {
         rec.facts.sk_cookie = 12345;
         let event = decoder("6.1").decode(&bytes(&rec)).unwrap();
         assert_eq!(event.reason, None);
-        assert_eq!(event.state.as_deref(), Some("CLOSE"));
+        assert_eq!(event.state.as_ref().map(TcpState::name), Some("CLOSE"));
         assert_eq!(event.sock_cookie, Some(12345));
         assert!(event.has_port(5432) && event.has_port(50000) && !event.has_port(1));
     }
@@ -403,7 +409,7 @@ mod facts_tests {
 
     use super::tests::{bytes, record};
     use super::*;
-    use crate::{event::Segment, tracefs::tests::fixture};
+    use crate::{decoded::Segment, kernel_enums::TcpState, tracefs::tests::fixture};
 
     fn comm16(text: &str) -> [u8; COMM_LEN] {
         let mut comm = [0u8; COMM_LEN];
@@ -462,8 +468,11 @@ mod facts_tests {
 
         let sent = decode(&record(RecordKind::ResetSent, facts::REASON));
         assert_eq!(sent.kind, EventKind::ResetSent);
-        assert_eq!(sent.reason.as_deref(), Some("NOT_SPECIFIED"));
-        assert_eq!(sent.state.as_deref(), Some("ESTABLISHED"));
+        assert_eq!(
+            sent.reason.as_ref().map(Reason::name),
+            Some("NOT_SPECIFIED")
+        );
+        assert_eq!(sent.state.as_ref().map(TcpState::name), Some("ESTABLISHED"));
         assert_eq!(sent.sock_cookie, Some(77));
         assert_eq!(
             sent.local.map(|e| e.to_string()).as_deref(),
@@ -554,7 +563,7 @@ mod facts_tests {
         );
         assert_eq!(closed.ago, Duration::from_secs(2));
         assert_eq!(facts.segment, Some(Segment(0x18)));
-        assert_eq!(facts.tw_substate.as_deref(), Some("FIN_WAIT2"));
+        assert_eq!(facts.tw_substate, Some(TcpState::FinWait2));
         assert!(facts.linger_zero && !facts.full_socket && !facts.has_socket_file);
     }
 }

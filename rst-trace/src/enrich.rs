@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::event::Task;
+use crate::decoded::Task;
 
 const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 

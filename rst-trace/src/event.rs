@@ -1,4 +1,5 @@
-//! The event model every sink prints: one reset sent, reset received or queue drop.
+//! The event model every sink prints: one reset sent, reset received or queue drop, as
+//! attribution built it.
 //!
 //! Field names and meanings are a contract with users' scripts (the NDJSON schema in the README):
 //! fields may be added, never renamed.
@@ -8,9 +9,14 @@ use std::{
     time::Duration,
 };
 
-use serde::{Serialize, Serializer};
+use serde::{Serialize, Serializer, ser::SerializeStruct};
 
-use crate::{cause::Cause, container::Container};
+use crate::{
+    cause::Cause,
+    container::Container,
+    decoded::Task,
+    kernel_enums::{Reason, TcpState},
+};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,14 +121,6 @@ pub struct Process {
     pub ns_pid: Option<u32>,
 }
 
-/// Who closed a connection before the reset, and how long before.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ClosedByView {
-    pub pid: u32,
-    pub comm: String,
-    pub seconds_ago: f64,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Queue {
     pub len: u32,
@@ -135,68 +133,35 @@ pub struct Counter {
     pub delta: u64,
 }
 
-/// A task as the kernel programs recorded it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Task {
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    pub cgroup_id: u64,
-}
-
-/// The application close() recorded for a connection.
+/// Who closed a connection before the reset, and how long before. Printed as `pid`, `comm` and
+/// `seconds_ago` (to the millisecond); the closer's thread and cgroup serve attribution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedBy {
     pub closer: Task,
     pub ago: Duration,
 }
 
-/// TCP flags of a segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment(pub u8);
-
-impl Segment {
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
-
-    /// A connection request: SYN without ACK.
-    pub fn is_syn(self) -> bool {
-        self.0 & (Self::SYN | Self::ACK) == Self::SYN
+impl Serialize for ClosedBy {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("ClosedBy", 3)?;
+        out.serialize_field("pid", &self.closer.pid)?;
+        out.serialize_field("comm", &self.closer.comm)?;
+        let seconds_ago = (self.ago.as_secs_f64() * 1000.0).round() / 1000.0;
+        out.serialize_field("seconds_ago", &seconds_ago)?;
+        out.end()
     }
 }
 
-/// What the kernel programs saw, for the attribution stage; not printed as such.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct KernelFacts {
-    /// The task that was running when the event fired (in softirq: whoever was interrupted).
-    pub context: Option<Task>,
-    /// The socket's owner from connect, listen or accept.
-    pub owner: Option<Task>,
-    pub closed_by: Option<ClosedBy>,
-    /// The segment a sent reset answered.
-    pub segment: Option<Segment>,
-    /// Substate of a time-wait socket (`FIN_WAIT2` for an orphaned connection).
-    pub tw_substate: Option<String>,
-    pub linger_zero: bool,
-    pub full_socket: bool,
-    pub has_socket_file: bool,
-    pub all_sent_acked: bool,
-    pub bytes_acked: u64,
-    pub bytes_received: u64,
-    /// Inode of the socket's file, when the owner map had no owner.
-    pub socket_ino: Option<u64>,
-}
-
-/// One decoded event.
+/// One event as the sinks print it, built by attribution from a [`crate::decoded::Decoded`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     #[serde(serialize_with = "rfc3339_nanos")]
     pub time: jiff::Timestamp,
     pub kind: EventKind,
     /// The kernel's reason name (`NO_SOCKET`), null where the kernel gives none.
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// TCP state of the socket without the `TCP_` prefix, null when there was no socket.
-    pub state: Option<String>,
+    pub state: Option<TcpState>,
     pub family: Option<Family>,
     /// This host's end.
     pub local: Option<Endpoint>,
@@ -211,7 +176,7 @@ pub struct Event {
     pub container: Option<Container>,
     pub sock_cookie: Option<u64>,
     /// For resets after the application closed the connection: who closed it, how long before.
-    pub closed_by: Option<ClosedByView>,
+    pub closed_by: Option<ClosedBy>,
     /// For queue drops: the queue's length and limit at the drop (or the interval's maximum).
     pub queue: Option<Queue>,
     /// For queue drops: how many drops this event stands for.
@@ -220,11 +185,6 @@ pub struct Event {
     pub counter: Option<Counter>,
     /// With `--stack`: the kernel stack where the reset or drop was generated, innermost first.
     pub stack: Option<Vec<String>>,
-    /// CLOCK_MONOTONIC nanoseconds from the kernel, for ordering and pairing events.
-    #[serde(skip)]
-    pub ktime_ns: u64,
-    #[serde(skip)]
-    pub kernel: KernelFacts,
 }
 
 impl Event {
@@ -285,8 +245,6 @@ impl Event {
             drops: None,
             counter: None,
             stack: None,
-            ktime_ns: 0,
-            kernel: KernelFacts::default(),
         }
     }
 }

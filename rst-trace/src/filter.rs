@@ -36,7 +36,8 @@ impl Filter {
         let any = |values: bool, test: &dyn Fn() -> bool| !values || test();
         any(!self.pids.is_empty(), &|| {
             self.pids.iter().any(|pid| {
-                process.is_some_and(|p| p.pid == *pid) || closer.is_some_and(|c| c.pid == *pid)
+                process.is_some_and(|p| p.pid == *pid)
+                    || closer.is_some_and(|c| c.closer.pid == *pid)
             })
         }) && any(!self.ports.is_empty(), &|| {
             self.ports.iter().any(|port| event.has_port(*port))

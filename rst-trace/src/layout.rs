@@ -53,9 +53,11 @@ pub struct ResetLayout {
     pub addresses: Addresses,
 }
 
-/// The fields of one record, decoded.
+/// The fields decode reads from one record: a reset tracepoint's, through its layout, or those a
+/// program read from the socket and the segment (BTF tracepoints, resets with no socket, queue
+/// drops), in the same shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResetFields {
+pub struct RecordFields {
     pub skaddr: u64,
     pub state: Option<u32>,
     pub reason: Option<u32>,
@@ -102,7 +104,7 @@ impl ResetLayout {
         })
     }
 
-    pub fn decode(&self, raw: &[u8; RAW_LEN]) -> ResetFields {
+    pub fn decode(&self, raw: &[u8; RAW_LEN]) -> RecordFields {
         let (local, remote) = match self.addresses {
             Addresses::Sockaddr { local, remote } => (
                 sockaddr(&raw[local..local + 28]),
@@ -131,7 +133,7 @@ impl ResetLayout {
                 )
             }
         };
-        ResetFields {
+        RecordFields {
             skaddr: u64_ne(raw, self.skaddr.offset),
             state: self.state.map(|f| u32_ne(raw, f.offset)),
             reason: self.reason.map(|f| u32_ne(raw, f.offset)),

@@ -1,8 +1,26 @@
 //! rst-trace: every TCP reset a Linux host sends or receives, with the process, socket and cause.
 //!
-//! Data flows one way: kernel programs (`rst-trace-ebpf`) -> ring buffer -> [`decode`] ->
-//! [`attribute`] (process, container, [`cause`]) -> [`filter`] -> sinks ([`output`]). [`sources`] settles, once at start-up, everything that
-//! differs between kernels; [`loader`] hands its answers to the kernel programs.
+//! One event's way through the code, in one direction:
+//!
+//! ```text
+//! kernel programs (rst-trace-ebpf)    a hook fires; header + socket facts (+ raw tracepoint) -> ring buffer
+//! run::Pipeline::take                 reads the ring buffer
+//! decode::Decoder::decode             record -> decoded::Decoded: what the kernel said, with states and
+//!                                     reasons as kernel_enums variants named by the running kernel (names)
+//! stack::StackReader::read            with --stack: the Decoded's stack id -> symbolized frames
+//! attribute::Attributor::push         pairs both ends on this host, holds received resets briefly
+//!   cause::classify                   the cause, from the Decoded's variants and facts
+//!   process_task, enrich, container   the process (socket owner first), cgroup, container
+//!   explain::event_line               the one line that says why
+//!                                     -> event::Event, the printed shape
+//! filter::Filter::keeps               --pid, --port, --comm, --cgroup, --container, --netns
+//! output, summary, metrics, backlog   the sinks
+//! ```
+//!
+//! Listener samples ([`listeners`]) enter at [`attribute::Attributor::listener_drop_event`] as a
+//! `Decoded` built from kernel counters. At start-up, [`sources`] settles everything that differs
+//! between kernels (which program serves each event, tracepoint layouts, offsets, names) and
+//! [`loader`] hands its answers to the kernel programs.
 
 pub mod attribute;
 pub mod backlog;
@@ -11,12 +29,15 @@ pub mod cause;
 pub mod cli;
 pub mod container;
 pub mod decode;
+pub mod decoded;
 pub mod enrich;
 pub mod event;
+pub mod explain;
 pub mod filter;
 pub mod fold;
 pub mod generate;
 pub mod kernel_btf;
+pub mod kernel_enums;
 pub mod layout;
 pub mod listeners;
 pub mod loader;
@@ -24,6 +45,7 @@ pub mod metrics;
 pub mod names;
 pub mod output;
 pub mod privileges;
+pub mod programs;
 pub mod run;
 pub mod sources;
 pub mod stack;

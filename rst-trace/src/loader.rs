@@ -8,9 +8,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
-use rst_trace_common::{
-    KernelOffsets, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER, NO_OFFSET,
-};
+use rst_trace_common::{KernelOffsets, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER};
 
 use crate::{
     fold::FoldReader,
@@ -86,7 +84,7 @@ impl Tracer {
                 })
             })
             .collect::<anyhow::Result<Vec<u32>>>()?;
-        raise_memlock_limit(&support.release);
+        raise_memlock_limit(support);
         let filter_by_port = u8::from(!options.ports.is_empty());
         let filter_by_netns = u8::from(!netns.is_empty());
         let filter_by_pid = u8::from(!options.pids.is_empty());
@@ -281,19 +279,13 @@ impl LostCounter {
     }
 }
 
-/// Loads the source's program (once: one program may serve several tracepoints) and attaches it.
-/// The BTF tracepoint program that can serve `source` in place of its classic one.
+/// The BTF tracepoint program that can serve `source` in place of its classic one, when this
+/// kernel's offsets let it run (the program table, [`crate::programs`], says which).
 fn btf_program(source: &Source, offsets: &KernelOffsets) -> Option<&'static str> {
-    match (source.system, source.event) {
-        ("tcp", "tcp_send_reset") => Some("tcp_send_reset_btf"),
-        ("tcp", "tcp_receive_reset") => Some("tcp_receive_reset_btf"),
-        ("tcp", "tcp_destroy_sock") => Some("tcp_destroy_sock_btf"),
-        // Its protocol test reads the socket; the classic record carries the protocol.
-        ("sock", "inet_sock_set_state") if offsets.sk_protocol != NO_OFFSET => {
-            Some("inet_sock_set_state_btf")
-        }
-        _ => None,
-    }
+    source
+        .btf_twin
+        .filter(|twin| (twin.usable)(offsets))
+        .map(|twin| twin.program)
 }
 
 /// Loads and attaches a BTF tracepoint program; any failure (no BTF, a kernel before 5.5, a
@@ -316,6 +308,7 @@ fn attach_btf(
     Ok(())
 }
 
+/// Loads the source's program (once: one program may serve several tracepoints) and attaches it.
 fn attach(
     ebpf: &mut Ebpf,
     source: &Source,
@@ -343,8 +336,6 @@ fn attach(
     Ok(())
 }
 
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the cgroup, where the
-/// limit does not matter. Failing to raise it is therefore a warning, and only where it matters.
 /// `net.ipv4.ip_local_port_range` of this host's namespace, where connecting sockets take their
 /// port from: the folding key leaves that end's port out. Linux's defaults when unreadable.
 fn ephemeral_ports() -> (u16, u16) {
@@ -357,19 +348,23 @@ fn ephemeral_ports() -> (u16, u16) {
         .unwrap_or((32768, 60999))
 }
 
-fn raise_memlock_limit(release: &str) {
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the cgroup, where the
+/// limit does not matter. Failing to raise it is therefore a warning, and only where it matters
+/// (the sources decide where).
+fn raise_memlock_limit(support: &KernelSupport) {
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit with a valid pointer to a local struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0
-        && crate::sources::release_before(release, (5, 11))
+        && support.charges_bpf_to_memlock()
     {
         log::warn!(
             "could not raise RLIMIT_MEMLOCK ({}); this kernel ({release}) charges BPF maps to it \
              and may refuse to create them",
-            std::io::Error::last_os_error()
+            std::io::Error::last_os_error(),
+            release = support.release
         );
     }
 }

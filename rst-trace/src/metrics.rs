@@ -47,6 +47,7 @@ use tokio::{
 use crate::{
     cause::Cause,
     event::{Event, EventKind},
+    kernel_enums::Reason,
 };
 
 /// Distinct values kept per label before the rest go under [`OTHER`].
@@ -273,7 +274,7 @@ impl Metrics {
                 return;
             }
         };
-        let reason = event.reason.as_deref().unwrap_or(NONE);
+        let reason = event.reason.as_ref().map_or(NONE, Reason::name);
         let comm = event
             .process
             .as_ref()
@@ -515,7 +516,7 @@ mod tests {
 
     fn event(kind: EventKind, cause: Option<Cause>, comm: &str) -> Event {
         Event {
-            reason: (kind == EventKind::ResetSent).then(|| "NO_SOCKET".to_string()),
+            reason: (kind == EventKind::ResetSent).then(|| "NO_SOCKET".into()),
             local: Some(Endpoint {
                 addr: [127, 0, 0, 1].into(),
                 port: 9,

@@ -6,7 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::{kernel_btf::KernelBtf, tracefs::EventFormat};
+use crate::{
+    kernel_btf::KernelBtf,
+    kernel_enums::{DropReason, ResetReason, TcpState},
+    tracefs::EventFormat,
+};
 
 /// Number -> name for one kernel enum.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -120,6 +124,50 @@ impl KernelNames {
     }
 }
 
+impl KernelNames {
+    /// The TCP state the running kernel numbers `value`.
+    pub fn tcp_state(&self, value: u64) -> TcpState {
+        resolve(
+            &self.tcp_states,
+            value,
+            TcpState::from_name,
+            TcpState::Other,
+        )
+    }
+
+    /// The reset reason the running kernel numbers `value`.
+    pub fn reset_reason(&self, value: u64) -> ResetReason {
+        resolve(
+            &self.reset_reasons,
+            value,
+            ResetReason::from_name,
+            ResetReason::Other,
+        )
+    }
+
+    /// The drop reason the running kernel numbers `value`.
+    pub fn drop_reason(&self, value: u64) -> DropReason {
+        resolve(
+            &self.drop_reasons,
+            value,
+            DropReason::from_name,
+            DropReason::Other,
+        )
+    }
+}
+
+/// The variant of the name `table` gives `value`; `UNKNOWN(value)` when it gives none.
+fn resolve<T>(
+    table: &NameTable,
+    value: u64,
+    from_name: fn(&str) -> T,
+    other: fn(String) -> T,
+) -> T {
+    table
+        .get(value)
+        .map_or_else(|| other(format!("UNKNOWN({value})")), from_name)
+}
+
 fn swap(values: Vec<(String, u64)>) -> impl Iterator<Item = (u64, String)> {
     values.into_iter().map(|(name, value)| (value, name))
 }
@@ -139,6 +187,9 @@ mod tests {
         assert_eq!(names.tcp_states.get(2), Some("SYN_SENT"));
         assert_eq!(names.tcp_states.get(6), Some("TIME_WAIT"));
         assert_eq!(names.tcp_states.describe(99), "UNKNOWN(99)");
+        assert_eq!(names.tcp_state(2), TcpState::SynSent);
+        assert_eq!(names.tcp_state(99).name(), "UNKNOWN(99)");
+        assert_eq!(names.reset_reason(1), ResetReason::NoSocket);
     }
 
     #[test]

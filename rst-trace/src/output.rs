@@ -161,8 +161,8 @@ fn text_line(
             container,
             event.local.map_or_else(dash, |end| end.to_string()),
             event.remote.map_or_else(dash, |end| end.to_string()),
-            event.state.clone().unwrap_or_else(dash),
-            event.reason.clone().unwrap_or_else(dash),
+            event.state.as_ref().map_or_else(dash, ToString::to_string),
+            event.reason.as_ref().map_or_else(dash, ToString::to_string),
             event
                 .cause
                 .map_or_else(dash, |cause| cause.id().to_string()),

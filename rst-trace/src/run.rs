@@ -307,13 +307,15 @@ impl Pipeline<'_> {
                 return false;
             };
             match self.decoder.decode(&item) {
-                Ok(mut event) => {
-                    if let Some(stacks) = &mut self.stacks {
-                        event.stack = stacks.read(&item);
-                    }
+                Ok(decoded) => {
+                    let stack = self
+                        .stacks
+                        .as_mut()
+                        .zip(decoded.stack_id)
+                        .and_then(|(stacks, id)| stacks.read(id));
                     // Every event is attributed, even one filtered out later: pairing needs
                     // both ends.
-                    self.attributor.push(event);
+                    self.attributor.push(decoded, stack);
                 }
                 Err(error) => log::warn!("skipped a record: {error:#}"),
             }

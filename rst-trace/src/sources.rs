@@ -3,8 +3,9 @@
 //! Every difference between kernels is settled here: which tracepoints exist and how their records
 //! are laid out (tracefs), how enum values are named and numbered, and where fields of kernel
 //! structs sit (BTF). The result is a list of [`Source`]s (on, or off with the reason) and the
-//! [`KernelOffsets`] handed to the programs. The rest of the program asks this module and never
-//! compares kernel versions.
+//! [`KernelOffsets`] handed to the programs. Which programs exist is the table in
+//! [`crate::programs`]. The rest of the program asks this module and never compares kernel
+//! versions.
 
 use std::fmt;
 
@@ -13,29 +14,14 @@ use rst_trace_common::{KernelOffsets, MAX_DROP_REASONS, NO_OFFSET, RAW_LEN, TcpS
 
 use crate::{
     kernel_btf::KernelBtf,
+    kernel_enums::{DropReason, TcpState},
     layout::ResetLayout,
     names::{KernelNames, NameTable},
+    programs::{BtfTwin, Kernels, PROGRAMS, Program, Record},
     tracefs::{self, EventFormat, Tracefs},
 };
 
-/// What a source is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Reports resets sent.
-    ResetSent,
-    /// Reports resets received.
-    ResetReceived,
-    /// Keeps socket owners and closers current (connect, listen, close).
-    Ownership,
-    /// Forgets owners of destroyed sockets.
-    Teardown,
-    /// Records owners of accepted sockets.
-    Accept,
-    /// Reports packets dropped because a queue was full.
-    QueueDrop,
-    /// Reports resets sent with no socket, which the tracepoint misses before 6.10 (a kprobe).
-    ResetSentNoSocket,
-}
+pub use crate::programs::Role;
 
 /// One tracepoint rst-trace attaches to.
 #[derive(Debug, Clone)]
@@ -44,6 +30,8 @@ pub struct Source {
     pub event: &'static str,
     /// Name of the kernel program that serves it.
     pub program: &'static str,
+    /// The BTF tracepoint program that can serve it instead.
+    pub btf_twin: Option<BtfTwin>,
     pub role: Role,
     /// What the user loses when it is off, in their words.
     pub serves: &'static str,
@@ -54,26 +42,14 @@ pub struct Source {
 }
 
 impl Source {
-    fn new(system: &'static str, event: &'static str, program: &'static str, role: Role) -> Self {
-        let serves = match role {
-            Role::ResetSent => "resets sent by this host",
-            Role::ResetReceived => "resets received by this host",
-            Role::Ownership => {
-                "owners of connecting and listening sockets, and who closed a connection"
-            }
-            Role::Teardown => "forgetting the owners of destroyed sockets",
-            Role::Accept => "owners of accepted connections",
-            Role::QueueDrop => {
-                "packets dropped from full queues (accept queue, backlog, receive buffer)"
-            }
-            Role::ResetSentNoSocket => "resets sent with no socket (closed ports, half-open)",
-        };
+    fn new(program: &Program) -> Self {
         Self {
-            system,
-            event,
-            program,
-            role,
-            serves,
+            system: program.system,
+            event: program.event,
+            program: program.program,
+            btf_twin: program.btf_twin,
+            role: program.role,
+            serves: program.role.serves(),
             status: Ok(()),
             notes: Vec::new(),
         }
@@ -190,6 +166,12 @@ impl KernelSupport {
         })
     }
 
+    /// Whether this kernel charges BPF maps to RLIMIT_MEMLOCK (before 5.11; newer kernels charge
+    /// the cgroup), so that failing to raise the limit matters.
+    pub fn charges_bpf_to_memlock(&self) -> bool {
+        release_before(&self.release, (5, 11))
+    }
+
     pub fn source(&self, role: Role) -> impl Iterator<Item = &Source> {
         self.sources
             .iter()
@@ -209,93 +191,68 @@ struct Formats {
 }
 
 impl Formats {
-    fn sources(&self) -> Vec<Source> {
-        let mut send = Source::new("tcp", "tcp_send_reset", "tcp_send_reset", Role::ResetSent);
-        send.status = reset_status(self.send_reset.as_ref());
-        if self
-            .send_reset
-            .as_ref()
-            .is_some_and(|f| f.field("reason").is_none())
-        {
-            // Before 6.10 the tracepoint had no reason and was not called for resets sent without
-            // a socket (tcp_v4_send_reset with sk == NULL).
-            send.notes.push(
-                "this kernel's tcp_send_reset has no reason field and does not fire for resets \
-                 sent with no socket (a SYN to a closed port, a segment for a forgotten \
-                 connection): kprobes on tcp_v4_send_reset and tcp_v6_send_reset report those \
-                 where the kernel allows kprobes, and causes come from the TCP state and the \
-                 segment"
-                    .to_string(),
-            );
+    /// The format of a hook's tracepoint (None for kprobes and tracepoints this kernel lacks).
+    fn format(&self, system: &str, event: &str) -> Option<&EventFormat> {
+        match (system, event) {
+            ("tcp", "tcp_send_reset") => self.send_reset.as_ref(),
+            ("tcp", "tcp_receive_reset") => self.receive_reset.as_ref(),
+            ("sock", "inet_sock_set_state") => self.set_state.as_ref(),
+            ("tcp", "tcp_destroy_sock") => self.destroy_sock.as_ref(),
+            ("syscalls", "sys_exit_accept4") => self.exit_accept4.as_ref(),
+            ("syscalls", "sys_exit_accept") => self.exit_accept.as_ref(),
+            ("skb", "kfree_skb") => self.kfree_skb.as_ref(),
+            _ => None,
         }
-        // Only kernels whose tracepoint misses resets without a socket need the probes.
-        let probes_needed = self
+    }
+
+    /// The programs of [`PROGRAMS`] this kernel takes, each on or off with the reason.
+    fn sources(&self) -> Vec<Source> {
+        // Before 6.10 tcp_send_reset had no reason and was not called for resets sent without a
+        // socket (tcp_v4_send_reset with sk == NULL).
+        let without_reset_reason = self
             .send_reset
             .as_ref()
             .is_some_and(|f| f.field("reason").is_none());
-        let mut receive = Source::new(
-            "tcp",
-            "tcp_receive_reset",
-            "tcp_receive_reset",
-            Role::ResetReceived,
-        );
-        receive.status = reset_status(self.receive_reset.as_ref());
-        let mut set_state = Source::new(
-            "sock",
-            "inet_sock_set_state",
-            "inet_sock_set_state",
-            Role::Ownership,
-        );
-        set_state.status = fields_status(
-            self.set_state.as_ref(),
-            &["skaddr", "oldstate", "newstate", "protocol"],
-        );
-        let mut destroy = Source::new(
-            "tcp",
-            "tcp_destroy_sock",
-            "tcp_destroy_sock",
-            Role::Teardown,
-        );
-        destroy.status = fields_status(self.destroy_sock.as_ref(), &["skaddr"]);
-        let mut accept4 = Source::new(
-            "syscalls",
-            "sys_exit_accept4",
-            "sys_exit_accept",
-            Role::Accept,
-        );
-        accept4.status = fields_status(self.exit_accept4.as_ref(), &["ret"]);
-        let mut accept = Source::new(
-            "syscalls",
-            "sys_exit_accept",
-            "sys_exit_accept",
-            Role::Accept,
-        );
-        accept.status = fields_status(self.exit_accept.as_ref(), &["ret"]);
-        let mut drops = Source::new("skb", "kfree_skb", "kfree_skb", Role::QueueDrop);
-        drops.status = fields_status(self.kfree_skb.as_ref(), &["skbaddr", "reason"]);
-        if drops.is_usable()
-            && self
-                .kfree_skb
-                .as_ref()
-                .is_some_and(|f| f.field("rx_sk").is_none())
-        {
-            // rx_sk arrived in 6.11; before it, only a socket still attached to the skb is seen.
-            drops.notes.push(
-                "this kernel's kfree_skb does not name the receiving socket: drops are attributed \
-                 only when the packet was already attached to its socket"
-                    .to_string(),
-            );
-        }
-        let mut sources = vec![send, receive, set_state, destroy, accept4, accept, drops];
-        if probes_needed {
-            for function in ["tcp_v4_send_reset", "tcp_v6_send_reset"] {
-                sources.push(Source::new(
-                    "kprobe",
-                    function,
-                    function,
-                    Role::ResetSentNoSocket,
-                ));
+        let mut sources = Vec::new();
+        for program in PROGRAMS {
+            let taken = match program.kernels {
+                Kernels::All => true,
+                // Only kernels whose tracepoint misses resets without a socket need the probes.
+                Kernels::WithoutResetReason => without_reset_reason,
+            };
+            if !taken {
+                continue;
             }
+            let mut source = Source::new(program);
+            let format = self.format(program.system, program.event);
+            source.status = match program.record {
+                Record::Reset => reset_status(format),
+                Record::Fields(fields) => fields_status(format, fields),
+                Record::None => Ok(()),
+            };
+            match program.role {
+                Role::ResetSent if without_reset_reason => source.notes.push(
+                    "this kernel's tcp_send_reset has no reason field and does not fire for \
+                     resets sent with no socket (a SYN to a closed port, a segment for a \
+                     forgotten connection): kprobes on tcp_v4_send_reset and tcp_v6_send_reset \
+                     report those where the kernel allows kprobes, and causes come from the TCP \
+                     state and the segment"
+                        .to_string(),
+                ),
+                // rx_sk arrived in 6.11; before it, only a socket still attached to the skb is
+                // seen.
+                Role::QueueDrop
+                    if source.is_usable() && format.is_some_and(|f| f.field("rx_sk").is_none()) =>
+                {
+                    source.notes.push(
+                        "this kernel's kfree_skb does not name the receiving socket: drops are \
+                         attributed only when the packet was already attached to its socket"
+                            .to_string(),
+                    )
+                }
+                _ => {}
+            }
+            sources.push(source);
         }
         sources
     }
@@ -330,20 +287,13 @@ impl Formats {
     }
 }
 
-/// Drop reasons that mean a queue was full (kernel names; numbers differ between kernels).
-pub const QUEUE_DROP_REASONS: &[&str] = &[
-    "TCP_LISTEN_OVERFLOW",
-    "SOCKET_BACKLOG",
-    "SOCKET_RCVBUFF",
-    "CPU_BACKLOG",
-    "TCP_OFO_QUEUE_PRUNE",
-];
-
+/// The drop reasons that mean a queue was full ([`DropReason::QUEUE_FULL`]), in this kernel's
+/// numbering, as the kfree_skb program's filter.
 fn queue_drop_bitmap(names: &NameTable) -> [u64; MAX_DROP_REASONS / 64] {
     let mut bitmap = [0u64; MAX_DROP_REASONS / 64];
-    for value in QUEUE_DROP_REASONS
+    for value in DropReason::QUEUE_FULL
         .iter()
-        .filter_map(|name| names.value_of(name))
+        .filter_map(|reason| names.value_of(reason.name()))
     {
         let value = value as usize;
         if value < MAX_DROP_REASONS {
@@ -377,24 +327,24 @@ fn fields_status(format: Option<&EventFormat>, fields: &[&str]) -> Result<(), St
 }
 
 fn tcp_states(names: &KernelNames) -> anyhow::Result<TcpStates> {
-    let state = |name: &str| {
+    let state = |state: TcpState| {
         names
             .tcp_states
-            .value_of(name)
+            .value_of(state.name())
             .map(|value| value as u32)
-            .ok_or_else(|| anyhow!("the kernel names no TCP state {name}"))
+            .ok_or_else(|| anyhow!("the kernel names no TCP state {state}"))
     };
     Ok(TcpStates {
-        established: state("ESTABLISHED")?,
-        syn_sent: state("SYN_SENT")?,
-        syn_recv: state("SYN_RECV")?,
-        fin_wait1: state("FIN_WAIT1")?,
-        time_wait: state("TIME_WAIT")?,
-        close: state("CLOSE")?,
-        close_wait: state("CLOSE_WAIT")?,
-        last_ack: state("LAST_ACK")?,
-        listen: state("LISTEN")?,
-        new_syn_recv: state("NEW_SYN_RECV")?,
+        established: state(TcpState::Established)?,
+        syn_sent: state(TcpState::SynSent)?,
+        syn_recv: state(TcpState::SynRecv)?,
+        fin_wait1: state(TcpState::FinWait1)?,
+        time_wait: state(TcpState::TimeWait)?,
+        close: state(TcpState::Close)?,
+        close_wait: state(TcpState::CloseWait)?,
+        last_ack: state(TcpState::LastAck)?,
+        listen: state(TcpState::Listen)?,
+        new_syn_recv: state(TcpState::NewSynRecv)?,
     })
 }
 
@@ -547,7 +497,7 @@ pub fn kernel_release() -> String {
 
 /// Is kernel `release` (`6.1.0-28-cloud-amd64`) older than `(major, minor)`? Unparsable releases
 /// count as new.
-pub fn release_before(release: &str, (major, minor): (u32, u32)) -> bool {
+fn release_before(release: &str, (major, minor): (u32, u32)) -> bool {
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|part| part.parse::<u32>().ok());

@@ -1,13 +1,12 @@
 //! `--stack`: the kernel stack where each reset or drop was generated, symbolized from
 //! `/proc/kallsyms` (`tcp_v4_send_reset+0x1a5`).
 
-use std::{fs, mem::size_of};
+use std::fs;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, StackTraceMap};
-use rst_trace_common::ArgsRecord;
 
-/// Reads the stack of a ring buffer record from the `STACKS` map.
+/// Reads the stack a record names (its decoded `stack_id`) from the `STACKS` map.
 pub struct StackReader {
     map: StackTraceMap<MapData>,
     symbols: KernelSymbols,
@@ -26,15 +25,8 @@ impl StackReader {
         Ok(Self { map, symbols })
     }
 
-    /// The symbolized stack of the record in `bytes`, innermost frame first.
-    pub fn read(&mut self, bytes: &[u8]) -> Option<Vec<String>> {
-        // Header and facts lead every record, with or without a raw part.
-        if bytes.len() < size_of::<ArgsRecord>() {
-            return None;
-        }
-        // SAFETY: plain old data, length checked, read unaligned.
-        let record = unsafe { bytes.as_ptr().cast::<ArgsRecord>().read_unaligned() };
-        let id = u32::try_from(record.facts.stack_id).ok()?;
+    /// The symbolized stack `id`, innermost frame first.
+    pub fn read(&mut self, id: u32) -> Option<Vec<String>> {
         let stack = self.map.get(&id, 0).ok()?;
         Some(
             stack

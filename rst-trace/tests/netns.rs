@@ -1,4 +1,4 @@
-//! Scenarios from SCENARIOS.md that need a peer in another network namespace: each test builds
+//! Scenarios (docs/scenarios.md) that need a peer in another network namespace: each test builds
 //! two namespaces of its own joined by a veth pair (addresses that exist only there), opens the
 //! server's sockets in one and the client's in the other from threads of this process, changes
 //! what the server's namespace lets through with nftables, and asserts the events.
@@ -6,25 +6,18 @@
 mod common;
 
 use std::{
-    fs::File,
     io::{ErrorKind, Read as _, Write as _},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
     process::{Command, Stdio},
-    sync::{Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{netns::TestNetns, *};
 use serde_json::{Value, json};
 use socket2::{Socket, TcpKeepalive};
 
 /// Bound on every external command (ip, nft).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// `ip netns add` mounts /run/netns on first use: concurrent first uses race, so tests of this
-/// binary build their namespaces one at a time.
-static SETUP: Mutex<()> = Mutex::new(());
 
 /// Runs a command (with `stdin` fed to it), fails the test unless it succeeds.
 fn run(args: &[&str], stdin: Option<&str>) {
@@ -72,11 +65,12 @@ fn run_quiet(args: &[&str], stdin: Option<&str>) -> Result<(bool, String), Strin
     Ok((status.success(), stderr))
 }
 
-/// A server namespace and a client namespace joined by a veth pair on 10.231.`subnet`.0/30;
-/// dropping it deletes both namespaces and the veth pair, also when an assertion failed.
+/// A server namespace and a client namespace ([`TestNetns`]) joined by a veth pair on
+/// 10.231.`subnet`.0/30; dropping it deletes both namespaces and the veth pair, also when an
+/// assertion failed.
 struct Peers {
-    server_ns: String,
-    client_ns: String,
+    server: TestNetns,
+    client: TestNetns,
     server_link: String,
     client_link: String,
     server_ip: String,
@@ -86,20 +80,16 @@ struct Peers {
 impl Peers {
     fn new(tag: &str, subnet: u8) -> Self {
         let pid = std::process::id();
-        // The guard exists before anything is created, so a failed step still cleans up.
+        // The guard exists before the veth pair is created, so a failed step still cleans up.
         let peers = Self {
-            server_ns: format!("rst-{tag}-srv-{pid}"),
-            client_ns: format!("rst-{tag}-cli-{pid}"),
+            server: TestNetns::new(&format!("{tag}-srv")),
+            client: TestNetns::new(&format!("{tag}-cli")),
             // Interface names: at most 15 bytes ("r" + 3 + 1 + a pid of at most 7 digits).
             server_link: format!("r{tag}s{pid}"),
             client_link: format!("r{tag}c{pid}"),
             server_ip: format!("10.231.{subnet}.1"),
             client_ip: format!("10.231.{subnet}.2"),
         };
-        let _serial = SETUP.lock().unwrap_or_else(PoisonError::into_inner);
-        for ns in [&peers.server_ns, &peers.client_ns] {
-            run(&["ip", "netns", "add", ns], None);
-        }
         // Both ends are created inside the namespaces: nothing of this appears on the host.
         run(
             &[
@@ -108,20 +98,20 @@ impl Peers {
                 "add",
                 &peers.server_link,
                 "netns",
-                &peers.server_ns,
+                &peers.server.name,
                 "type",
                 "veth",
                 "peer",
                 "name",
                 &peers.client_link,
                 "netns",
-                &peers.client_ns,
+                &peers.client.name,
             ],
             None,
         );
         for (ns, link, ip) in [
-            (&peers.server_ns, &peers.server_link, &peers.server_ip),
-            (&peers.client_ns, &peers.client_link, &peers.client_ip),
+            (&peers.server.name, &peers.server_link, &peers.server_ip),
+            (&peers.client.name, &peers.client_link, &peers.client_ip),
         ] {
             run(
                 &[
@@ -137,7 +127,6 @@ impl Peers {
                 None,
             );
             run(&["ip", "-n", ns, "link", "set", link, "up"], None);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"], None);
         }
         peers
     }
@@ -145,7 +134,7 @@ impl Peers {
     /// Loads an nftables script into the server's namespace.
     fn server_nft(&self, script: &str) {
         run(
-            &["ip", "netns", "exec", &self.server_ns, "nft", "-f", "-"],
+            &["ip", "netns", "exec", &self.server.name, "nft", "-f", "-"],
             Some(script),
         );
     }
@@ -153,50 +142,20 @@ impl Peers {
 
 impl Drop for Peers {
     fn drop(&mut self) {
-        // Deleting a namespace destroys the veth end in it and so the pair; the link deletions
-        // only matter if a failed step left an end on the host.
+        // Deleting a namespace (when `server` and `client` drop, after this) destroys the veth
+        // end in it and so the pair; the link deletions only matter if a failed step left an
+        // end on the host.
         for link in [&self.server_link, &self.client_link] {
             if std::path::Path::new("/sys/class/net").join(link).exists() {
                 let _ = run_quiet(&["ip", "link", "del", link], None);
             }
         }
-        for ns in [&self.server_ns, &self.client_ns] {
-            if std::path::Path::new("/run/netns").join(ns).exists() {
-                let _ = run_quiet(&["ip", "netns", "del", ns], None);
-            }
-        }
     }
-}
-
-/// Runs `f` on a thread of this process that has joined network namespace `ns`: the sockets it
-/// creates live in that namespace for good, and belong to this process.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                // SAFETY: setns(2) with a namespace fd we own; it changes only this thread,
-                // which ends when `f` returns.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-/// The namespace's inode, as rst-trace reports it (`readlink /proc/PID/ns/net`).
-fn netns_inode(ns: &str) -> u64 {
-    std::fs::metadata(format!("/run/netns/{ns}"))
-        .expect("namespace file")
-        .ino()
 }
 
 /// From the client namespace: a connected client of `server_ip:port`, and its port.
 fn connect_from(peers: &Peers, port: u16) -> (Socket, u16) {
-    in_netns(&peers.client_ns, || {
+    peers.client.run(|| {
         let (client, client_port) = bound_client(&peers.client_ip);
         client
             .connect_timeout(&sockaddr(&peers.server_ip, port), Duration::from_secs(5))
@@ -209,26 +168,63 @@ fn addr_of(e: &Value, end: &str) -> String {
     e[end]["addr"].as_str().unwrap_or_default().to_string()
 }
 
+/// A connection across the veth pair whose client sends keep-alive probes (after 1 s, every 1 s,
+/// 2 retries) while the server's namespace drops everything: the client's kernel gives up with
+/// a reset from its timer (S10, and the softirq test).
+struct KeepaliveToAVanishedPeer {
+    peers: Peers,
+    tracer: Tracer,
+    port: u16,
+    client_port: u16,
+    _client: Socket,
+    _server: Socket,
+    _listener: Socket,
+}
+
+impl KeepaliveToAVanishedPeer {
+    fn new(tag: &str, subnet: u8) -> Self {
+        let peers = Peers::new(tag, subnet);
+        let (listener, port) = peers.server.run(|| listener(&peers.server_ip, 4));
+        let tracer = Tracer::start(&["--port", &port.to_string()]);
+        let (client, client_port) = connect_from(&peers, port);
+        let (server, _) = listener.accept().expect("accept");
+        let keepalive = TcpKeepalive::new()
+            .with_time(Duration::from_secs(1))
+            .with_interval(Duration::from_secs(1))
+            .with_retries(2);
+        client.set_tcp_keepalive(&keepalive).expect("keep-alive");
+        // The server's namespace vanishes from the network: probes go unanswered.
+        peers.server_nft(&format!(
+            "table inet rst_{tag} {{
+               chain in {{ type filter hook input priority 0; policy drop; }}
+               chain out {{ type filter hook output priority 0; policy drop; }}
+             }}"
+        ));
+        Self {
+            peers,
+            tracer,
+            port,
+            client_port,
+            _client: client,
+            _server: server,
+            _listener: listener,
+        }
+    }
+}
+
 #[test]
 fn s10_keepalive_timeout_is_attributed_to_the_socket_owner() {
     require_root();
-    let peers = Peers::new("s10", 10);
-    let (listener, port) = in_netns(&peers.server_ns, || listener(&peers.server_ip, 4));
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
-    let (client, client_port) = connect_from(&peers, port);
-    let (_server, _) = listener.accept().expect("accept");
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(1))
-        .with_interval(Duration::from_secs(1))
-        .with_retries(2);
-    client.set_tcp_keepalive(&keepalive).expect("keep-alive");
-    // The server's namespace vanishes from the network: probes go unanswered.
-    peers.server_nft(
-        "table inet rst_s10 {
-           chain in { type filter hook input priority 0; policy drop; }
-           chain out { type filter hook output priority 0; policy drop; }
-         }",
-    );
+    // Every part bound to a name: a part left to `..` would be dropped here.
+    let KeepaliveToAVanishedPeer {
+        peers,
+        tracer,
+        port,
+        client_port,
+        _client,
+        _server,
+        _listener,
+    } = KeepaliveToAVanishedPeer::new("s10", 10);
 
     let sent = tracer.wait_for("the client's keep-alive giving up", |e| {
         kind(e) == "reset_sent"
@@ -262,7 +258,7 @@ fn s10_keepalive_timeout_is_attributed_to_the_socket_owner() {
     );
     assert_eq!(
         sent["netns"],
-        netns_inode(&peers.client_ns),
+        peers.client.inode(),
         "the client's namespace: {sent}"
     );
     let finished = tracer.stop();
@@ -273,7 +269,7 @@ fn s10_keepalive_timeout_is_attributed_to_the_socket_owner() {
 fn s11_segment_for_a_forgotten_connection_is_half_open() {
     require_root();
     let peers = Peers::new("s11", 11);
-    let (listener, port) = in_netns(&peers.server_ns, || listener(&peers.server_ip, 4));
+    let (listener, port) = peers.server.run(|| listener(&peers.server_ip, 4));
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let (client, client_port) = connect_from(&peers, port);
     let (server, _) = listener.accept().expect("accept");
@@ -319,7 +315,7 @@ fn s11_segment_for_a_forgotten_connection_is_half_open() {
     assert_eq!(sent["sock_cookie"], Value::Null, "{sent}");
     assert_eq!(
         sent["netns"],
-        netns_inode(&peers.server_ns),
+        peers.server.inode(),
         "the server's namespace: {sent}"
     );
 
@@ -341,7 +337,7 @@ fn s11_segment_for_a_forgotten_connection_is_half_open() {
     assert_eq!(received["process"]["pid"], std::process::id(), "{received}");
     assert_eq!(
         received["netns"],
-        netns_inode(&peers.client_ns),
+        peers.client.inode(),
         "the client's namespace: {received}"
     );
 
@@ -392,22 +388,15 @@ impl Drop for BusyLoops {
 #[test]
 fn softirq_reset_names_the_owner_not_the_interrupted_task() {
     require_root();
-    let peers = Peers::new("sirq", 12);
-    let (listener, port) = in_netns(&peers.server_ns, || listener(&peers.server_ip, 4));
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
-    let (client, client_port) = connect_from(&peers, port);
-    let (_server, _) = listener.accept().expect("accept");
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(1))
-        .with_interval(Duration::from_secs(1))
-        .with_retries(2);
-    client.set_tcp_keepalive(&keepalive).expect("keep-alive");
-    peers.server_nft(
-        "table inet rst_sirq {
-           chain in { type filter hook input priority 0; policy drop; }
-           chain out { type filter hook output priority 0; policy drop; }
-         }",
-    );
+    let KeepaliveToAVanishedPeer {
+        peers: _peers,
+        tracer,
+        port: _,
+        client_port,
+        _client,
+        _server,
+        _listener,
+    } = KeepaliveToAVanishedPeer::new("sirq", 12);
     // While every CPU runs a busy loop, the keep-alive timer fires in softirq and interrupts
     // whatever runs there; the test process itself sleeps in wait_for.
     let busy = BusyLoops::on_every_cpu();

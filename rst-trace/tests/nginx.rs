@@ -1,4 +1,4 @@
-//! Scenarios S2 and S13 from SCENARIOS.md with a real nginx (the Debian package, installed by
+//! Scenarios S2 and S13 (docs/scenarios.md) with a real nginx (the Debian package, installed by
 //! `cargo xtask setup`): each test starts its own nginx on loopback (one master, one worker) with
 //! a private prefix directory, makes the scenario happen, and asserts that rst-trace names the
 //! nginx worker, not the master and not the client.
@@ -368,8 +368,8 @@ fn s13_client_abort_after_response_is_explained_on_the_nginx_side() {
         u64::from(nginx.worker),
         "the nginx worker accepted the connection: {received}"
     );
-    // Both ends are on this host and rst-trace pairs them: SCENARIOS.md's linger_abort (peer_abort
-    // when the client is elsewhere).
+    // Both ends are on this host and rst-trace pairs them: S4's linger_abort (peer_abort when the
+    // client is elsewhere; docs/scenarios.md).
     assert_eq!(received["cause"], "linger_abort", "{received}");
     let explanation = received["explanation"].as_str().unwrap_or_default();
     assert!(

@@ -74,18 +74,16 @@ fn fill_and_settle(netns: &TestNetns, counter: &str, clients: Vec<Socket>) -> u6
     netns.tcp_ext(counter)
 }
 
-#[test]
-fn s6_accept_queue_full_names_the_listener_and_counts_every_drop() {
-    require_root();
-    let netns = TestNetns::new("s6");
-    // Backlog 1, never accepting: the queue holds 2 connections, every later SYN is dropped.
-    let (listener, port) = netns.run(|| listener("127.0.0.1", 1));
-    let tracer = Tracer::start(&["--netns", &netns.inode().to_string()]);
+/// Overflows the accept queue of the listener on `port` in `netns` (which never accepts) while
+/// `tracer` runs (S6, S7): waits for the tracer's baseline sample, connects six clients, lets the
+/// drops settle and stops the tracer. Returns the listener's accept_queue_full events, after
+/// checking that the drops they report equal the namespace's ListenOverflows.
+fn overflow_accept_queue(netns: &TestNetns, port: u16, tracer: Tracer) -> Vec<Value> {
     // The tracer's first sample of the namespace (all counters 0) is its baseline.
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(netns.tcp_ext("ListenOverflows"), 0);
-    let clients = connect_many(&netns, format!("127.0.0.1:{port}").parse().unwrap(), 6);
-    let overflows = fill_and_settle(&netns, "ListenOverflows", clients);
+    let clients = connect_many(netns, format!("127.0.0.1:{port}").parse().unwrap(), 6);
+    let overflows = fill_and_settle(netns, "ListenOverflows", clients);
 
     let finished = tracer.stop();
     let (events, drops) = accept_queue_drops(&finished.events, netns.inode(), port);
@@ -98,6 +96,17 @@ fn s6_accept_queue_full_names_the_listener_and_counts_every_drop() {
         drops, overflows,
         "drops reported = the namespace's ListenOverflows: {events:?}"
     );
+    events
+}
+
+#[test]
+fn s6_accept_queue_full_names_the_listener_and_counts_every_drop() {
+    require_root();
+    let netns = TestNetns::new("s6");
+    // Backlog 1, never accepting: the queue holds 2 connections, every later SYN is dropped.
+    let (listener, port) = netns.run(|| listener("127.0.0.1", 1));
+    let tracer = Tracer::start(&["--netns", &netns.inode().to_string()]);
+    let events = overflow_accept_queue(&netns, port, tracer);
     let event = &events[0];
     assert_eq!(event["local"]["addr"], "127.0.0.1");
     assert_eq!(event["queue"]["max"], 1);
@@ -225,21 +234,7 @@ fn s7_accept_queue_full_in_a_container_names_the_container_and_its_pids() {
     let port = 8080;
     let container = Container::start(&netns, port);
     let tracer = Tracer::start(&["--container", &container.id[..12]]);
-    thread::sleep(Duration::from_millis(1500));
-    let clients = connect_many(&netns, format!("127.0.0.1:{port}").parse().unwrap(), 6);
-    let overflows = fill_and_settle(&netns, "ListenOverflows", clients);
-
-    let finished = tracer.stop();
-    let (events, drops) = accept_queue_drops(&finished.events, netns.inode(), port);
-    assert!(
-        !events.is_empty(),
-        "no accept_queue_full event:\n{}",
-        finished.stderr
-    );
-    assert_eq!(
-        drops, overflows,
-        "drops reported = the namespace's ListenOverflows"
-    );
+    let events = overflow_accept_queue(&netns, port, tracer);
     let event = &events[0];
     assert_eq!(event["netns"], netns.inode());
     assert_eq!(event["container"]["id"], container.id.as_str());

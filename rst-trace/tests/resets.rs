@@ -1,4 +1,4 @@
-//! Scenarios from SCENARIOS.md, proven against the running kernel: each test loads the real
+//! Scenarios (docs/scenarios.md), proven against the running kernel: each test loads the real
 //! programs (through the real binary), makes the scenario happen on loopback, and asserts the
 //! fields of the events it caused.
 
@@ -165,14 +165,44 @@ fn s4_classic_tracepoint_programs_report_the_same_fields() {
     s4_linger_zero(Programs::Classic);
 }
 
-fn s4_linger_zero(programs: Programs) {
+/// An established connection on loopback, with a tracer on its server's port started before
+/// the connection was made (S4 and S5).
+struct Connection {
+    tracer: Tracer,
+    client: Socket,
+    server: Socket,
+    port: u16,
+    client_port: u16,
+    _listener: Socket,
+}
+
+fn connection_on_loopback(programs: Programs) -> Connection {
     let (listener, port) = listener("127.0.0.1", 16);
     let tracer = tracer_on_port(port, programs);
     let (client, client_port) = bound_client("127.0.0.1");
     client
         .connect(&sockaddr("127.0.0.1", port))
         .expect("connect");
-    let (_server, _) = listener.accept().expect("accept");
+    let (server, _) = listener.accept().expect("accept");
+    Connection {
+        tracer,
+        client,
+        server,
+        port,
+        client_port,
+        _listener: listener,
+    }
+}
+
+fn s4_linger_zero(programs: Programs) {
+    let Connection {
+        tracer,
+        client,
+        server: _server,
+        port,
+        client_port,
+        _listener,
+    } = connection_on_loopback(programs);
     client
         .set_linger(Some(std::time::Duration::ZERO))
         .expect("SO_LINGER");
@@ -216,13 +246,14 @@ fn s4_linger_zero(programs: Programs) {
 
 #[test]
 fn s5_close_with_unread_data_sends_reset_from_the_server() {
-    let (listener, port) = listener("127.0.0.1", 16);
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
-    let (client, client_port) = bound_client("127.0.0.1");
-    client
-        .connect(&sockaddr("127.0.0.1", port))
-        .expect("connect");
-    let (server, _) = listener.accept().expect("accept");
+    let Connection {
+        tracer,
+        client,
+        server,
+        port,
+        client_port,
+        _listener,
+    } = connection_on_loopback(Programs::Btf);
     (&client)
         .write_all(b"GET /one HTTP/1.1\r\n\r\nGET /two HTTP/1.1\r\n\r\n")
         .expect("send");

@@ -97,7 +97,7 @@ impl TestNetns {
                     f()
                 })
                 .join()
-                .expect("thread in the namespace")
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
 

@@ -1,0 +1,125 @@
+//! What the kernel said about one event: the output of [`crate::decode`] (and of the listener
+//! sampler's counters), the input of [`crate::attribute`].
+//!
+//! Nothing here is printed as such: attribution turns a [`Decoded`] into the
+//! [`crate::event::Event`] the sinks print, deciding the process, container and cause.
+
+use crate::{
+    cause::Cause,
+    event::{ClosedBy, Counter, Endpoint, EventKind, Family, Queue},
+    kernel_enums::{Reason, TcpState},
+};
+
+/// A task as the kernel programs recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+/// TCP flags of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment(pub u8);
+
+impl Segment {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+
+    /// A connection request: SYN without ACK.
+    pub fn is_syn(self) -> bool {
+        self.0 & (Self::SYN | Self::ACK) == Self::SYN
+    }
+}
+
+/// What the kernel programs saw about the socket and the tasks around it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KernelFacts {
+    /// The task that was running when the event fired (in softirq: whoever was interrupted).
+    pub context: Option<Task>,
+    /// The socket's owner from connect, listen or accept.
+    pub owner: Option<Task>,
+    pub closed_by: Option<ClosedBy>,
+    /// The segment a sent reset answered.
+    pub segment: Option<Segment>,
+    /// Substate of a time-wait socket (`FIN_WAIT2` for an orphaned connection).
+    pub tw_substate: Option<TcpState>,
+    pub linger_zero: bool,
+    pub full_socket: bool,
+    pub has_socket_file: bool,
+    pub all_sent_acked: bool,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// Inode of the socket's file, when the owner map had no owner.
+    pub socket_ino: Option<u64>,
+}
+
+/// One event as the kernel reported it, before attribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub kind: EventKind,
+    pub time: jiff::Timestamp,
+    /// CLOCK_MONOTONIC nanoseconds from the kernel, for ordering and pairing events.
+    pub ktime_ns: u64,
+    /// The kernel's reason, where it gives one.
+    pub reason: Option<Reason>,
+    /// TCP state of the socket, None when there was no socket.
+    pub state: Option<TcpState>,
+    /// This host's end.
+    pub local: Option<Endpoint>,
+    pub remote: Option<Endpoint>,
+    pub netns: Option<u64>,
+    pub sock_cookie: Option<u64>,
+    /// For queue drops: the queue's length and limit at the drop (or the interval's maximum).
+    pub queue: Option<Queue>,
+    /// For queue drops: how many drops this event stands for.
+    pub drops: Option<u64>,
+    /// For queue drops seen through a kernel counter: the counter and its increase.
+    pub counter: Option<Counter>,
+    /// For drops a listener sample found: their cause, known from the queue that overflowed.
+    pub sampled_cause: Option<Cause>,
+    pub kernel: KernelFacts,
+    /// The kernel stack's id in the `STACKS` map, with `--stack`.
+    pub stack_id: Option<u32>,
+}
+
+impl Decoded {
+    /// The address family, from this host's end.
+    pub fn family(&self) -> Option<Family> {
+        self.local.map(|end| Family::of(end.addr))
+    }
+
+    /// Either end uses `port`.
+    pub fn has_port(&self, port: u16) -> bool {
+        [self.local, self.remote]
+            .iter()
+            .flatten()
+            .any(|end| end.port == port)
+    }
+}
+
+#[cfg(test)]
+impl Decoded {
+    /// An event of `kind` with nothing else known, for tests to fill in with struct update
+    /// syntax.
+    pub(crate) fn for_test(kind: EventKind) -> Self {
+        Self {
+            kind,
+            time: jiff::Timestamp::UNIX_EPOCH,
+            ktime_ns: 0,
+            reason: None,
+            state: None,
+            local: None,
+            remote: None,
+            netns: None,
+            sock_cookie: None,
+            queue: None,
+            drops: None,
+            counter: None,
+            sampled_cause: None,
+            kernel: KernelFacts::default(),
+            stack_id: None,
+        }
+    }
+}
