@@ -103,7 +103,8 @@ pub struct SocketFacts {
 /// A connection this host aborted: closed with a reset (SO_LINGER 0, close() with unread data,
 /// a listener closed with the connection still queued). Kept so that a reset the other end
 /// receives on this host takes its cause from here, even when the sender's own event was folded
-/// or lost: the state change fires just before the reset is sent.
+/// or lost: the state change fires just before the reset is sent. Keyed by the aborting end's
+/// [`ConnectionKey`] with `netns` 0: the two ends may be in different namespaces.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Abort {

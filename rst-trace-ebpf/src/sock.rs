@@ -140,6 +140,7 @@ pub fn socket_facts<A: Access>(
         key.local_port = u16::from_be(key.remote_port_be);
         key.remote_port_be = local_port.to_be();
         swap_addresses(key);
+        key.netns = 0;
         // SAFETY: the value is copied out at once.
         if let Some(abort) = unsafe { ABORTS.get(&*key) } {
             // SAFETY: both are valid `Abort`s.

@@ -45,11 +45,22 @@ pub enum Family {
     Ipv6,
 }
 
-/// One end of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// One end of a connection. Port 0 stands for "any port": the end of a folded event whose port
+/// changed with every connection; it is written `null` in JSON and `*` in text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut out = serializer.serialize_struct("Endpoint", 2)?;
+        out.serialize_field("addr", &self.addr)?;
+        out.serialize_field("port", &(self.port != 0).then_some(self.port))?;
+        out.end()
+    }
 }
 
 impl From<SocketAddr> for Endpoint {
@@ -65,6 +76,12 @@ impl std::fmt::Display for Endpoint {
     /// `1.2.3.4:80`, `[::1]:80`. IPv4 is written by hand: explanations name both ends of every
     /// event, and the formatting machinery was a seventh of rst-trace's time at storm rates.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.port == 0 {
+            return match self.addr {
+                IpAddr::V4(ip) => f.pad(&format!("{ip}:*")),
+                IpAddr::V6(ip) => f.pad(&format!("[{ip}]:*")),
+            };
+        }
         let IpAddr::V4(ip) = self.addr else {
             return SocketAddr::new(self.addr, self.port).fmt(f);
         };
@@ -185,9 +202,29 @@ pub struct Event {
     pub counter: Option<Counter>,
     /// With `--stack`: the kernel stack where the reset or drop was generated, innermost first.
     pub stack: Option<Vec<String>>,
+    /// For events the kernel counted instead of sending one by one (a storm): how many this
+    /// event stands for, and when the first and last of them happened. Null for single events.
+    pub folded: Option<Folded>,
+}
+
+/// Events of one kind, addresses, service port and process that the kernel counted in one
+/// second past the first `--fold-after`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Folded {
+    pub count: u64,
+    #[serde(serialize_with = "rfc3339_nanos")]
+    pub first: jiff::Timestamp,
+    #[serde(serialize_with = "rfc3339_nanos")]
+    pub last: jiff::Timestamp,
 }
 
 impl Event {
+    /// How many resets or drops this event stands for: a folded event's count, a counter's
+    /// drops, or one.
+    pub fn count(&self) -> u64 {
+        self.folded.map_or(1, |folded| folded.count) * self.drops.unwrap_or(1)
+    }
+
     /// Either end uses `port`.
     pub fn has_port(&self, port: u16) -> bool {
         [self.local, self.remote]
@@ -245,6 +282,7 @@ impl Event {
             drops: None,
             counter: None,
             stack: None,
+            folded: None,
         }
     }
 }
@@ -256,7 +294,7 @@ mod tests {
     #[test]
     fn endpoints_print_as_socket_addresses() {
         for text in [
-            "0.0.0.0:0",
+            "0.0.0.0:1",
             "255.255.255.255:65535",
             "10.1.20.3:8080",
             "127.0.0.1:9",
@@ -267,6 +305,15 @@ mod tests {
             let endpoint = Endpoint::from(addr);
             assert_eq!(endpoint.to_string(), text);
             assert_eq!(endpoint.to_string(), addr.to_string());
+        }
+        // Port 0: the any-port end of a folded event.
+        for (text, json) in [
+            ("127.0.0.1:0", r#"{"addr":"127.0.0.1","port":null}"#),
+            ("[::1]:0", r#"{"addr":"::1","port":null}"#),
+        ] {
+            let endpoint = Endpoint::from(text.parse::<SocketAddr>().unwrap());
+            assert_eq!(endpoint.to_string(), text.replace(":0", ":*"));
+            assert_eq!(serde_json::to_string(&endpoint).unwrap(), json);
         }
         let padded = Endpoint::from("1.2.3.4:5".parse::<SocketAddr>().unwrap());
         assert_eq!(format!("{padded:<12}|"), "1.2.3.4:5   |");

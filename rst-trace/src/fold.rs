@@ -1,4 +1,4 @@
-//! Folded storms: the events the kernel programs counted instead of sending (see the kernel
+//! FoldedSample storms: the events the kernel programs counted instead of sending (see the kernel
 //! crate's `fold` module), taken out once a second.
 //!
 //! The programs send the first `--fold-after` events of a key each second and count the rest in
@@ -25,7 +25,7 @@ pub const COARSE_AFTER: u32 = 64;
 
 /// One key's events counted in one epoch: how many, when, and the first of them as the
 /// programs would have sent it.
-pub struct Folded {
+pub struct FoldedSample {
     pub count: u64,
     /// CLOCK_MONOTONIC of the first and last event counted.
     pub first_ns: u64,
@@ -61,14 +61,14 @@ impl FoldReader {
     }
 
     /// Flips the epoch and takes out what the programs counted in the one before.
-    pub async fn take(&mut self) -> anyhow::Result<Vec<Folded>> {
+    pub async fn take(&mut self) -> anyhow::Result<Vec<FoldedSample>> {
         let previous = self.flip()?;
         tokio::time::sleep(GRACE).await;
         self.empty(previous)
     }
 
     /// Takes out everything, once the programs are detached (at the end of a trace).
-    pub fn take_all(&mut self) -> anyhow::Result<Vec<Folded>> {
+    pub fn take_all(&mut self) -> anyhow::Result<Vec<FoldedSample>> {
         let previous = self.flip()?;
         thread::sleep(GRACE);
         let mut folded = self.empty(previous)?;
@@ -87,7 +87,7 @@ impl FoldReader {
     }
 
     /// Reads and deletes every key of one epoch's map.
-    fn empty(&mut self, epoch: u32) -> anyhow::Result<Vec<Folded>> {
+    fn empty(&mut self, epoch: u32) -> anyhow::Result<Vec<FoldedSample>> {
         let map = if epoch & 1 == 1 {
             &mut self.odd
         } else {
@@ -100,7 +100,7 @@ impl FoldReader {
         let mut folded = Vec::with_capacity(keys.len());
         for key in keys {
             if let Ok(value) = map.get(&key, 0) {
-                folded.push(Folded {
+                folded.push(FoldedSample {
                     count: value.count,
                     first_ns: value.first_ns,
                     last_ns: value.last_ns,

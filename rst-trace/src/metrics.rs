@@ -270,7 +270,7 @@ impl Metrics {
                 };
                 self.queue_drops
                     .get_or_create(&labels)
-                    .inc_by(event.drops.unwrap_or(1));
+                    .inc_by(event.count());
                 return;
             }
         };
@@ -288,7 +288,7 @@ impl Metrics {
             container,
         };
         if let Some(counter) = self.reset_series.get(&raw) {
-            counter.inc();
+            counter.inc_by(event.count());
             return;
         }
         let labels = ResetLabels {
@@ -299,7 +299,7 @@ impl Metrics {
             container: self.caps.reset_container.admit(container),
         };
         let counter = self.resets.get_or_create(&labels).clone();
-        counter.inc();
+        counter.inc_by(event.count());
         if self.reset_series.len() >= RESET_SERIES_CACHE {
             self.reset_series.clear();
         }

@@ -163,13 +163,24 @@ fn text_line(
             event.remote.map_or_else(dash, |end| end.to_string()),
             event.state.as_ref().map_or_else(dash, ToString::to_string),
             event.reason.as_ref().map_or_else(dash, ToString::to_string),
-            event
-                .cause
-                .map_or_else(dash, |cause| cause.id().to_string()),
+            cause_column(event),
         ],
         columns,
         color.then_some(kind_color),
     )
+}
+
+/// The cause, and for a folded event how many it stands for over how long:
+/// `port_closed x1843212 in 1.0 s (folded)`.
+fn cause_column(event: &Event) -> String {
+    let cause = event.cause.map_or("-", |cause| cause.id());
+    match &event.folded {
+        Some(folded) => {
+            let span = folded.last.duration_since(folded.first).as_secs_f64();
+            format!("{cause} x{} in {span:.1} s (folded)", folded.count)
+        }
+        None => cause.to_string(),
+    }
 }
 
 /// Pads each column, then colours the direction and the cause (so that escape codes do not
@@ -345,7 +356,8 @@ mod tests {
                 "queue": null,
                 "drops": null,
                 "counter": null,
-                "stack": null
+                "stack": null,
+                "folded": null
             })
         );
     }

@@ -26,8 +26,9 @@ use crate::{
     cli::{BacklogArgs, ColorChoice, TraceArgs},
     decode::{Decoder, WallClock},
     enrich::CgroupResolver,
-    event::Event,
+    event::{Event, Folded},
     filter::Filter,
+    fold::FoldedSample,
     loader::{Hook, LoadOptions, Tracer},
     metrics::{self, Metrics},
     output::{Format, Outputs, Sink, SummaryView},
@@ -40,8 +41,12 @@ use crate::{
 /// How a trace ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
+    /// Events written one by one.
     pub reported: u64,
+    /// Events the ring buffer had no room for.
     pub lost: u64,
+    /// Events the kernel counted instead of sending, written as one line per key and second.
+    pub folded: u64,
 }
 
 /// Probes the kernel, printing to stderr what is off or was changed (tracefs mounted).
@@ -110,6 +115,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     };
     let mut ring = poll(tracer.events()?).context("polling the ring buffer")?;
     let lost_counter = tracer.lost_counter()?;
+    let mut folds = tracer.fold_reader()?;
     let stacks = if args.stack {
         Some(StackReader::new(tracer.stacks()?)?)
     } else {
@@ -128,6 +134,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(|duration| Instant::now() + duration);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
+    let mut fold_tick = tokio::time::interval(FOLD_INTERVAL);
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut summary_tick = tokio::time::interval(args.summary.unwrap_or(Duration::from_secs(3600)));
     summary_tick.tick().await;
@@ -140,6 +147,8 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         outputs: &mut outputs,
         metrics: metrics.clone(),
         reported: 0,
+        folded: 0,
+        folded_lines: 0,
         limit: args.count,
     };
 
@@ -176,6 +185,11 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 // up here. Received resets that waited long enough for a partner go out too.
                 done = pipeline.drain(ring.get_mut())?;
             }
+            _ = fold_tick.tick() => {
+                // What the kernel counted instead of sending in the last second: a line per key.
+                let folded = folds.take().await?;
+                done = pipeline.write_folded(folded)?;
+            }
             _ = summary_tick.tick(), if args.summary.is_some() => {
                 if let Some(summary) = &mut pipeline.outputs.summary {
                     summary.tick().or_else(ignore_broken_pipe)?;
@@ -208,19 +222,36 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
             _ = terminate.recv() => done = true,
         }
     }
-    // Whatever the kernel delivered before we stopped still counts.
+    // Whatever the kernel delivered or counted before we stopped still counts: detach first,
+    // so that nothing more arrives, then take it all.
+    let program_stats = tracer.program_stats();
+    drop(tracer);
     if !pipeline.limit_reached() && !pipeline.drain(ring.get_mut())? {
         pipeline.release(true)?;
+        let folded = folds.take_all()?;
+        pipeline.write_folded(folded)?;
     }
-    let reported = pipeline.reported;
+    let (reported, folded, folded_lines) =
+        (pipeline.reported, pipeline.folded, pipeline.folded_lines);
     outputs.flush().or_else(ignore_broken_pipe)?;
     if let Some(summary) = &mut outputs.summary {
         summary.finish().or_else(ignore_broken_pipe)?;
     }
-    drop(tracer);
     let lost = lost_counter.total()?;
-    eprintln!("rst-trace: {reported} events reported, {lost} lost");
-    Ok(Summary { reported, lost })
+    if let Some(metrics) = &metrics {
+        let mut metrics = metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        metrics.set_lost(lost);
+        metrics.set_program_stats(&program_stats);
+    }
+    eprintln!(
+        "rst-trace: {reported} events reported, {lost} lost, {folded} folded into {folded_lines} \
+         lines"
+    );
+    Ok(Summary {
+        reported,
+        lost,
+        folded,
+    })
 }
 
 /// How often the ring buffer is drained when the kernel has not woken us (see WAKEUP_BYTES in
@@ -228,6 +259,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// Records decoded before the events they make are written out (see `Pipeline::drain`).
 const DRAIN_BATCH: usize = 256;
+
+/// How often the kernel's folded counts are taken out: a folded line covers at most this long.
+const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often listener queues and drop counters are sampled in every network namespace.
 const LISTENER_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -278,8 +312,11 @@ struct Pipeline<'a> {
     stacks: Option<StackReader>,
     outputs: &'a mut Outputs,
     metrics: Option<Arc<Mutex<Metrics>>>,
-    /// Events written so far, and `--count`.
+    /// Events written one by one so far; events written as folded lines, and those lines;
+    /// `--count` (lines).
     reported: u64,
+    folded: u64,
+    folded_lines: u64,
     limit: Option<u64>,
 }
 
@@ -337,6 +374,33 @@ impl Pipeline<'_> {
         }
     }
 
+    /// Decodes, attributes and writes the keys the kernel folded; true when the trace should
+    /// end.
+    fn write_folded(&mut self, samples: Vec<FoldedSample>) -> anyhow::Result<bool> {
+        for sample in samples {
+            let decoded = match self.decoder.decode(&sample.record) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    log::warn!("skipped a folded record: {error:#}");
+                    continue;
+                }
+            };
+            let clock = &self.decoder.clock;
+            let folded = Folded {
+                count: sample.count,
+                first: clock.wall_time(sample.first_ns),
+                last: clock.wall_time(sample.last_ns),
+            };
+            let event = self
+                .attributor
+                .folded_event(decoded, folded, sample.service_local);
+            if self.write(&event)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Filters and writes one event; returns whether the trace should end.
     fn write(&mut self, event: &Event) -> anyhow::Result<bool> {
         if self.limit_reached() {
@@ -352,7 +416,13 @@ impl Pipeline<'_> {
                 .observe(event);
         }
         match self.outputs.write(event) {
-            Ok(()) => self.reported += 1,
+            Ok(()) => match event.folded {
+                Some(folded) => {
+                    self.folded += folded.count;
+                    self.folded_lines += 1;
+                }
+                None => self.reported += 1,
+            },
             Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(true),
             Err(error) => return Err(error).context("writing an event"),
         }
@@ -360,7 +430,8 @@ impl Pipeline<'_> {
     }
 
     fn limit_reached(&self) -> bool {
-        self.limit.is_some_and(|limit| self.reported >= limit)
+        self.limit
+            .is_some_and(|limit| self.reported + self.folded_lines >= limit)
     }
 }
 

@@ -97,8 +97,8 @@ impl SummaryTable {
             process: ProcessKey::of(event.process.as_ref()),
             port: event.local.map_or(0, |end| end.port),
         };
-        // A queue-drop event seen through a counter stands for several drops.
-        let count = event.drops.unwrap_or(1);
+        // A queue-drop event seen through a counter, or a folded event, stands for several.
+        let count = event.count();
         *self.interval.entry(key).or_default() += count;
         *self.total.entry(key).or_default() += count;
     }

@@ -85,6 +85,9 @@ fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
             if load::<A, u64>(sk, offset!(sk_socket)).is_some_and(|socket| socket != 0) {
                 flags |= facts::HAS_SOCKET_FILE;
             }
+            // Both ends may be in different namespaces of this host (containers on a bridge):
+            // the reversed four-tuple within a second is identity enough.
+            key.netns = 0;
             let abort = Abort {
                 closer: current_owner(),
                 ns: now(),

@@ -421,10 +421,11 @@ fn tracer_figures(
         Mode::Json | Mode::Summary | Mode::Metrics => {
             let totals = tracers::rst_trace_totals(&finished.stderr);
             require(totals.is_some(), "rst-trace printed no totals at exit");
-            let (reported, lost) = totals.unwrap_or_default();
+            let (reported, lost, folded) = totals.unwrap_or_default();
             figures.lost = Some(lost);
             if resets {
-                figures.delivered = Some(reported);
+                // Events written one by one, and those the kernel counted into folded lines.
+                figures.delivered = Some(reported + folded);
                 figures.expected = Some(counts.out_rsts + counts.received_resets);
                 require(reported > 0, "rst-trace reported no resets");
             }

@@ -448,13 +448,18 @@ pub fn metric_sum(text: &str, metric: &str, label: &str) -> u64 {
         .sum()
 }
 
-/// `rst-trace: 108074 events reported, 0 lost` -> (108074, 0).
-pub fn rst_trace_totals(stderr: &[String]) -> Option<(u64, u64)> {
+/// `rst-trace: 108074 events reported, 0 lost, 2000 folded into 4 lines` -> (108074, 0, 2000).
+pub fn rst_trace_totals(stderr: &[String]) -> Option<(u64, u64, u64)> {
     stderr.iter().rev().find_map(|line| {
         let rest = line.strip_prefix("rst-trace: ")?;
         let (reported, rest) = rest.split_once(" events reported, ")?;
-        let lost = rest.strip_suffix(" lost")?;
-        Some((reported.parse().ok()?, lost.parse().ok()?))
+        let (lost, rest) = rest.split_once(" lost, ")?;
+        let (folded, _) = rest.split_once(" folded into ")?;
+        Some((
+            reported.parse().ok()?,
+            lost.parse().ok()?,
+            folded.parse().ok()?,
+        ))
     })
 }
 
@@ -522,9 +527,9 @@ mod tests {
     fn reads_what_tracers_print_at_exit() {
         let stderr = vec![
             "rst-trace: tracing tcp:tcp_send_reset (Ctrl-C to stop)".to_string(),
-            "rst-trace: 108074 events reported, 3 lost".to_string(),
+            "rst-trace: 108074 events reported, 3 lost, 2000 folded into 4 lines".to_string(),
         ];
-        assert_eq!(rst_trace_totals(&stderr), Some((108074, 3)));
+        assert_eq!(rst_trace_totals(&stderr), Some((108074, 3, 2000)));
         let reference = vec!["rst-trace: bench-reference: 20002 records".to_string()];
         assert_eq!(reference_records(&reference), Some(20002));
         assert_eq!(
