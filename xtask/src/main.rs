@@ -1,7 +1,8 @@
 //! `cargo xtask`: set up a machine, build, run and test rst-trace.
 //!
-//! Every command first runs `setup`, which installs only what is missing and says what it
-//! installs, so that a fresh Debian machine needs nothing but this repository and root.
+//! Every command first runs `setup` for itself, which installs only what that command needs and
+//! is missing, and says what it installs, so that a fresh Debian machine needs nothing but this
+//! repository and root, and `run` does not bring the tests' and the bench's programs.
 //! `test` runs the tests on the host kernel and then, through `vm-test`, on Debian 12's 6.1
 //! kernel in QEMU.
 
@@ -33,8 +34,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (idempotent; prints what it installs).
-    Setup,
+    /// Install what the commands need (idempotent; prints what it installs). Every other
+    /// command runs this first for itself.
+    Setup {
+        /// Only what this command needs; without it, what every command needs.
+        #[arg(long = "for", value_enum, default_value = "all")]
+        purpose: setup::Purpose,
+    },
     /// Build the release binary with the kernel programs embedded, statically linked
     /// (target/x86_64-unknown-linux-gnu/release/rst-trace), and print its path.
     Build,
@@ -85,18 +91,18 @@ fn main() -> ExitCode {
 fn run(task: Task) -> anyhow::Result<()> {
     let root = workspace_root();
     match task {
-        Task::Setup => {
-            setup::run()?;
+        Task::Setup { purpose } => {
+            setup::run(purpose)?;
         }
         Task::Build => {
-            let env = setup::run()?;
+            let env = setup::run(setup::Purpose::Build)?;
             let binary = static_build::release(&root, &env)?;
             eprintln!("xtask: built {} (statically linked)", binary.display());
             // On stdout alone, for scripts: `cp "$(cargo xtask build)" ...`.
             println!("{}", binary.display());
         }
         Task::Run { args } => {
-            let env = setup::run()?;
+            let env = setup::run(setup::Purpose::Run)?;
             let binary = static_build::release(&root, &env)?;
             require_root("rst-trace loads BPF programs")?;
             eprintln!("xtask: running {}", binary.display());
@@ -109,7 +115,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             }
         }
         Task::Test { args } => {
-            let env = setup::run()?;
+            let env = setup::run(setup::Purpose::Test)?;
             require_root("the integration tests load BPF programs and build network namespaces")?;
             cargo(&root, &env, &["fmt", "--all", "--check"])?;
             cargo(
@@ -166,7 +172,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             }
         }
         Task::VmTest { filters } => {
-            let env = setup::run()?;
+            let env = setup::run(setup::Purpose::VmTest)?;
             require_root("the VM tests install packages and load BPF programs in the guest")?;
             let vm = vm_test::run(
                 &root,
@@ -178,7 +184,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             }
         }
         Task::Docs => {
-            let env = setup::run()?;
+            let env = setup::run(setup::Purpose::Docs)?;
             docs::run(&root, &env)?;
         }
         Task::Bench { quick } => bench::run(&root, quick)?,

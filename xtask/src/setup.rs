@@ -1,5 +1,10 @@
 //! Idempotent machine set-up: Debian packages, the pinned nightly toolchain with rust-src, and
 //! bpf-linker built against LLVM 22. Each step checks first and prints what it installs.
+//!
+//! What gets installed depends on the command ([`Purpose`]): `build`, `run` and `docs` need only
+//! the toolchain; `test` adds the programs the integration tests and the VM stage drive,
+//! `vm-test` the VM's, `bench` the tracers it compares with and its chart; `cargo xtask setup`
+//! with no `--for` installs all of it.
 
 use std::{
     env,
@@ -18,36 +23,169 @@ const NIGHTLY_DATE: &str = "2026-05-19";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-/// Debian packages, and what needs them.
-const PACKAGES: &[(&str, &str)] = &[
-    ("llvm-22-dev", "bpf-linker links against LLVM 22"),
-    ("libclang-22-dev", "bpf-linker's build"),
-    ("libpolly-22-dev", "bpf-linker's build"),
-    ("iproute2", "tests build network namespaces"),
-    (
-        "util-linux",
-        "tests drop privileges (setpriv) and unshare namespaces",
-    ),
-    (
-        "qemu-system-x86",
-        "vm-test boots Debian's 6.1 kernel to test on an older kernel",
-    ),
+/// The xtask command a set-up is for: each installs what that command runs and nothing more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Purpose {
+    /// `cargo xtask build`: the toolchain that builds the kernel programs and the binary.
+    Build,
+    /// `cargo xtask run`: the same as `build` (the binary needs nothing installed to run).
+    Run,
+    /// `cargo xtask docs`: the same as `build` (the binary renders its own pages).
+    Docs,
+    /// `cargo xtask test`: `build`, the integration tests' programs and the VM stage's.
+    Test,
+    /// `cargo xtask vm-test`: `build` and what boots the 6.1 kernel under QEMU.
+    VmTest,
+    /// `cargo xtask bench`: `build` and the bench's load generator, tracers and chart.
+    Bench,
+    /// Everything every command needs.
+    All,
+}
+
+impl Purpose {
+    /// The command, as the user types it.
+    fn command(self) -> &'static str {
+        match self {
+            Purpose::Build => "`cargo xtask build`",
+            Purpose::Run => "`cargo xtask run`",
+            Purpose::Docs => "`cargo xtask docs`",
+            Purpose::Test => "`cargo xtask test`",
+            Purpose::VmTest => "`cargo xtask vm-test`",
+            Purpose::Bench => "`cargo xtask bench`",
+            Purpose::All => "every command",
+        }
+    }
+
+    /// Whether this command uses something `user` needs.
+    fn needs(self, user: User) -> bool {
+        match self {
+            Purpose::Build | Purpose::Run | Purpose::Docs => user == User::Build,
+            // `test` ends with the VM stage.
+            Purpose::Test => matches!(user, User::Build | User::Tests | User::VmTests),
+            Purpose::VmTest => matches!(user, User::Build | User::VmTests),
+            Purpose::Bench => matches!(user, User::Build | User::Bench),
+            Purpose::All => true,
+        }
+    }
+}
+
+/// Who needs a Debian package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum User {
+    /// Building bpf-linker, hence every command.
+    Build,
+    /// The host's integration tests (`cargo xtask test`).
+    Tests,
+    /// The VM stage (`cargo xtask vm-test`, and the end of `cargo xtask test`).
+    VmTests,
+    /// `cargo xtask bench`.
+    Bench,
+}
+
+impl User {
+    /// The xtask commands that install what this user needs.
+    fn commands(self) -> &'static [&'static str] {
+        match self {
+            User::Build => &["every command"],
+            User::Tests => &["test"],
+            User::VmTests => &["test", "vm-test"],
+            User::Bench => &["bench"],
+        }
+    }
+}
+
+/// A Debian package, who needs it and what for.
+struct Package {
+    name: &'static str,
+    users: &'static [User],
+    why: &'static str,
+}
+
+const PACKAGES: &[Package] = &[
+    Package {
+        name: "llvm-22-dev",
+        users: &[User::Build],
+        why: "bpf-linker links against LLVM 22",
+    },
+    Package {
+        name: "libclang-22-dev",
+        users: &[User::Build],
+        why: "bpf-linker's build",
+    },
+    Package {
+        name: "libpolly-22-dev",
+        users: &[User::Build],
+        why: "bpf-linker's build",
+    },
+    Package {
+        name: "iproute2",
+        users: &[User::Tests],
+        why: "tests build network namespaces and veth pairs",
+    },
+    Package {
+        name: "util-linux",
+        users: &[User::Tests],
+        why: "tests drop privileges (setpriv) and unshare namespaces",
+    },
+    Package {
+        name: "nftables",
+        users: &[User::Tests],
+        why: "tests drop chosen segments in their own namespaces with nft",
+    },
+    Package {
+        name: "nginx",
+        users: &[User::Tests],
+        why: "S2 and S13 run a real nginx",
+    },
+    Package {
+        name: "hping3",
+        users: &[User::Tests, User::Bench],
+        why: "raw SYNs: the SYN flood of S12 and the bench's flood at a closed port",
+    },
+    Package {
+        name: "prometheus",
+        users: &[User::Tests],
+        why: "a real Prometheus scrapes rst-trace; promtool tests the alerting rules in deploy/",
+    },
     // The static package by name: Debian's dynamically linked `busybox` also provides
     // /bin/busybox, but cannot run in an initramfs without libc.
-    ("busybox-static", "vm-test's init and shell in the VM"),
-    (
-        "prometheus",
-        "the metrics test scrapes rst-trace with a real Prometheus",
-    ),
-    ("hping3", "the bench's SYN flood at a closed port"),
-    (
-        "bpftrace",
-        "the bench compares rst-trace with a bpftrace one-liner",
-    ),
-    ("tcpdump", "the bench compares rst-trace with tcpdump -w"),
-    ("bpftool", "the bench names the BPF programs it times"),
-    ("gnuplot-nox", "the bench draws its chart (PNG)"),
+    Package {
+        name: "busybox-static",
+        users: &[User::Tests, User::VmTests],
+        why: "a test container's listener (busybox nc), and the VM's init and shell",
+    },
+    Package {
+        name: "qemu-system-x86",
+        users: &[User::VmTests],
+        why: "the VM stage boots Debian's 6.1 kernel to test on an older kernel",
+    },
+    Package {
+        name: "bpftrace",
+        users: &[User::Bench],
+        why: "the bench compares rst-trace with a bpftrace one-liner",
+    },
+    Package {
+        name: "tcpdump",
+        users: &[User::Bench],
+        why: "the bench compares rst-trace with tcpdump -w",
+    },
+    Package {
+        name: "bpftool",
+        users: &[User::Bench],
+        why: "the bench names the BPF programs it times",
+    },
+    Package {
+        name: "gnuplot-nox",
+        users: &[User::Bench],
+        why: "the bench draws its chart (PNG)",
+    },
 ];
+
+impl Package {
+    fn needed_for(&self, purpose: Purpose) -> bool {
+        self.users.iter().any(|user| purpose.needs(*user))
+    }
+}
 
 /// What the build needs in its environment after set-up.
 pub struct BuildEnv {
@@ -71,9 +209,10 @@ impl BuildEnv {
     }
 }
 
-pub fn run() -> anyhow::Result<BuildEnv> {
+/// Installs what `purpose` needs and is missing, and returns the build's environment.
+pub fn run(purpose: Purpose) -> anyhow::Result<BuildEnv> {
     let path = path_with_cargo_bin();
-    install_packages()?;
+    install_packages(purpose)?;
     let ebpf_toolchain = nightly_toolchain()?;
     ensure_rust_src(&ebpf_toolchain)?;
     ensure_bpf_linker(&path)?;
@@ -84,29 +223,66 @@ pub fn run() -> anyhow::Result<BuildEnv> {
     })
 }
 
-fn install_packages() -> anyhow::Result<()> {
-    let missing: Vec<&(&str, &str)> = PACKAGES
-        .iter()
-        .filter(|(name, _)| !package_installed(name))
+fn install_packages(purpose: Purpose) -> anyhow::Result<()> {
+    let (needed, others): (Vec<&Package>, Vec<&Package>) =
+        PACKAGES.iter().partition(|p| p.needed_for(purpose));
+    if !others.is_empty() {
+        // Said once, so that nobody wonders why `run` did not bring qemu.
+        let others: Vec<String> = others
+            .iter()
+            .map(|p| format!("{} ({})", p.name, users(p)))
+            .collect();
+        eprintln!(
+            "setup: for {}; left out (the commands named install them): {}",
+            purpose.command(),
+            others.join(", ")
+        );
+    }
+    let missing: Vec<&Package> = needed
+        .into_iter()
+        .filter(|p| !package_installed(p.name))
         .collect();
     if missing.is_empty() {
-        eprintln!("setup: Debian packages: all present");
+        eprintln!(
+            "setup: Debian packages {} needs: all present",
+            purpose.command()
+        );
         return Ok(());
     }
-    for (name, why) in &missing {
-        eprintln!("setup: installing Debian package {name} ({why})");
+    for package in &missing {
+        eprintln!(
+            "setup: installing Debian package {} ({}; for {})",
+            package.name,
+            package.why,
+            users(package)
+        );
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("installing Debian packages needs root");
+        let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
+        bail!(
+            "installing Debian packages needs root: run this as root, or install {} yourself",
+            names.join(" ")
+        );
     }
     run_command(Command::new("apt-get").arg("update").arg("-q"))?;
     run_command(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(missing.iter().map(|(name, _)| name))
+            .args(missing.iter().map(|p| p.name))
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// The commands that use a package, for the messages.
+fn users(package: &Package) -> String {
+    let mut commands: Vec<&str> = Vec::new();
+    for command in package.users.iter().flat_map(|user| user.commands()) {
+        if !commands.contains(command) {
+            commands.push(command);
+        }
+    }
+    commands.join(", ")
 }
 
 fn package_installed(name: &str) -> bool {
@@ -231,4 +407,76 @@ fn run_command(command: &mut Command) -> anyhow::Result<()> {
         bail!("{:?} failed ({status})", command);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PACKAGES, Purpose};
+
+    fn packages_for(purpose: Purpose) -> Vec<&'static str> {
+        PACKAGES
+            .iter()
+            .filter(|p| p.needed_for(purpose))
+            .map(|p| p.name)
+            .collect()
+    }
+
+    #[test]
+    fn build_run_and_docs_install_only_what_builds_bpf_linker() {
+        for purpose in [Purpose::Build, Purpose::Run, Purpose::Docs] {
+            assert_eq!(
+                packages_for(purpose),
+                ["llvm-22-dev", "libclang-22-dev", "libpolly-22-dev"],
+                "{purpose:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn test_adds_the_test_programs_and_the_vm_but_no_bench_tracers() {
+        let test = packages_for(Purpose::Test);
+        for needed in [
+            "llvm-22-dev",
+            "iproute2",
+            "nftables",
+            "nginx",
+            "hping3",
+            "prometheus",
+            "busybox-static",
+            "qemu-system-x86",
+        ] {
+            assert!(test.contains(&needed), "test needs {needed}: {test:?}");
+        }
+        for bench_only in ["bpftrace", "tcpdump", "bpftool", "gnuplot-nox"] {
+            assert!(!test.contains(&bench_only), "test installs {bench_only}");
+        }
+        assert_eq!(
+            packages_for(Purpose::VmTest),
+            [
+                "llvm-22-dev",
+                "libclang-22-dev",
+                "libpolly-22-dev",
+                "busybox-static",
+                "qemu-system-x86"
+            ]
+        );
+    }
+
+    #[test]
+    fn bench_adds_its_tracers_and_setup_alone_installs_everything() {
+        assert_eq!(
+            packages_for(Purpose::Bench),
+            [
+                "llvm-22-dev",
+                "libclang-22-dev",
+                "libpolly-22-dev",
+                "hping3",
+                "bpftrace",
+                "tcpdump",
+                "bpftool",
+                "gnuplot-nox"
+            ]
+        );
+        assert_eq!(packages_for(Purpose::All).len(), PACKAGES.len());
+    }
 }

@@ -16,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 pub mod netns;
+pub mod prometheus;
 use socket2::{Domain, Socket, Type};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_rst-trace");

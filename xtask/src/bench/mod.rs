@@ -116,7 +116,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 }
 
 pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
-    let env = crate::setup::run()?;
+    let env = crate::setup::run(crate::setup::Purpose::Bench)?;
     crate::require_root(
         "the bench loads BPF programs, sets kernel.bpf_stats_enabled and sends raw SYNs",
     )?;
