@@ -114,6 +114,10 @@ pub fn socket_facts<A: Access>(
         if linger_zero::<A>(sk) {
             facts.flags |= facts::LINGER_ZERO;
         }
+        if state == offset!(states.syn_sent) {
+            // A refused connect: nothing was sent, closed or aborted on it (the storm case).
+            return;
+        }
         if kind == RecordKind::ResetReceived {
             let tp = tcp_sock::<A>(sk);
             let una = load::<A, u32>(tp, offset!(tcp_snd_una));

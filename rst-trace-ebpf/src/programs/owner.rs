@@ -56,7 +56,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
     if new == offset!(states.syn_sent) || new == offset!(states.listen) {
         // connect() and listen() run in the process that owns the socket.
-        let _ = OWNERS.insert(sk, current_owner(), 0);
+        let _ = OWNERS.insert(sk, current_owner::<A>(), 0);
     } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
         // close() or shutdown() by the application, in its own context.
         zeroed!(key: ConnectionKey);
@@ -64,7 +64,7 @@ fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
         head.fill(sk);
         if connection_key(sk, head, netns_of_sock::<A>(sk), key) {
             let closed = ClosedConnection {
-                closer: current_owner(),
+                closer: current_owner::<A>(),
                 closed_ns: now(),
             };
             let _ = CLOSED.insert(key, closed, 0);
@@ -89,7 +89,7 @@ fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
             // the reversed four-tuple within a second is identity enough.
             key.netns = 0;
             let abort = Abort {
-                closer: current_owner(),
+                closer: current_owner::<A>(),
                 ns: now(),
                 flags,
                 _pad: [0; 7],
@@ -145,7 +145,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
             Some(AF_INET | AF_INET6)
         )
     {
-        let _ = OWNERS.insert(sk, current_owner(), 0);
+        let _ = OWNERS.insert(sk, current_owner::<Probe>(), 0);
     }
     0
 }
