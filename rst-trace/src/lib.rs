@@ -12,6 +12,7 @@ pub mod cli;
 pub mod container;
 pub mod decode;
 pub mod enrich;
+pub mod escape;
 pub mod event;
 pub mod filter;
 pub mod generate;
