@@ -134,8 +134,8 @@ pub struct TraceArgs {
     #[arg(long)]
     pub stack: bool,
 
-    /// Serve Prometheus metrics on ADDR:PORT (a bare PORT binds 127.0.0.1). Combine with
-    /// --quiet to print no events.
+    /// Serve Prometheus metrics on ADDR:PORT (a bare PORT or :PORT binds 127.0.0.1; port 0
+    /// picks a free one, and the address is printed). Combine with --quiet to print no events.
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen_addr)]
     pub metrics: Option<SocketAddr>,
 
@@ -162,9 +162,10 @@ pub enum ColorChoice {
     Never,
 }
 
-/// `9100` -> 127.0.0.1:9100; `0.0.0.0:9100` and `[::]:9100` as given.
+/// `9100` or `:9100` -> 127.0.0.1:9100; `0.0.0.0:9100` and `[::]:9100` as given. Port 0 lets
+/// the kernel choose one (rst-trace prints the address it serves on).
 fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
+    if let Ok(port) = text.strip_prefix(':').unwrap_or(text).parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
     text.parse()
@@ -296,6 +297,8 @@ mod tests {
         let cli = Cli::try_parse_from(["rst-trace", "--metrics", "[::]:9100"]).unwrap();
         assert_eq!(cli.trace.metrics, Some("[::]:9100".parse().unwrap()));
         assert!(Cli::try_parse_from(["rst-trace", "--metrics", "localhost"]).is_err());
+        let cli = Cli::try_parse_from(["rst-trace", "--metrics", ":0"]).unwrap();
+        assert_eq!(cli.trace.metrics, Some("127.0.0.1:0".parse().unwrap()));
         assert!(Cli::try_parse_from(["rst-trace", "--color", "sometimes"]).is_err());
     }
 

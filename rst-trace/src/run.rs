@@ -79,6 +79,8 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         }
         None => None,
     };
+    // Before loading anything: a refused --output is a sentence, not a wait.
+    let mut outputs = outputs(&args)?;
     let support = probe_kernel()?;
     let options = LoadOptions {
         pids: args.filters.pids.clone(),
@@ -119,7 +121,6 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         None
     };
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
-    let mut outputs = outputs(&args)?;
     let mut attributor = Attributor::new(CgroupResolver::new());
     if outputs.stream.is_none() && outputs.file.is_none() {
         attributor = attributor.without_explanations();
