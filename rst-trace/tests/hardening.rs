@@ -842,6 +842,31 @@ fn finding8_check_says_which_capabilities_a_trace_keeps() {
 }
 
 #[test]
+fn finding9_names_that_are_not_utf8_stay_distinct_in_json() {
+    let port = closed_port("127.0.0.1");
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let addr = loopback(port);
+    // Both would be "x\u{fffd}" with a lossy conversion; the third spells the escape in ASCII.
+    let names: [(&[u8], &str); 3] = [
+        (b"x\xff", r"x\xff"),
+        (b"x\xfe", r"x\xfe"),
+        (br"x\xff", r"x\\xff"),
+    ];
+    for (name, shown) in names {
+        let child = {
+            let _fork = FORK.lock().unwrap_or_else(|e| e.into_inner());
+            Forked::new(name, move || i32::from(!refused_connect(&addr)))
+        };
+        child.go_and_wait();
+        let event = tracer.wait_for("the child's reset", |e| {
+            kind(e) == "reset_received" && pid_of(e) == child.pid as u64
+        });
+        assert_eq!(event["process"]["comm"], shown, "{event}");
+    }
+    tracer.stop();
+}
+
+#[test]
 fn finding10_metrics_on_port_0_says_the_port_it_got() {
     for arg in ["0", ":0"] {
         let tracer = Tracer::start(&["--metrics", arg, "--port", "9"]);
