@@ -196,6 +196,12 @@ impl Running {
         self.wait_for("rst-trace: tracing ", Self::stderr);
     }
 
+    /// SIGINT, as Ctrl-C.
+    fn interrupt(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+
     /// Waits for it to end by itself (--count, --duration): its raw stdout, and stderr.
     fn finish(mut self) -> (std::process::ExitStatus, Vec<u8>, String) {
         let started = Instant::now();
@@ -714,6 +720,84 @@ fn finding5_numbers_out_of_range_are_one_sentence_and_exit_2() {
         );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn finding6_summary_rows_of_ephemeral_ports_are_bounded_and_the_merge_is_said() {
+    // The kernel reuses some ephemeral ports; this many make well over 4096 rows.
+    const CONNECTS: u64 = 8000;
+    let port = closed_port("127.0.0.1");
+    let port_arg = port.to_string();
+    let addr = loopback(port);
+    // Every refused connect comes from a new ephemeral port: a summary row each.
+    let client = {
+        let _fork = FORK.lock().unwrap_or_else(|e| e.into_inner());
+        Forked::new(b"many-ports", move || {
+            for _ in 0..CONNECTS {
+                if !refused_connect(&addr) {
+                    return 1;
+                }
+            }
+            0
+        })
+    };
+    let tracer = Running::start(&["--port", &port_arg, "--summary", "1"]);
+    tracer.wait_until_tracing();
+    client.go_and_wait();
+    thread::sleep(Duration::from_millis(1500));
+    tracer.interrupt();
+    let (status, stdout, stderr) = tracer.finish();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some(format!("rst-trace: {} events reported, 0 lost", 2 * CONNECTS).as_str()),
+        "{stderr}"
+    );
+    let text = String::from_utf8(stdout).expect("UTF-8 text");
+    let totals = text
+        .split("rst-trace summary, totals: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no totals: {text}"));
+    assert!(
+        totals.starts_with(&format!("{} events in ", 2 * CONNECTS)),
+        "{totals}"
+    );
+    // More than 4096 rows merge all but 2048: at least 2049 rows of one event each.
+    let merged: u64 = totals
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("  ")?
+                .strip_suffix(" rows with the fewest events were merged into \"(merged rows)\" rows to bound memory")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no merge line: {totals}"));
+    assert!(merged >= 2049, "{totals}");
+    let row = totals
+        .lines()
+        .find(|line| line.starts_with("connection_refused       RECV (merged rows) "))
+        .unwrap_or_else(|| panic!("no merged row: {totals}"));
+    let count: u64 = row
+        .split_whitespace()
+        .nth(5)
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count: {row}"));
+    assert!(count >= merged, "each merged row had an event: {row}");
+    // Nothing is lost by merging: the rows shown and the rest add up to every event.
+    let shown: u64 = totals
+        .lines()
+        .skip(2)
+        .filter(|line| !line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().rev().nth(1)?.parse::<u64>().ok())
+        .sum();
+    let rest: u64 = totals
+        .lines()
+        .find_map(|line| {
+            let (_, events) = line.strip_prefix("  ... ")?.split_once(" more rows, ")?;
+            events.strip_suffix(" events")?.parse().ok()
+        })
+        .unwrap_or(0);
+    assert_eq!(shown + rest, 2 * CONNECTS, "{totals}");
 }
 
 #[test]
