@@ -40,10 +40,12 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
+            // Warnings can quote what other users named (paths, namespaces, kernel-side logs).
+            let message = record.args().to_string();
             eprintln!(
                 "rst-trace: {}: {}",
                 record.level().as_str().to_lowercase(),
-                record.args()
+                escape::for_terminal(&message)
             );
         }
     }

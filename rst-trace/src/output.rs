@@ -215,7 +215,8 @@ pub struct Outputs {
 
 /// `--output FILE`: NDJSON lines, buffered and written a batch at a time. A write that fails
 /// (a full disk) must not stop the trace or the metrics: the lines it held are counted as not
-/// written, a warning is printed once, and later batches are tried again.
+/// written (a line the disk cut in the middle too), a warning is printed once, and later
+/// batches are tried again.
 pub struct OutputFile {
     file: std::fs::File,
     path: std::path::PathBuf,
