@@ -273,7 +273,9 @@ fn segment_ends(ends: &Endpoints) -> (Option<SocketAddr>, Option<SocketAddr>) {
 
 pub(crate) fn comm(bytes: &[u8; COMM_LEN]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    // Not from_utf8_lossy: two names that differ only in bytes that are not UTF-8 would both
+    // become U+FFFD and read as one process.
+    crate::escape::comm_from_bytes(&bytes[..end])
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ pub mod container;
 pub mod decode;
 pub mod decoded;
 pub mod enrich;
+pub mod escape;
 pub mod event;
 pub mod explain;
 pub mod filter;
@@ -62,10 +63,12 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
+            // Warnings can quote what other users named (paths, namespaces, kernel-side logs).
+            let message = record.args().to_string();
             eprintln!(
                 "rst-trace: {}: {}",
                 record.level().as_str().to_lowercase(),
-                record.args()
+                escape::for_terminal(&message)
             );
         }
     }

@@ -6,6 +6,7 @@
 use std::{
     fs::OpenOptions,
     io::{self, BufWriter, IsTerminal as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -31,7 +32,7 @@ use crate::{
     fold::FoldedSample,
     loader::{Hook, LoadOptions, Tracer},
     metrics::{self, Metrics},
-    output::{Format, Outputs, Sink, SummaryView},
+    output::{Format, OutputFile, Outputs, Sink, SummaryView},
     privileges,
     sources::KernelSupport,
     stack::StackReader,
@@ -72,12 +73,19 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     let metrics = match args.metrics {
         Some(addr) => {
             let listener = metrics::bind(addr)?;
+            // Said always, and needed with port 0: the kernel chose the port.
+            let bound = listener
+                .local_addr()
+                .context("reading the metrics address")?;
+            eprintln!("rst-trace: serving metrics at http://{bound}/metrics");
             let metrics = Arc::new(Mutex::new(Metrics::new()));
             tokio::spawn(metrics::serve_on(Arc::clone(&metrics), listener));
             Some(metrics)
         }
         None => None,
     };
+    // Before loading anything: a refused --output is a sentence, not a wait.
+    let mut outputs = outputs(&args)?;
     let support = probe_kernel()?;
     let options = LoadOptions {
         pids: args.filters.pids.clone(),
@@ -122,12 +130,16 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         None
     };
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
-    let mut outputs = outputs(&args)?;
     let mut attributor = Attributor::new(CgroupResolver::new());
     if outputs.stream.is_none() && outputs.file.is_none() {
         attributor = attributor.without_explanations();
     }
     let filter = Filter::from_args(&args.filters);
+    // Everything that needed more is done: programs attached, files and sockets open. Before
+    // the first thread starts, since threads inherit the reduced sets.
+    if let Err(error) = privileges::drop_after_attach() {
+        log::warn!("could not drop capabilities after attaching: {error:#}");
+    }
     let mut listener_drops = backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL);
 
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -200,6 +212,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 if let Some(metrics) = &metrics {
                     let mut metrics = metrics.lock().unwrap_or_else(PoisonError::into_inner);
                     metrics.set_lost(lost);
+                    if let Some(file) = &pipeline.outputs.file {
+                        metrics.set_unwritten(file.inner().unwritten());
+                    }
                     metrics.set_program_stats(&tracer.program_stats());
                 }
                 if lost > lost_reported {
@@ -242,11 +257,21 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         let mut metrics = metrics.lock().unwrap_or_else(PoisonError::into_inner);
         metrics.set_lost(lost);
         metrics.set_program_stats(&program_stats);
+        if let Some(file) = &outputs.file {
+            metrics.set_unwritten(file.inner().unwritten());
+        }
     }
-    eprintln!(
-        "rst-trace: {reported} events reported, {lost} lost, {folded} folded into {folded_lines} \
-         lines"
+    let totals = format!(
+        "rst-trace: {reported} events reported, {lost} lost, {folded} folded into {folded_lines} lines"
     );
+    match &outputs.file {
+        Some(file) if file.inner().unwritten() > 0 => eprintln!(
+            "{totals}, {} not written to {}",
+            file.inner().unwritten(),
+            file.inner().path().display()
+        ),
+        _ => eprintln!("{totals}"),
+    }
     Ok(Summary {
         reported,
         lost,
@@ -287,14 +312,10 @@ fn outputs(args: &TraceArgs) -> anyhow::Result<Outputs> {
         .filter(|_| !args.quiet)
         .map(|_| SummaryView::new(stdout(), stdout_is_terminal));
     let file = match &args.output {
-        Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open {} for --output", path.display()))?;
-            Some(Sink::new(Format::Json, BufWriter::new(file)))
-        }
+        Some(path) => Some(Sink::new(
+            Format::Json,
+            OutputFile::new(open_output(path)?, path.clone()),
+        )),
         None => None,
     };
     Ok(Outputs {
@@ -302,6 +323,26 @@ fn outputs(args: &TraceArgs) -> anyhow::Result<Outputs> {
         file,
         summary,
     })
+}
+
+/// Opens `--output` to append, creating it readable by root only. Refuses a symbolic link: a
+/// user who can plant one where root writes would otherwise choose the file rst-trace appends
+/// to (a script, say), with process names of their choosing inside.
+fn open_output(path: &Path) -> anyhow::Result<std::fs::File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|error| match error.raw_os_error() {
+            Some(libc::ELOOP) => anyhow::anyhow!(
+                "refusing to write --output to {}: it is a symbolic link; give the path of the \
+                 file itself",
+                path.display()
+            ),
+            _ => anyhow::anyhow!("cannot open {} for --output: {error}", path.display()),
+        })
 }
 
 /// Decode, attribute and filter: everything between the ring buffer and the outputs.
@@ -469,6 +510,11 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         }
     };
     writeln!(out, "privileges: ok")?;
+    writeln!(
+        out,
+        "privileges while tracing: {}",
+        privileges::describe_kept()
+    )?;
     let mount = match &support.tracefs {
         Tracefs::Mounted(_) => "mounted",
         Tracefs::MountedByUs(_) => "was not mounted; mounted it now",
