@@ -131,8 +131,9 @@ pub struct TraceArgs {
     #[arg(long, hide = true)]
     pub classic_tracepoints: bool,
 
-    /// Instead of one line per event, a table of the top causes by process and local port every
-    /// SECS seconds (0.1 to 86400; redrawn in place on a terminal), and the totals at the end.
+    /// Instead of one line per event, a table of the top causes by process and service port (the
+    /// port listened on or connected to) every SECS seconds (0.1 to 86400; redrawn in place on a
+    /// terminal), with every cause that occurred, and the totals at the end.
     #[arg(long, value_name = "SECS", value_parser = parse_interval)]
     pub summary: Option<Duration>,
 

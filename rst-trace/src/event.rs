@@ -225,6 +225,33 @@ impl Event {
         self.folded.map_or(1, |folded| folded.count) * self.drops.unwrap_or(1)
     }
 
+    /// The port of the service end: the one listened on or connected to, not a client's
+    /// ephemeral port, by the same rule as the kernel's folding key: this host's end for drops,
+    /// listeners and resets no socket matched, the remote end of a connect, else the end whose
+    /// port is not in `ip_local_port_range` (the smaller port when that does not tell).
+    pub fn service_port(&self) -> Option<u16> {
+        let local = self.local.map(|end| end.port).filter(|port| *port != 0);
+        let remote = self.remote.map(|end| end.port).filter(|port| *port != 0);
+        let (Some(local), Some(remote)) = (local, remote) else {
+            return local.or(remote);
+        };
+        let local_is_service = match (self.kind, self.state.as_ref()) {
+            (EventKind::QueueDrop, _) => true,
+            (_, None | Some(TcpState::Listen | TcpState::SynRecv | TcpState::NewSynRecv)) => true,
+            (_, Some(TcpState::SynSent)) => false,
+            _ => {
+                let (low, high) = ephemeral_ports();
+                let ephemeral = |port: u16| (low..=high).contains(&port);
+                match (ephemeral(local), ephemeral(remote)) {
+                    (true, false) => false,
+                    (false, true) => true,
+                    _ => local <= remote,
+                }
+            }
+        };
+        Some(if local_is_service { local } else { remote })
+    }
+
     /// Either end uses `port`.
     pub fn has_port(&self, port: u16) -> bool {
         [self.local, self.remote]
@@ -241,6 +268,21 @@ impl Family {
             IpAddr::V6(_) => Self::Ipv6,
         }
     }
+}
+
+/// `net.ipv4.ip_local_port_range` of this host's namespace, where connecting sockets take their
+/// port from (Linux's defaults when unreadable), read once.
+pub fn ephemeral_ports() -> (u16, u16) {
+    static RANGE: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
+    *RANGE.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| {
+                let mut ports = text.split_whitespace().map(str::parse::<u16>);
+                Some((ports.next()?.ok()?, ports.next()?.ok()?))
+            })
+            .unwrap_or((32768, 60999))
+    })
 }
 
 /// RFC 3339 in UTC with nanoseconds, always nine digits so that lines sort as text.

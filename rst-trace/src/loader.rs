@@ -100,7 +100,7 @@ impl Tracer {
         );
         let fold_after = options.fold_after;
         let coarse_after = crate::fold::COARSE_AFTER;
-        let (ephemeral_low, ephemeral_high) = ephemeral_ports();
+        let (ephemeral_low, ephemeral_high) = crate::event::ephemeral_ports();
         let mut ebpf = EbpfLoader::new()
             .override_global("FOLD_AFTER", &fold_after, true)
             .override_global("COARSE_AFTER", &coarse_after, true)
@@ -334,18 +334,6 @@ fn attach(
         .attach(source.system, source.event)
         .with_context(attaching)?;
     Ok(())
-}
-
-/// `net.ipv4.ip_local_port_range` of this host's namespace, where connecting sockets take their
-/// port from: the folding key leaves that end's port out. Linux's defaults when unreadable.
-fn ephemeral_ports() -> (u16, u16) {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| {
-            let mut ports = text.split_whitespace().map(str::parse::<u16>);
-            Some((ports.next()?.ok()?, ports.next()?.ok()?))
-        })
-        .unwrap_or((32768, 60999))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the cgroup, where the

@@ -1,5 +1,7 @@
 //! `--summary SECS`: instead of a line per event, a table every interval of the top causes by
-//! process and local port, with counts and rates, and the totals when the trace ends.
+//! process and service port (the port listened on or connected to), with counts and rates, and
+//! the totals when the trace ends. Every cause that occurred is shown, however rare, before the
+//! long tail of the most frequent one.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -148,7 +150,9 @@ impl SummaryTable {
             cause: event.cause.unwrap_or(Cause::Other),
             kind: event.kind.into(),
             process: ProcessKey::of(event.process.as_ref()),
-            port: event.local.map_or(0, |end| end.port),
+            // The service end's port: a storm from one client is one row, not one per ephemeral
+            // port.
+            port: event.service_port().unwrap_or(0),
         };
         // A queue-drop event seen through a counter, or a folded event, stands for several.
         let count = event.count();
@@ -190,7 +194,15 @@ fn render(title: &str, table: &Rows, elapsed: Duration) -> String {
         "{:<24} {:<4} {:<28} {:>6} {:>9} {:>9}",
         "CAUSE", "DIR", "PROCESS", "PORT", "COUNT", "RATE/s"
     );
-    for (key, count) in sorted.iter().take(TOP_ROWS) {
+    // The top rows, then the largest row of each cause the top rows miss: a storm of one cause
+    // must not bury the one reset of another.
+    let mut shown: Vec<(&Key, &u64)> = sorted.iter().take(TOP_ROWS).copied().collect();
+    for row in sorted.iter().skip(TOP_ROWS) {
+        if !shown.iter().any(|(key, _)| key.cause == row.0.cause) {
+            shown.push(*row);
+        }
+    }
+    for (key, count) in &shown {
         let port = if key.port == 0 {
             "-".to_string()
         } else {
@@ -208,12 +220,13 @@ fn render(title: &str, table: &Rows, elapsed: Duration) -> String {
             **count as f64 / secs
         );
     }
-    if sorted.len() > TOP_ROWS {
-        let rest: u64 = sorted[TOP_ROWS..].iter().map(|(_, count)| **count).sum();
+    if sorted.len() > shown.len() {
+        let shown_events: u64 = shown.iter().map(|(_, count)| **count).sum();
         let _ = writeln!(
             out,
-            "  ... {} more rows, {rest} events",
-            sorted.len() - TOP_ROWS
+            "  ... {} more rows, {} events",
+            sorted.len() - shown.len(),
+            events - shown_events
         );
     }
     if table.merged > 0 {
@@ -238,6 +251,7 @@ fn truncate(text: &str, width: usize) -> String {
 mod tests {
     use super::*;
     use crate::event::{Endpoint, Process, ProcessSource};
+    use crate::kernel_enums::TcpState;
 
     fn event(kind: EventKind, cause: Cause, comm: Option<&str>, port: u16) -> Event {
         Event {
@@ -299,6 +313,67 @@ mod tests {
                 .totals_table(Duration::from_secs(4))
                 .starts_with("rst-trace summary, totals: 12 events in 4.0 s (3.0/s)")
         );
+    }
+
+    #[test]
+    fn a_storm_is_one_row_per_direction_and_every_cause_is_shown() {
+        let mut table = SummaryTable::default();
+        let end = |port| {
+            Some(Endpoint {
+                addr: [127, 0, 0, 1].into(),
+                port,
+            })
+        };
+        // A client refused from a thousand ephemeral ports: one row per direction, by the
+        // service port 20001.
+        for port in 40000..41000 {
+            let mut sent = event(EventKind::ResetSent, Cause::PortClosed, None, 20001);
+            sent.remote = end(port);
+            table.observe(&sent);
+            let mut received = event(
+                EventKind::ResetReceived,
+                Cause::ConnectionRefused,
+                Some("flood"),
+                port,
+            );
+            received.remote = end(20001);
+            received.state = Some(TcpState::SynSent);
+            table.observe(&received);
+        }
+        // Twenty-five other ports with more events than the one abort below.
+        for port in 1..=25 {
+            for _ in 0..3 {
+                table.observe(&event(EventKind::ResetSent, Cause::HalfOpen, None, port));
+            }
+        }
+        let mut abort = event(
+            EventKind::ResetSent,
+            Cause::LingerAbort,
+            Some("client"),
+            45000,
+        );
+        abort.remote = end(9003);
+        abort.state = Some(TcpState::Close);
+        table.observe(&abort);
+        let text = table.totals_table(Duration::from_secs(1));
+        let rows: Vec<&str> = text.lines().skip(2).collect();
+        assert!(
+            rows[0].starts_with("port_closed              SENT -"),
+            "{text}"
+        );
+        assert!(rows[0].contains(" 20001      1000 "), "{text}");
+        assert!(
+            rows[1].starts_with("connection_refused       RECV flood (42)"),
+            "{text}"
+        );
+        assert!(rows[1].contains(" 20001      1000 "), "{text}");
+        // The abort's row is there, by its service port, though 25 rows have more events.
+        assert_eq!(
+            rows[TOP_ROWS],
+            "linger_abort             SENT client (42)                    9003         1       1.0",
+            "{text}"
+        );
+        assert_eq!(rows[TOP_ROWS + 1], "  ... 7 more rows, 21 events", "{text}");
     }
 
     #[test]
