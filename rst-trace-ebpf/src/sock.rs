@@ -134,7 +134,7 @@ pub fn socket_facts<A: Access>(
         return;
     }
     // SAFETY: the value is copied out at once.
-    if let Some(closed) = unsafe { CLOSED.get(&*key) } {
+    if let Some(closed) = unsafe { CLOSED.get(key as &ConnectionKey) } {
         // SAFETY: both are valid `ClosedConnection`s.
         unsafe { copy(&raw mut facts.closed, closed) };
     }
@@ -146,7 +146,7 @@ pub fn socket_facts<A: Access>(
         swap_addresses(key);
         key.netns = 0;
         // SAFETY: the value is copied out at once.
-        if let Some(abort) = unsafe { ABORTS.get(&*key) } {
+        if let Some(abort) = unsafe { ABORTS.get(key as &ConnectionKey) } {
             // SAFETY: both are valid `Abort`s.
             unsafe { copy(&raw mut facts.peer_abort, abort) };
         }
