@@ -281,7 +281,8 @@ pub struct FoldKey {
     pub flags: u8,
     pub tcp_flags: u8,
     pub tw_substate: u8,
-    /// 1: too many new keys this second; the remote address is left out.
+    /// 1: too many new keys this second, the remote address is left out; 2: too many of those
+    /// too, the service port is left out as well.
     pub coarse: u8,
     pub family: u16,
     /// The port listened on or connected to.

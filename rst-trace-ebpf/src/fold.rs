@@ -6,7 +6,8 @@
 //! programs count into the other map while it reads and empties the one they left: no count is
 //! lost between a read and a delete. A storm spread over many keys (a SYN flood with random
 //! source addresses) makes more than `COARSE_AFTER` new keys a second on a CPU; past that, new
-//! keys leave out the remote address and fold together. Every event takes exactly one way: the
+//! keys leave out the remote address and fold together (`coarse` 1), and past as many new keys
+//! of those (a scan of many ports), the service port too (`coarse` 2). Every event takes exactly one way: the
 //! ring buffer (where a full buffer counts it lost) or a folded count.
 
 // Map keys and values are passed by reference on purpose: a copy of a 64-byte key (or a
@@ -32,9 +33,10 @@ pub(crate) static SCRATCH: PerCpuArray<FoldedEvents> = PerCpuArray::with_max_ent
 #[map]
 static RATES: LruHashMap<FoldKey, Rate> = LruHashMap::with_max_entries(MAX_RATE_KEYS, 0);
 
-/// New keys per CPU in the current second (`seen`), for the coarse key.
+/// New keys per CPU in the current second (`seen`), for the coarse keys: keys, and keys without
+/// the remote address.
 #[map]
-static NEW_KEYS: PerCpuArray<Rate> = PerCpuArray::with_max_entries(1, 0);
+static NEW_KEYS: PerCpuArray<Rate> = PerCpuArray::with_max_entries(2, 0);
 
 /// Folded counts of even and odd epochs.
 #[map]
@@ -89,43 +91,62 @@ pub(crate) fn folded(slot: *mut FoldedEvents, ends: &Endpoints, key: &mut FoldKe
     let second = now / NS_PER_SEC;
     // SAFETY: as above.
     unsafe { fill_key(&*record, ends, key) };
+    // The key itself; past COARSE_AFTER new keys a second, the key without the remote address
+    // (a flood from many sources); past as many new keys of those, also without the service
+    // port (a scan of many ports).
     if let Some(rate) = RATES.get_ptr_mut(&*key) {
-        // SAFETY: a map value; concurrent CPUs may let a few more or fewer events through in a
-        // second, but each event still takes exactly one way.
-        let send = unsafe { within_rate(rate, second, after) };
-        return !send && count(slot, key, now);
+        return fold_or_send(slot, key, rate, second, after, now);
     }
-    if new_key_allowed(second) {
-        let _ = RATES.insert(
-            &*key,
-            &Rate {
-                window: second,
-                seen: 1,
-            },
-            0,
-        );
+    if new_key_allowed(FINE, second) {
+        remember(key, second);
         return false;
     }
-    // Too many new keys: fold them on a key without the remote address.
     key.coarse = 1;
     // SAFETY: an 8-byte aligned member of the 8-byte aligned key.
     unsafe { crate::read::zero(&raw mut key.remote_addr) };
-    match RATES.get_ptr_mut(&*key) {
-        // SAFETY: as above.
-        Some(rate) if !unsafe { within_rate(rate, second, after) } => count(slot, key, now),
-        Some(_) => false,
-        None => {
-            let _ = RATES.insert(
-                &*key,
-                &Rate {
-                    window: second,
-                    seen: 1,
-                },
-                0,
-            );
-            false
-        }
+    if let Some(rate) = RATES.get_ptr_mut(&*key) {
+        return fold_or_send(slot, key, rate, second, after, now);
     }
+    if new_key_allowed(COARSE, second) {
+        remember(key, second);
+        return false;
+    }
+    key.coarse = 2;
+    key.service_port = 0;
+    if let Some(rate) = RATES.get_ptr_mut(&*key) {
+        return fold_or_send(slot, key, rate, second, after, now);
+    }
+    remember(key, second);
+    false
+}
+
+/// Counts the event in its key's second: true (folded) past the first `after`.
+#[inline(always)]
+fn fold_or_send(
+    slot: *mut FoldedEvents,
+    key: &FoldKey,
+    rate: *mut Rate,
+    second: u64,
+    after: u64,
+    now: u64,
+) -> bool {
+    // SAFETY: a map value; concurrent CPUs may let a few more or fewer events through in a
+    // second, but each event still takes exactly one way.
+    let send = unsafe { within_rate(rate, second, after) };
+    !send && count(slot, key, now)
+}
+
+/// A new key, its first event of this second sent.
+#[inline(always)]
+fn remember(key: &FoldKey, second: u64) {
+    let _ = RATES.insert(
+        key,
+        &Rate {
+            window: second,
+            seen: 1,
+        },
+        0,
+    );
 }
 
 /// Counts one more event of the key's second; true while it is within the first `after`.
@@ -147,10 +168,14 @@ unsafe fn within_rate(rate: *mut Rate, second: u64, after: u64) -> bool {
     }
 }
 
-/// One more new key on this CPU this second; false past `COARSE_AFTER`.
+/// `NEW_KEYS` slots: new keys, and new keys without the remote address.
+const FINE: u32 = 0;
+const COARSE: u32 = 1;
+
+/// One more new key of a kind on this CPU this second; false past `COARSE_AFTER`.
 #[inline(always)]
-fn new_key_allowed(second: u64) -> bool {
-    let Some(rate) = NEW_KEYS.get_ptr_mut(0) else {
+fn new_key_allowed(kind: u32, second: u64) -> bool {
+    let Some(rate) = NEW_KEYS.get_ptr_mut(kind) else {
         return true;
     };
     let limit = u64::from(global!(COARSE_AFTER));

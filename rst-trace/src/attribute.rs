@@ -5,7 +5,12 @@
 //! task a softirq interrupted), its cgroup and container, its cause with a one-line explanation,
 //! and the pairing of both ends of a connection when both are on this host.
 
-use std::{collections::VecDeque, fs, time::Duration};
+use std::{
+    collections::VecDeque,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use foldhash::HashMap;
 
@@ -399,12 +404,14 @@ impl Attributor {
     /// An event the kernel folded: `decoded` is the first of `count` events of one key, and
     /// the event stands for all of them. It is attributed at once (a received reset takes its
     /// partner from a recent sent reset, or from the kernel's record of the abort); the port
-    /// of the end that is not the service end varied, and is left out.
+    /// of the end that is not the service end varied, and is left out, and so are what a
+    /// coarse key left out (`coarse` 1: the remote address; 2: the service port too).
     pub fn folded_event(
         &mut self,
         decoded: Decoded,
         folded: Folded,
         service_local: bool,
+        coarse: u8,
     ) -> Box<Event> {
         let peer = match self.peer_of(&decoded) {
             Some(sent) => Some(sent),
@@ -418,6 +425,22 @@ impl Attributor {
         };
         if let Some(end) = ephemeral {
             end.port = 0;
+        }
+        if coarse >= 1
+            && let Some(remote) = event.remote.as_mut()
+        {
+            remote.addr = match remote.addr {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            };
+        }
+        if coarse >= 2 {
+            for end in [event.local.as_mut(), event.remote.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                end.port = 0;
+            }
         }
         event.folded = Some(folded);
         event

@@ -32,8 +32,9 @@ pub struct FoldedSample {
     pub last_ns: u64,
     /// The service end (the port listened on or connected to) is this host's end.
     pub service_local: bool,
-    /// The remote address was left out (a flood over many keys).
-    pub coarse: bool,
+    /// 0: the key as it is; 1: the remote address was left out (a flood from many sources);
+    /// 2: the service port too (a scan of many ports).
+    pub coarse: u8,
     /// The first folded event's record, to be decoded like any other.
     pub record: Vec<u8>,
 }
@@ -105,7 +106,7 @@ impl FoldReader {
                     first_ns: value.first_ns,
                     last_ns: value.last_ns,
                     service_local: key.service_local != 0,
-                    coarse: key.coarse != 0,
+                    coarse: key.coarse,
                     record: record_bytes(&value.record),
                 });
             }

@@ -432,9 +432,9 @@ impl Pipeline<'_> {
                 first: clock.wall_time(sample.first_ns),
                 last: clock.wall_time(sample.last_ns),
             };
-            let event = self
-                .attributor
-                .folded_event(decoded, folded, sample.service_local);
+            let event =
+                self.attributor
+                    .folded_event(decoded, folded, sample.service_local, sample.coarse);
             if self.write(&event)? {
                 return Ok(true);
             }
