@@ -381,7 +381,10 @@ mod tests {
         assert_eq!(events[0].remote.1, None);
         assert_eq!(events[0].pid, None);
         assert_eq!(events[1].pid, Some(42));
-        assert_eq!(events[1].rst(), ((lo(20003).0, Some(20003)), (lo(40000).0, Some(40000))));
+        assert_eq!(
+            events[1].rst(),
+            ((lo(20003).0, Some(20003)), (lo(40000).0, Some(40000)))
+        );
         assert!(parse_events("not json\n").is_err());
     }
 

@@ -325,11 +325,9 @@ fn run_one(workload: Workload, mode: Mode, plan: &Plan, setup: &Setup) -> anyhow
         .as_ref()
         .map_or(0, |capture| capture.records.len() as i64);
     let background_resets = match workload {
-        Workload::RefusedStorm | Workload::LingerStorm | Workload::StormNeedles => {
-            outcome.ops.map(|ops| {
-                i64::try_from(out_rsts).unwrap_or(i64::MAX) - ops as i64 - needle_resets
-            })
-        }
+        Workload::RefusedStorm | Workload::LingerStorm | Workload::StormNeedles => outcome
+            .ops
+            .map(|ops| i64::try_from(out_rsts).unwrap_or(i64::MAX) - ops as i64 - needle_resets),
         _ => None,
     };
     let mut problems = Vec::new();

@@ -9,8 +9,7 @@
 
 use std::{
     collections::VecDeque,
-    fmt,
-    fs,
+    fmt, fs,
     io::{self, Write as _},
     mem::MaybeUninit,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -51,7 +50,12 @@ pub enum NeedleKind {
 }
 
 impl NeedleKind {
-    pub const ALL: [Self; 4] = [Self::Linger, Self::Unread, Self::Stale, Self::ListenerClosed];
+    pub const ALL: [Self; 4] = [
+        Self::Linger,
+        Self::Unread,
+        Self::Stale,
+        Self::ListenerClosed,
+    ];
 
     pub fn id(self) -> &'static str {
         match self {
@@ -249,7 +253,11 @@ impl Needle {
                 drop(server);
                 client.set_read_timeout(Some(STEP_TIMEOUT))?;
                 let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-                if client.recv(&mut byte).context("waiting for the server's FIN")? != 0 {
+                if client
+                    .recv(&mut byte)
+                    .context("waiting for the server's FIN")?
+                    != 0
+                {
                     bail!("the server sent data instead of its FIN");
                 }
                 self.pool.push_back((client, Instant::now()));
@@ -289,7 +297,10 @@ impl Needle {
             };
             let record = self.record(&client)?;
             (&client).write_all(b"GET /stale HTTP/1.1\r\n\r\n")?;
-            wait_closed(&client, "the client to receive the stale connection's reset")?;
+            wait_closed(
+                &client,
+                "the client to receive the stale connection's reset",
+            )?;
             records.push(record);
         }
         Ok(())

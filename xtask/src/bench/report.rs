@@ -1242,7 +1242,10 @@ fn fold_table(w: &mut String, f: &Figures, workload: Workload) {
     );
     let dash = || "–".to_string();
     for [on, off] in FOLD_PAIRS {
-        let ratio = |mode| f.ratio(workload, mode).map_or_else(dash, |r| format!("{r:.3}"));
+        let ratio = |mode| {
+            f.ratio(workload, mode)
+                .map_or_else(dash, |r| format!("{r:.3}"))
+        };
         let lost = |mode| {
             f.cell(workload, mode)
                 .lost()
@@ -1364,7 +1367,10 @@ fn needles_tables(w: &mut String, f: &Figures) {
         "| tracer | kind | expected causes | made | on the wire | sent end: own event | sent \
          end: right | received end: own event | received end: right |"
     );
-    let _ = writeln!(w, "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        w,
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for mode in Mode::ALL
         .into_iter()
         .filter(|m| m.applies_to(workload) && m.is_rst_trace())
