@@ -426,6 +426,10 @@ fn check_capture(
     if matched.traced && matched.sent_accounted == 0 {
         problems.push("rst-trace's JSON accounted for none of the resets on the wire".to_string());
     }
+    let rare = matched.rare();
+    if matched.traced && rare.made > 0 && rare.sent_own + rare.received_own == 0 {
+        problems.push("rst-trace's JSON has none of the needles' resets".to_string());
+    }
     Ok(matched)
 }
 

@@ -767,7 +767,7 @@ fn storm_targets(f: &Figures) -> Vec<Target> {
                     "{}: {} RSTs on the wire (tcpdump dropped {}), lowest run accounted for \
                      {accounted:.4} ({} events with no RST); rare resets: lowest run {own:.4} \
                      own events, {right:.4} right cause and process; {} lost {}",
-                    mode.label(),
+                    mode.label_on(Workload::StormNeedles),
                     thousands(total.wire as f64),
                     cell.tcpdump_dropped(),
                     thousands((total.sent_unmatched) as f64),
@@ -783,7 +783,10 @@ fn storm_targets(f: &Figures) -> Vec<Target> {
                 if judged {
                     ok = false;
                 }
-                format!("{}: no run completed", mode.label())
+                format!(
+                    "{}: no run completed",
+                    mode.label_on(Workload::StormNeedles)
+                )
             }
         };
         figures.push(text);
@@ -1036,7 +1039,11 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
     }
     for mode in Mode::ALL.into_iter().filter(|m| m.applies_to(needles)) {
         if let Some(line) = mode.command_line(ctx.setup, needles) {
-            let _ = writeln!(w, "{line}   # {}, kept to be matched", mode.label());
+            let _ = writeln!(
+                w,
+                "{line}   # {}, kept to be matched",
+                mode.label_on(needles)
+            );
         }
     }
     let _ = writeln!(
@@ -1176,7 +1183,7 @@ fn workload_section(w: &mut String, f: &Figures, workload: Workload, ctx: &Conte
             w,
             "| {}{failed} | {throughput} | {ratio} | {delivered} | {lost} | {cpu} | {rss} | \
              {startup} |",
-            mode.label()
+            mode.label_on(workload)
         );
     }
     let _ = writeln!(w);
@@ -1191,7 +1198,7 @@ fn workload_section(w: &mut String, f: &Figures, workload: Workload, ctx: &Conte
             let _ = writeln!(
                 w,
                 "| {} | `{name}` | {ns:.0} | {} |",
-                mode.label(),
+                mode.label_on(workload),
                 thousands(rate)
             );
         }
@@ -1201,7 +1208,7 @@ fn workload_section(w: &mut String, f: &Figures, workload: Workload, ctx: &Conte
             let _ = writeln!(
                 w,
                 "| {} | all programs, per event counted | {total:.0} | |",
-                mode.label()
+                mode.label_on(workload)
             );
         }
         if mode.is_rst_trace()
@@ -1211,7 +1218,7 @@ fn workload_section(w: &mut String, f: &Figures, workload: Workload, ctx: &Conte
             let _ = writeln!(
                 w,
                 "| {} | all programs, per refused connect | {total:.0} | |",
-                mode.label()
+                mode.label_on(workload)
             );
         }
     }
@@ -1331,7 +1338,7 @@ fn needles_tables(w: &mut String, f: &Figures) {
                 w,
                 "| {} | {} | {} | {} ({accounted:.4}){} | {} | {} | {} | {} ({own:.4}){} | {} \
                  ({right:.4}){} | {} |",
-                mode.label(),
+                mode.label_on(workload),
                 thousands(total.wire as f64),
                 cell.tcpdump_dropped(),
                 fraction(total.sent_accounted, total.wire),
@@ -1349,7 +1356,7 @@ fn needles_tables(w: &mut String, f: &Figures) {
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | – | – | – | {} | – | – | – |",
-                mode.label(),
+                mode.label_on(workload),
                 thousands(total.wire as f64),
                 cell.tcpdump_dropped(),
                 thousands(rare.made as f64),
@@ -1384,7 +1391,7 @@ fn needles_tables(w: &mut String, f: &Figures) {
             let _ = writeln!(
                 w,
                 "| {} | {kind} | `{sent}` / `{received}` | {} | {} | {} | {} | {} | {} |",
-                mode.label(),
+                mode.label_on(workload),
                 k.made,
                 k.on_wire,
                 k.sent_own,

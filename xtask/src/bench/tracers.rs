@@ -90,6 +90,15 @@ impl Mode {
         }
     }
 
+    /// The label as the mode runs on `workload` (where rst-trace's JSON is kept in a file).
+    pub fn label_on(self, workload: Workload) -> String {
+        if self.keeps_json(workload) {
+            self.label().replace("> /dev/null", "> FILE")
+        } else {
+            self.label().to_string()
+        }
+    }
+
     pub fn is_rst_trace(self) -> bool {
         matches!(
             self,

@@ -331,6 +331,11 @@ impl Drop for Reaped {
     }
 }
 
+/// How long tcpdump gets after the load ends before it is stopped: libpcap hands packets over
+/// in blocks that the kernel retires when full or after tcpdump's timeout (1000 ms), and a
+/// block not yet retired when tcpdump is stopped never reaches its file.
+const TCPDUMP_FLUSH: Duration = Duration::from_millis(1500);
+
 /// How long tcpdump may take to exit after SIGINT.
 const TCPDUMP_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -384,6 +389,7 @@ fn storm_needles(setup: &Setup, threads: usize, duration: Duration) -> anyhow::R
     }
     let storm = storm?;
 
+    thread::sleep(TCPDUMP_FLUSH);
     let Some(mut tcpdump) = tcpdump.take() else {
         bail!("tcpdump is gone");
     };
