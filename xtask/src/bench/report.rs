@@ -60,6 +60,13 @@ const CHART_MODES: [Mode; 9] = [
     Mode::Reference,
 ];
 
+/// One colour per charted mode (gnuplot's own cycle repeats after eight): each output mode
+/// with folding, then a lighter shade of it without, then the other tracers.
+const CHART_COLORS: [&str; 9] = [
+    "#1f4e9c", "#1f8a4c", "#8a1f7a", "#8fb3e8", "#92d6a8", "#dba3d2", "#e07b00", "#333333",
+    "#c0392b",
+];
+
 /// The machine the bench ran on, read before it started.
 pub struct Machine {
     cpu: String,
@@ -1535,13 +1542,13 @@ fn draw_chart(f: &Figures, ctx: &Context, path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("could not write {}", data_path.display()))?;
     let bottom = ((lowest - 0.05) * 20.0).floor() / 20.0;
     let mut columns = Vec::new();
-    for (i, _) in CHART_MODES.iter().enumerate() {
+    for (i, color) in CHART_COLORS.iter().enumerate().take(CHART_MODES.len()) {
         let using = if i == 0 {
             format!("'{}' using 2:xtic(1) title columnhead", data_path.display())
         } else {
             format!("'' using {} title columnhead", i + 2)
         };
-        columns.push(using);
+        columns.push(format!("{using} lc rgb '{color}'"));
     }
     let title = format!(
         "Throughput with each tracer / without (median of {} runs of {} s){}",
