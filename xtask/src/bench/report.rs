@@ -1005,7 +1005,17 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
          record fields as rst-trace's classic `tcp_send_reset` and submits a 64-byte ring buffer \
          record without waking its reader, nothing else. rst-trace itself runs \
          `tcp_send_reset_btf` where the kernel takes BTF tracepoints (here): the same work \
-         with plain loads instead of a probe read per field.\n"
+         with plain loads instead of a probe read per field. **per refused connect**: the run \
+         time of all of a tracer's programs divided by the refused connects the storm made \
+         (each is one reset sent and one received), against the reference program's time per \
+         run (one run per reset sent).\n"
+    );
+    let _ = writeln!(
+        w,
+        "- **storm + needles + capture**: tcpdump's capture (read back with `tcpdump -r`) is \
+         the truth: every RST on lo appears in it once. rst-trace's `--json` output is matched \
+         against it (see the section), and the needles' own records say which of those RSTs \
+         are the rare ones, who made them and what their causes must be.\n"
     );
 
     let _ = writeln!(w, "## Results\n");
