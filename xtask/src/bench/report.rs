@@ -1008,7 +1008,7 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
          with plain loads instead of a probe read per field. **per refused connect**: the run \
          time of all of a tracer's programs divided by the refused connects the storm made \
          (each is one reset sent and one received), against the reference program's time per \
-         run (one run per reset sent).\n"
+         run (one run per reset sent)."
     );
     let _ = writeln!(
         w,
