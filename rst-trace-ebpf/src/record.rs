@@ -177,12 +177,17 @@ pub fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
     zeroed!(key: FoldKey);
     // SAFETY: the scratch record is complete.
     let facts = unsafe { &(*record).facts };
-    let sent = if facts.endpoints.family != 0 || sk == 0 {
+    let sent = if facts.endpoints.family != 0 {
         filter::keeps(&facts.endpoints, facts.netns) && !fold::folded(slot, &facts.endpoints, key)
     } else {
-        // Classic tracepoints keep a full socket's ends in the raw record.
+        // Classic tracepoints keep the ends in the raw record: the socket's, or the segment's
+        // when no socket matched.
         zeroed!(ends: Endpoints);
-        socket_ends(sk, head, facts.flags & facts::FULL_SOCKET != 0, ends);
+        if sk != 0 {
+            socket_ends(sk, head, facts.flags & facts::FULL_SOCKET != 0, ends);
+        } else {
+            segment_ends(segment, ends);
+        }
         filter::keeps(ends, facts.netns) && !fold::folded(slot, ends, key)
     };
     if !sent {
