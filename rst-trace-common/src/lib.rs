@@ -95,6 +95,26 @@ pub struct SocketFacts {
     /// `enum sk_rst_reason` (with [`facts::REASON`]).
     pub reason: u32,
     pub _pad: u32,
+    /// For a received reset: the other end of the connection, when it is on this host and was
+    /// aborted (closed with a reset) just before; `ns` 0 when not.
+    pub peer_abort: Abort,
+}
+
+/// A connection this host aborted: closed with a reset (SO_LINGER 0, close() with unread data,
+/// a listener closed with the connection still queued). Kept so that a reset the other end
+/// receives on this host takes its cause from here, even when the sender's own event was folded
+/// or lost: the state change fires just before the reset is sent. Keyed by the aborting end's
+/// [`ConnectionKey`] with `netns` 0: the two ends may be in different namespaces.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Abort {
+    /// The task that closed it.
+    pub closer: Owner,
+    /// CLOCK_MONOTONIC of the close; 0: no abort recorded.
+    pub ns: u64,
+    /// [`facts::LINGER_ZERO`] and [`facts::HAS_SOCKET_FILE`] as they were at the close.
+    pub flags: u8,
+    pub _pad: [u8; 7],
 }
 
 /// A process, as recorded when it owned or closed a socket.
@@ -234,6 +254,68 @@ pub struct KernelOffsets {
     pub states: TcpStates,
 }
 
+/// Keys folded at most per epoch (the folded maps are drained and emptied every second); an
+/// event whose key finds the map full is sent on its own instead.
+pub const MAX_FOLD_KEYS: u32 = 4096;
+
+/// Keys whose rate the programs keep (least recently used ones make room).
+pub const MAX_RATE_KEYS: u32 = 16384;
+
+/// What decides whether two events are "the same" for folding: their kind, the facts their cause
+/// comes from, where they happened and whose they are. The ephemeral end's port is not part of
+/// it (it changes with every connection); the service end's port is.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FoldKey {
+    /// The owner's (or closer's) cgroup v2 id; 0 when the event has no owner.
+    pub cgroup_id: u64,
+    /// `enum sk_rst_reason`, with [`facts::REASON`] in `flags`.
+    pub reason: u32,
+    pub netns: u32,
+    /// The owner's (or closer's) process id; 0: none.
+    pub tgid: u32,
+    /// A [`RecordKind`] as u8.
+    pub kind: u8,
+    pub sk_state: u8,
+    /// The [`facts`] bits that causes are decided by.
+    pub flags: u8,
+    pub tcp_flags: u8,
+    pub tw_substate: u8,
+    /// 1: too many new keys this second, the remote address is left out; 2: too many of those
+    /// too, the service port is left out as well.
+    pub coarse: u8,
+    pub family: u16,
+    /// The port listened on or connected to.
+    pub service_port: u16,
+    /// 1: the service end is this host's end (`local_addr`).
+    pub service_local: u8,
+    pub _pad: u8,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// How many events of a key the programs saw in one second (`window`, in seconds of
+/// CLOCK_MONOTONIC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    pub window: u64,
+    pub seen: u64,
+}
+
+/// The events of one key that were counted instead of sent, and the first of them as it would
+/// have been sent (header, facts and, from classic tracepoints, the raw record), so that
+/// userspace explains a folded key exactly as it explains a single event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FoldedEvents {
+    pub count: u64,
+    /// CLOCK_MONOTONIC of the first and last event counted.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub record: RawTracepoint,
+}
+
 /// TCP state numbers of the running kernel (from its tracefs tables), for the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,6 +349,10 @@ pub const MAX_STACKS: u32 = 16384;
 
 /// Entries in the kernel-side `--pid` filter map.
 pub const MAX_PID_FILTER: u32 = 64;
+
+/// Entries in the kernel-side `--port` and `--netns` filter maps.
+pub const MAX_PORT_FILTER: u32 = 64;
+pub const MAX_NETNS_FILTER: u32 = 64;
 
 /// Value of an offset that userspace could not resolve: the programs skip that read.
 pub const NO_OFFSET: u32 = u32::MAX;
@@ -405,10 +491,11 @@ impl KernelOffsets {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        ClosedConnection, ConnectionKey, EventHeader, KernelOffsets, Owner, RawTracepoint,
+        Abort, ClosedConnection, ConnectionKey, EventHeader, FoldKey, FoldedEvents, KernelOffsets,
+        Owner, RawTracepoint,
     };
 
-    // SAFETY (all six): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
+    // SAFETY (all nine): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
     // bit pattern is a valid value, and no hidden padding (`layouts_have_no_hidden_padding`).
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.
@@ -421,6 +508,12 @@ mod user {
     unsafe impl aya::Pod for ClosedConnection {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Abort {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FoldKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FoldedEvents {}
 }
 
 #[cfg(test)]
@@ -436,11 +529,17 @@ mod tests {
         assert_eq!(core::mem::size_of::<Endpoints>(), 40);
         assert_eq!(
             core::mem::size_of::<SocketFacts>(),
-            8 + 32 + 40 + 48 + 8 + 40 + 8 + 16
+            8 + 32 + 40 + 48 + 8 + 40 + 8 + 16 + 56
         );
-        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 200 + RAW_LEN);
-        assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 200);
+        assert_eq!(core::mem::size_of::<Abort>(), 56);
+        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 256 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 256);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
+        assert_eq!(core::mem::size_of::<FoldKey>(), 64);
+        assert_eq!(
+            core::mem::size_of::<FoldedEvents>(),
+            24 + 48 + 256 + RAW_LEN
+        );
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);
     }

@@ -20,18 +20,23 @@
 //! task) and [`read`] (probe reads and plain loads).
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write types; the intrinsic is the kernel's atomic add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use rst_trace_common::{
-    ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS,
-    MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, Owner,
+    Abort, ClosedConnection, ConnectionKey, KernelOffsets, MAX_CLOSED_CONNECTIONS,
+    MAX_DROP_REASONS, MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, Owner,
 };
 
 #[macro_use]
 mod macros;
+mod filter;
+mod fold;
 mod programs;
 mod read;
 mod record;
@@ -58,6 +63,12 @@ static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(MAX_OWNED_S
 /// Connection -> who closed it and when, kept after the socket is gone.
 #[map]
 static CLOSED: LruHashMap<ConnectionKey, ClosedConnection> =
+    LruHashMap::with_max_entries(MAX_CLOSED_CONNECTIONS, 0);
+
+/// Connection (the aborting end's view) -> who aborted it and how, read by the other end's
+/// received reset when both ends are on this host (see `Abort`).
+#[map]
+static ABORTS: LruHashMap<ConnectionKey, Abort> =
     LruHashMap::with_max_entries(MAX_CLOSED_CONNECTIONS, 0);
 
 /// Kernel stacks of events, with `--stack`.

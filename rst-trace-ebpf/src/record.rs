@@ -1,6 +1,7 @@
-//! Building and submitting one ring buffer record: the `--pid` filter, reserve (or count the
-//! record in `LOST`), the header, the facts read from the socket and the segment, the raw
-//! tracepoint record, and the wakeup decision. Every reset and drop program ends here.
+//! Building and sending one ring buffer record: the `--pid` filter, the header, the facts read
+//! from the socket and the segment, the raw tracepoint record, folding (see [`crate::fold`]),
+//! the wakeup decision and the output (or the record counted in `LOST`). Every reset and drop
+//! program ends here.
 
 use aya_ebpf::{
     EbpfContext,
@@ -9,7 +10,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use rst_trace_common::{
-    ArgsRecord, ConnectionKey, NO_SK_STATE, RAW_LEN, RawTracepoint, RecordKind, facts,
+    ArgsRecord, ConnectionKey, Endpoints, FoldKey, NO_SK_STATE, RAW_LEN, RawTracepoint, RecordKind,
+    facts,
 };
 
 use crate::read::{Access, Direct, Probe, copy_in, zero};
@@ -21,6 +23,7 @@ use crate::task::{current_cgroup_id, current_comm, now};
 use crate::{
     CLOSED, EVENTS, FILTER_BY_PID, LOST, OWNERS, PIDS, RECORD_STACKS, STACKS, WAKEUP_BYTES,
 };
+use crate::{filter, fold};
 
 /// bpf_get_stackid: replace a different stack that hashes to the same bucket.
 const BPF_F_REUSE_STACKID: u64 = 1 << 10;
@@ -80,12 +83,14 @@ pub fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
                 || size_of::<R>() == size_of::<ArgsRecord>()
         )
     };
-    let Some(mut entry) = EVENTS.reserve::<R>(0) else {
-        count_lost();
+    // The record is built in this CPU's scratch value, then sent or folded: a folded event
+    // takes no room in the ring buffer, however long the reader waits for a CPU. Header and
+    // facts are laid out alike in both record types; `raw` is touched only when there is one.
+    let Some(slot) = fold::SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // Header and facts are laid out alike in both; `raw` is touched only when there is one.
-    let record = entry.as_mut_ptr().cast::<RawTracepoint>();
+    // SAFETY: this CPU's scratch value; nothing else writes it while the program runs.
+    let record = unsafe { &raw mut (*slot).record };
     let record_stacks = global!(RECORD_STACKS) != 0;
     let listen = offset!(states.listen);
     // One read of the socket's first bytes (ports, family, state, IPv4 addresses), and the
@@ -94,8 +99,8 @@ pub fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
     head.fill(sk);
     zeroed!(segment: Segment);
     segment.fill::<A>(skb);
-    // SAFETY: `record` points at a reserved, writable, 8-byte aligned ring buffer slot of the
-    // right size; header and facts are zeroed first and every field is written before submit.
+    // SAFETY: `record` points at this CPU's scratch record, 8-byte aligned; header and facts
+    // are zeroed first and every field is written before it is sent.
     // Facts are filled in place: the BPF stack is too small for a second copy.
     unsafe {
         zero(&raw mut (*record).header);
@@ -167,20 +172,44 @@ pub fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
             Raw::FromArgs(_) => {}
         }
     }
+    // `--port` and `--netns`, then folding: past its key's first events this second, the event
+    // is only counted.
+    zeroed!(key: FoldKey);
+    // SAFETY: the scratch record is complete.
+    let facts = unsafe { &(*record).facts };
+    let sent = if facts.endpoints.family != 0 {
+        filter::keeps(&facts.endpoints, facts.netns) && !fold::folded(slot, &facts.endpoints, key)
+    } else {
+        // Classic tracepoints keep the ends in the raw record: the socket's, or the segment's
+        // when no socket matched.
+        zeroed!(ends: Endpoints);
+        if sk != 0 {
+            socket_ends(sk, head, facts.flags & facts::FULL_SOCKET != 0, ends);
+        } else {
+            segment_ends(segment, ends);
+        }
+        filter::keeps(ends, facts.netns) && !fold::folded(slot, ends, key)
+    };
+    if !sent {
+        return;
+    }
     // Wake the reader once per fill-up: when this record takes the data waiting past an
-    // eighth of the buffer (a window of a few records, as other CPUs may reserve between this
-    // reserve and the query). Waking on every record above the mark cost an interrupt per
+    // eighth of the buffer (a window of a few records, as other CPUs may write between this
+    // query and the output). Waking on every record above the mark cost an interrupt per
     // record at storm rates, exactly when the reader is busy anyway; a wakeup per record below
     // it cost more than the record. Userspace also drains on a short timer, so quiet events
     // and a missed crossing still go out.
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA) + size_of::<R>() as u64 + 8;
     let mark = u64::from(global!(WAKEUP_BYTES));
     let flags = if waiting > mark && waiting <= mark + WAKEUP_WINDOW {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags);
+    // SAFETY: the scratch record is complete; `R` is the whole record or its first part.
+    if unsafe { EVENTS.output::<R>(&*record.cast::<R>(), flags) }.is_err() {
+        count_lost();
+    }
 }
 
 /// `--pid`: the running task, the socket's owner, or the process that closed the connection.

@@ -143,7 +143,7 @@ pub fn segment_ends(segment: &Segment, ends: &mut Endpoints) {
 /// Copies an IPv4 (4) or IPv6 (16) address with word loads and stores (a variable-length copy
 /// would be a byte-wise memcpy call).
 #[inline(always)]
-fn copy_address(from: *const u8, to: &mut [u8; 16], len: usize) {
+pub fn copy_address(from: *const u8, to: &mut [u8; 16], len: usize) {
     // SAFETY: `from` has `len` readable bytes (checked by the caller), `to` has 16.
     unsafe {
         let out = to.as_mut_ptr();

@@ -10,7 +10,7 @@ use rst_trace_common::{
 };
 
 use crate::read::{Access, copy, copy_in, field, load, read_into};
-use crate::{CLOSED, OWNERS};
+use crate::{ABORTS, CLOSED, OWNERS};
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -111,12 +111,12 @@ pub fn socket_facts<A: Access>(
                 facts.socket_ino = field::<u64>(socket, offset!(socket_ino)).unwrap_or(0);
             }
         }
-        let linger_bit = offset!(sock_linger_bit);
-        if linger_bit < 64
-            && load::<A, u64>(sk, offset!(sk_flags)).is_some_and(|f| f & (1 << linger_bit) != 0)
-            && load::<A, i64>(sk, offset!(sk_lingertime)) == Some(0)
-        {
+        if linger_zero::<A>(sk) {
             facts.flags |= facts::LINGER_ZERO;
+        }
+        if state == offset!(states.syn_sent) {
+            // A refused connect: nothing was sent, closed or aborted on it (the storm case).
+            return;
         }
         if kind == RecordKind::ResetReceived {
             let tp = tcp_sock::<A>(sk);
@@ -130,12 +130,50 @@ pub fn socket_facts<A: Access>(
         }
     }
     zeroed!(key: ConnectionKey);
-    if connection_key(sk, head, facts.netns, key)
-        // SAFETY: the value is copied out at once.
-        && let Some(closed) = unsafe { CLOSED.get(key) }
-    {
+    if !connection_key(sk, head, facts.netns, key) {
+        return;
+    }
+    // SAFETY: the value is copied out at once.
+    if let Some(closed) = unsafe { CLOSED.get(key as &ConnectionKey) } {
         // SAFETY: both are valid `ClosedConnection`s.
         unsafe { copy(&raw mut facts.closed, closed) };
+    }
+    if kind == RecordKind::ResetReceived {
+        // The other end's view of the connection: did it abort, on this host, just now?
+        let local_port = key.local_port;
+        key.local_port = u16::from_be(key.remote_port_be);
+        key.remote_port_be = local_port.to_be();
+        swap_addresses(key);
+        key.netns = 0;
+        // SAFETY: the value is copied out at once.
+        if let Some(abort) = unsafe { ABORTS.get(key as &ConnectionKey) } {
+            // SAFETY: both are valid `Abort`s.
+            unsafe { copy(&raw mut facts.peer_abort, abort) };
+        }
+    }
+}
+
+/// SO_LINGER on with a zero timeout: close() aborts the connection with a reset.
+#[inline(always)]
+pub fn linger_zero<A: Access>(sk: u64) -> bool {
+    let linger_bit = offset!(sock_linger_bit);
+    linger_bit < 64
+        && load::<A, u64>(sk, offset!(sk_flags)).is_some_and(|f| f & (1 << linger_bit) != 0)
+        && load::<A, i64>(sk, offset!(sk_lingertime)) == Some(0)
+}
+
+/// Swaps a key's local and remote addresses with word loads and stores.
+#[inline(always)]
+fn swap_addresses(key: &mut ConnectionKey) {
+    let local = key.local_addr.as_mut_ptr().cast::<u64>();
+    let remote = key.remote_addr.as_mut_ptr().cast::<u64>();
+    // SAFETY: both are 16 bytes at 8-byte aligned offsets of an 8-byte aligned key.
+    unsafe {
+        for i in 0..2 {
+            let word = local.add(i).read();
+            local.add(i).write(remote.add(i).read());
+            remote.add(i).write(word);
+        }
     }
 }
 

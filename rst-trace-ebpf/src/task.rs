@@ -9,20 +9,21 @@ use rst_trace_common::{NO_OFFSET, Owner};
 
 use crate::read::{Access, load};
 
-/// The running task as an owner or closer, stamped now.
+/// The running task as an owner or closer, stamped now; BTF programs read its name and cgroup
+/// with plain loads (see [`current_comm`]).
 #[inline(always)]
-pub fn current_owner() -> Owner {
+pub fn current_owner<A: Access>() -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
     let mut owner = core::mem::MaybeUninit::<Owner>::uninit();
     let ptr = owner.as_mut_ptr();
-    // SAFETY: every field is written before `assume_init` (the helper fills all of `comm`); no
-    // zeroed byte array is built, which would compile to a byte-wise memset.
+    // SAFETY: every field is written before `assume_init` (`current_comm` fills all of `comm`);
+    // no zeroed byte array is built, which would compile to a byte-wise memset.
     unsafe {
         (*ptr).tgid = (pid_tgid >> 32) as u32;
         (*ptr).pid = pid_tgid as u32;
-        (*ptr).cgroup_id = bpf_get_current_cgroup_id();
+        (*ptr).cgroup_id = current_cgroup_id::<A>();
         (*ptr).since_ns = now();
-        generated::bpf_get_current_comm((&raw mut (*ptr).comm).cast(), 16);
+        current_comm::<A>(&mut (*ptr).comm);
         owner.assume_init()
     }
 }

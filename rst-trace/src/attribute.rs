@@ -5,7 +5,12 @@
 //! task a softirq interrupted), its cgroup and container, its cause with a one-line explanation,
 //! and the pairing of both ends of a connection when both are on this host.
 
-use std::{collections::VecDeque, fs, time::Duration};
+use std::{
+    collections::VecDeque,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use foldhash::HashMap;
 
@@ -14,7 +19,7 @@ use crate::{
     container::Container,
     decoded::{Decoded, KernelFacts, Task},
     enrich::{CgroupResolver, SocketHolders, process_cgroup},
-    event::{Counter, Endpoint, Event, EventKind, Process, ProcessSource, Queue},
+    event::{Counter, Endpoint, Event, EventKind, Folded, Process, ProcessSource, Queue},
     explain::{self, PeerReset},
     kernel_enums::TcpState,
     listeners::{DropKind, ListenerDrop},
@@ -250,7 +255,10 @@ impl Attributor {
                     {
                         self.waiting.remove(&(local, remote));
                     }
-                    out.push(self.attribute(*decoded, None, stack));
+                    // The sender's event never came (folded or lost): the kernel's record of
+                    // its abort stands in for it.
+                    let peer = self.abort_peer(&decoded);
+                    out.push(self.attribute(*decoded, peer, stack));
                 }
                 Pending::Attributing => {}
             }
@@ -307,6 +315,7 @@ impl Attributor {
             drops: decoded.drops,
             counter: decoded.counter,
             stack,
+            folded: None,
         });
         // Summary and metrics never print explanations: at storm rates the strings cost.
         let explanation = if self.explanations {
@@ -390,6 +399,79 @@ impl Attributor {
                 _ => "its owner is unknown: the connection was set up before rst-trace started",
             },
         )
+    }
+
+    /// An event the kernel folded: `decoded` is the first of `count` events of one key, and
+    /// the event stands for all of them. It is attributed at once (a received reset takes its
+    /// partner from a recent sent reset, or from the kernel's record of the abort); the port
+    /// of the end that is not the service end varied, and is left out, and so are what a
+    /// coarse key left out (`coarse` 1: the remote address; 2: the service port too).
+    pub fn folded_event(
+        &mut self,
+        decoded: Decoded,
+        folded: Folded,
+        service_local: bool,
+        coarse: u8,
+    ) -> Box<Event> {
+        let peer = match self.peer_of(&decoded) {
+            Some(sent) => Some(sent),
+            None => self.abort_peer(&decoded),
+        };
+        let mut event = self.attribute(decoded, peer, None);
+        let ephemeral = if service_local {
+            event.remote.as_mut()
+        } else {
+            event.local.as_mut()
+        };
+        if let Some(end) = ephemeral {
+            end.port = 0;
+        }
+        if coarse >= 1
+            && let Some(remote) = event.remote.as_mut()
+        {
+            remote.addr = match remote.addr {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            };
+        }
+        if coarse >= 2 {
+            for end in [event.local.as_mut(), event.remote.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                end.port = 0;
+            }
+        }
+        event.folded = Some(folded);
+        event
+    }
+
+    /// The reset the other end sent, rebuilt from the kernel's record of its abort (see
+    /// [`crate::decoded::PeerAbort`]): the same cause and explanation its own event would have
+    /// given.
+    fn abort_peer(&mut self, received: &Decoded) -> Option<SentReset> {
+        if received.kind != EventKind::ResetReceived {
+            return None;
+        }
+        let abort = received.kernel.peer_abort.as_ref()?;
+        let (local, remote) = (received.local?, received.remote?);
+        let sender = Decoded {
+            kind: EventKind::ResetSent,
+            state: Some(TcpState::Close),
+            local: Some(remote),
+            remote: Some(local),
+            kernel: KernelFacts {
+                context: Some(abort.closer.clone()),
+                linger_zero: abort.linger_zero,
+                full_socket: true,
+                has_socket_file: abort.has_socket_file,
+                ..KernelFacts::default()
+            },
+            ..Decoded::new(EventKind::ResetSent, received.time, received.ktime_ns)
+        };
+        // Attributing a sent reset remembers it for its partner: that is this event.
+        let _ = self.attribute(sender, None, None);
+        self.recent_sent.remove(&(remote, local))
     }
 
     /// The reset this host sent on the same connection before `event`, when the other end is

@@ -16,6 +16,7 @@ use crate::{
     cause::Cause,
     container::Container,
     enrich::CgroupResolver,
+    escape::for_terminal,
     event::{Event, Process},
     filter::Filter,
     listeners::{self, DropKind, ListenerDrop, Netns, Watcher},
@@ -204,10 +205,10 @@ fn write_row(out: &mut impl io::Write, row: &BacklogRow) -> io::Result<()> {
             )
         },
     );
-    writeln!(
-        out,
+    // The process and container names are other users' choice: escaped as the line is made.
+    let line = format!(
         "{} {} netns {} listen {} {}: {} dropped ({} +{}), accept queue {}/{}, SYN queue {}",
-        &row.time[11..19],
+        row.time.get(11..19).unwrap_or(&row.time),
         container,
         row.netns,
         row.listen,
@@ -218,10 +219,11 @@ fn write_row(out: &mut impl io::Write, row: &BacklogRow) -> io::Result<()> {
         row.accept_queue.len,
         row.accept_queue.max,
         row.syn_queue
-    )?;
-    writeln!(out, "    -> {}", row.verdict)?;
+    );
+    writeln!(out, "{}", for_terminal(&line))?;
+    writeln!(out, "    -> {}", for_terminal(&row.verdict))?;
     if let Some(note) = &row.note {
-        writeln!(out, "    note: {note}")?;
+        writeln!(out, "    note: {}", for_terminal(note))?;
     }
     Ok(())
 }

@@ -86,8 +86,8 @@ pub struct BacklogArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Seconds between samples of every listener.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
+    /// Seconds between samples of every listener (0.1 to 86400).
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_interval)]
     pub interval: Duration,
 
     /// Stop after this many seconds.
@@ -107,7 +107,7 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub filters: FilterArgs,
 
-    /// Stop after this many seconds (fractions allowed).
+    /// Stop after this many seconds (fractions allowed; 0.001 up to ten years).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
@@ -119,23 +119,30 @@ pub struct TraceArgs {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_buffer_kib)]
     pub ring_buffer_kib: u32,
 
+    /// During a storm, report the first N events of each kind of event (same cause, addresses,
+    /// service port and process) every second one by one, and the rest as one line a second
+    /// with their count, counted in the kernel. 0: never fold (every event one by one).
+    #[arg(long, value_name = "N", default_value_t = crate::fold::DEFAULT_FOLD_AFTER)]
+    pub fold_after: u32,
+
     /// Serve the reset tracepoints with the classic programs (a probe read per field) even where
     /// the kernel takes the BTF ones: what kernels before 5.5, or without BTF tracepoints, run.
     /// For tests and comparisons.
     #[arg(long, hide = true)]
     pub classic_tracepoints: bool,
 
-    /// Instead of one line per event, a table of the top causes by process and local port every
-    /// SECS seconds (redrawn in place on a terminal), and the totals at the end.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    /// Instead of one line per event, a table of the top causes by process and service port (the
+    /// port listened on or connected to) every SECS seconds (0.1 to 86400; redrawn in place on a
+    /// terminal), with every cause that occurred, and the totals at the end.
+    #[arg(long, value_name = "SECS", value_parser = parse_interval)]
     pub summary: Option<Duration>,
 
     /// Record the kernel stack where each reset or drop was generated.
     #[arg(long)]
     pub stack: bool,
 
-    /// Serve Prometheus metrics on ADDR:PORT (a bare PORT binds 127.0.0.1). Combine with
-    /// --quiet to print no events.
+    /// Serve Prometheus metrics on ADDR:PORT (a bare PORT or :PORT binds 127.0.0.1; port 0
+    /// picks a free one, and the address is printed). Combine with --quiet to print no events.
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen_addr)]
     pub metrics: Option<SocketAddr>,
 
@@ -162,21 +169,44 @@ pub enum ColorChoice {
     Never,
 }
 
-/// `9100` -> 127.0.0.1:9100; `0.0.0.0:9100` and `[::]:9100` as given.
+/// `9100` or `:9100` -> 127.0.0.1:9100; `0.0.0.0:9100` and `[::]:9100` as given. Port 0 lets
+/// the kernel choose one (rst-trace prints the address it serves on).
 fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
+    if let Ok(port) = text.strip_prefix(':').unwrap_or(text).parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
     text.parse()
         .map_err(|_| format!("`{text}` is not a port or an ADDR:PORT such as 0.0.0.0:9100"))
 }
 
+/// How long a run may last: from a millisecond to ten years (a later deadline would overflow
+/// the monotonic clock, and a shorter run cannot attach its programs).
+const DURATION_SECS: (f64, f64) = (0.001, 10.0 * 365.0 * 86_400.0);
+/// Time between summary tables or backlog samples: from a tenth of a second (shorter spins a
+/// core) to a day.
+const INTERVAL_SECS: (f64, f64) = (0.1, 86_400.0);
+
+/// `--duration`: seconds, fractions allowed, within [`DURATION_SECS`].
 fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_seconds(text, DURATION_SECS)
+}
+
+/// `--summary` and `backlog --interval`: seconds within [`INTERVAL_SECS`].
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_seconds(text, INTERVAL_SECS)
+}
+
+fn parse_seconds(text: &str, (min, max): (f64, f64)) -> Result<Duration, String> {
     let secs: f64 = text
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !(secs.is_finite() && secs > 0.0) {
         return Err(format!("`{text}` must be a positive number of seconds"));
+    }
+    if !(min..=max).contains(&secs) {
+        return Err(format!(
+            "`{text}` seconds is out of range: give from {min} to {max} seconds"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -274,6 +304,8 @@ mod tests {
         let cli = Cli::try_parse_from(["rst-trace", "--metrics", "[::]:9100"]).unwrap();
         assert_eq!(cli.trace.metrics, Some("[::]:9100".parse().unwrap()));
         assert!(Cli::try_parse_from(["rst-trace", "--metrics", "localhost"]).is_err());
+        let cli = Cli::try_parse_from(["rst-trace", "--metrics", ":0"]).unwrap();
+        assert_eq!(cli.trace.metrics, Some("127.0.0.1:0".parse().unwrap()));
         assert!(Cli::try_parse_from(["rst-trace", "--color", "sometimes"]).is_err());
     }
 
@@ -293,6 +325,14 @@ mod tests {
             &["rst-trace", "--duration", "nan"],
             &["rst-trace", "--count", "0"],
             &["rst-trace", "--ring-buffer-kib", "3000"],
+            &["rst-trace", "--duration", "1e300"],
+            &["rst-trace", "--duration", "1e19"],
+            &["rst-trace", "--duration", "1e-10"],
+            &["rst-trace", "--summary", "1e300"],
+            &["rst-trace", "--summary", "1e-10"],
+            &["rst-trace", "backlog", "--interval", "1e300"],
+            &["rst-trace", "backlog", "--interval", "1e-10"],
+            &["rst-trace", "backlog", "--duration", "inf"],
             &["rst-trace", "--bogus"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");

@@ -13,11 +13,12 @@ use std::time::Duration;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rst_trace_common::{
-    ArgsRecord, COMM_LEN, Endpoints, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint, RecordKind, facts,
+    Abort, ArgsRecord, COMM_LEN, Endpoints, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint, RecordKind,
+    facts,
 };
 
 use crate::{
-    decoded::{Decoded, KernelFacts, Segment, Task},
+    decoded::{Decoded, KernelFacts, PeerAbort, Segment, Task},
     event::{ClosedBy, EventKind, Queue},
     kernel_enums::Reason,
     layout::{RecordFields, ResetLayout},
@@ -224,9 +225,30 @@ impl Decoder {
                 bytes_acked: facts.bytes_acked,
                 bytes_received: facts.bytes_received,
                 socket_ino: (facts.socket_ino != 0).then_some(facts.socket_ino),
+                peer_abort: peer_abort(&facts.peer_abort, header.ktime_ns).and_then(
+                    |(abort, flags)| {
+                        Some(PeerAbort {
+                            closer: task(&abort.closer)?,
+                            linger_zero: flags & facts::LINGER_ZERO != 0,
+                            has_socket_file: flags & facts::HAS_SOCKET_FILE != 0,
+                        })
+                    },
+                ),
             },
         })
     }
+}
+
+/// How long before a received reset the other end's abort may have been recorded to be its
+/// cause: the abort's state change fires just before its reset is sent.
+const PEER_ABORT_WINDOW: Duration = Duration::from_secs(1);
+
+/// The other end's abort, when one was recorded within [`PEER_ABORT_WINDOW`] before `ktime_ns`.
+fn peer_abort(abort: &Abort, ktime_ns: u64) -> Option<(&Abort, u8)> {
+    (abort.ns != 0
+        && abort.ns <= ktime_ns
+        && ktime_ns - abort.ns <= PEER_ABORT_WINDOW.as_nanos() as u64)
+        .then_some((abort, abort.flags))
 }
 
 /// A record's two ends as the program read them from the socket and the segment: every end of a
@@ -251,7 +273,9 @@ fn segment_ends(ends: &Endpoints) -> (Option<SocketAddr>, Option<SocketAddr>) {
 
 pub(crate) fn comm(bytes: &[u8; COMM_LEN]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    // Not from_utf8_lossy: two names that differ only in bytes that are not UTF-8 would both
+    // become U+FFFD and read as one process.
+    crate::escape::comm_from_bytes(&bytes[..end])
 }
 
 #[cfg(test)]

@@ -53,6 +53,18 @@ pub struct KernelFacts {
     pub bytes_received: u64,
     /// Inode of the socket's file, when the owner map had no owner.
     pub socket_ino: Option<u64>,
+    /// For a received reset: the other end, on this host, aborted the connection just before.
+    pub peer_abort: Option<PeerAbort>,
+}
+
+/// The other end of a connection, on this host, closed it with a reset: what the kernel
+/// recorded at that close, so that the received reset is explained even when the sender's own
+/// event was folded or lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAbort {
+    pub closer: Task,
+    pub linger_zero: bool,
+    pub has_socket_file: bool,
 }
 
 /// One event as the kernel reported it, before attribution.
@@ -99,15 +111,14 @@ impl Decoded {
     }
 }
 
-#[cfg(test)]
 impl Decoded {
-    /// An event of `kind` with nothing else known, for tests to fill in with struct update
+    /// An event of `kind` at `time` with nothing else known, to be filled in with struct update
     /// syntax.
-    pub(crate) fn for_test(kind: EventKind) -> Self {
+    pub fn new(kind: EventKind, time: jiff::Timestamp, ktime_ns: u64) -> Self {
         Self {
             kind,
-            time: jiff::Timestamp::UNIX_EPOCH,
-            ktime_ns: 0,
+            time,
+            ktime_ns,
             reason: None,
             state: None,
             local: None,
@@ -121,5 +132,14 @@ impl Decoded {
             kernel: KernelFacts::default(),
             stack_id: None,
         }
+    }
+}
+
+#[cfg(test)]
+impl Decoded {
+    /// An event of `kind` with nothing else known, for tests to fill in with struct update
+    /// syntax.
+    pub(crate) fn for_test(kind: EventKind) -> Self {
+        Self::new(kind, jiff::Timestamp::UNIX_EPOCH, 0)
     }
 }

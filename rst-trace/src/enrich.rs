@@ -121,8 +121,9 @@ fn scan_socket_holders() -> HashMap<u64, Task> {
                 continue;
             };
             let comm = comm.get_or_insert_with(|| {
-                fs::read_to_string(entry.path().join("comm"))
-                    .map(|c| c.trim_end().to_string())
+                // Bytes, not a String: a name that is not UTF-8 is still a name.
+                fs::read(entry.path().join("comm"))
+                    .map(|c| crate::escape::comm_from_bytes(c.strip_suffix(b"\n").unwrap_or(&c)))
                     .unwrap_or_default()
             });
             // The first process found keeps it: a forked child sharing the socket is rarer than

@@ -45,11 +45,22 @@ pub enum Family {
     Ipv6,
 }
 
-/// One end of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// One end of a connection. Port 0 stands for "any port": the end of a folded event whose port
+/// changed with every connection; it is written `null` in JSON and `*` in text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut out = serializer.serialize_struct("Endpoint", 2)?;
+        out.serialize_field("addr", &self.addr)?;
+        out.serialize_field("port", &(self.port != 0).then_some(self.port))?;
+        out.end()
+    }
 }
 
 impl From<SocketAddr> for Endpoint {
@@ -65,6 +76,12 @@ impl std::fmt::Display for Endpoint {
     /// `1.2.3.4:80`, `[::1]:80`. IPv4 is written by hand: explanations name both ends of every
     /// event, and the formatting machinery was a seventh of rst-trace's time at storm rates.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.port == 0 {
+            return match self.addr {
+                IpAddr::V4(ip) => f.pad(&format!("{ip}:*")),
+                IpAddr::V6(ip) => f.pad(&format!("[{ip}]:*")),
+            };
+        }
         let IpAddr::V4(ip) = self.addr else {
             return SocketAddr::new(self.addr, self.port).fmt(f);
         };
@@ -185,9 +202,56 @@ pub struct Event {
     pub counter: Option<Counter>,
     /// With `--stack`: the kernel stack where the reset or drop was generated, innermost first.
     pub stack: Option<Vec<String>>,
+    /// For events the kernel counted instead of sending one by one (a storm): how many this
+    /// event stands for, and when the first and last of them happened. Null for single events.
+    pub folded: Option<Folded>,
+}
+
+/// Events of one kind, addresses, service port and process that the kernel counted in one
+/// second past the first `--fold-after`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Folded {
+    pub count: u64,
+    #[serde(serialize_with = "rfc3339_nanos")]
+    pub first: jiff::Timestamp,
+    #[serde(serialize_with = "rfc3339_nanos")]
+    pub last: jiff::Timestamp,
 }
 
 impl Event {
+    /// How many resets or drops this event stands for: a folded event's count, a counter's
+    /// drops, or one.
+    pub fn count(&self) -> u64 {
+        self.folded.map_or(1, |folded| folded.count) * self.drops.unwrap_or(1)
+    }
+
+    /// The port of the service end: the one listened on or connected to, not a client's
+    /// ephemeral port, by the same rule as the kernel's folding key: this host's end for drops,
+    /// listeners and resets no socket matched, the remote end of a connect, else the end whose
+    /// port is not in `ip_local_port_range` (the smaller port when that does not tell).
+    pub fn service_port(&self) -> Option<u16> {
+        let local = self.local.map(|end| end.port).filter(|port| *port != 0);
+        let remote = self.remote.map(|end| end.port).filter(|port| *port != 0);
+        let (Some(local), Some(remote)) = (local, remote) else {
+            return local.or(remote);
+        };
+        let local_is_service = match (self.kind, self.state.as_ref()) {
+            (EventKind::QueueDrop, _) => true,
+            (_, None | Some(TcpState::Listen | TcpState::SynRecv | TcpState::NewSynRecv)) => true,
+            (_, Some(TcpState::SynSent)) => false,
+            _ => {
+                let (low, high) = ephemeral_ports();
+                let ephemeral = |port: u16| (low..=high).contains(&port);
+                match (ephemeral(local), ephemeral(remote)) {
+                    (true, false) => false,
+                    (false, true) => true,
+                    _ => local <= remote,
+                }
+            }
+        };
+        Some(if local_is_service { local } else { remote })
+    }
+
     /// Either end uses `port`.
     pub fn has_port(&self, port: u16) -> bool {
         [self.local, self.remote]
@@ -204,6 +268,21 @@ impl Family {
             IpAddr::V6(_) => Self::Ipv6,
         }
     }
+}
+
+/// `net.ipv4.ip_local_port_range` of this host's namespace, where connecting sockets take their
+/// port from (Linux's defaults when unreadable), read once.
+pub fn ephemeral_ports() -> (u16, u16) {
+    static RANGE: std::sync::OnceLock<(u16, u16)> = std::sync::OnceLock::new();
+    *RANGE.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| {
+                let mut ports = text.split_whitespace().map(str::parse::<u16>);
+                Some((ports.next()?.ok()?, ports.next()?.ok()?))
+            })
+            .unwrap_or((32768, 60999))
+    })
 }
 
 /// RFC 3339 in UTC with nanoseconds, always nine digits so that lines sort as text.
@@ -245,6 +324,7 @@ impl Event {
             drops: None,
             counter: None,
             stack: None,
+            folded: None,
         }
     }
 }
@@ -256,7 +336,7 @@ mod tests {
     #[test]
     fn endpoints_print_as_socket_addresses() {
         for text in [
-            "0.0.0.0:0",
+            "0.0.0.0:1",
             "255.255.255.255:65535",
             "10.1.20.3:8080",
             "127.0.0.1:9",
@@ -267,6 +347,15 @@ mod tests {
             let endpoint = Endpoint::from(addr);
             assert_eq!(endpoint.to_string(), text);
             assert_eq!(endpoint.to_string(), addr.to_string());
+        }
+        // Port 0: the any-port end of a folded event.
+        for (text, json) in [
+            ("127.0.0.1:0", r#"{"addr":"127.0.0.1","port":null}"#),
+            ("[::1]:0", r#"{"addr":"::1","port":null}"#),
+        ] {
+            let endpoint = Endpoint::from(text.parse::<SocketAddr>().unwrap());
+            assert_eq!(endpoint.to_string(), text.replace(":0", ":*"));
+            assert_eq!(serde_json::to_string(&endpoint).unwrap(), json);
         }
         let padded = Endpoint::from("1.2.3.4:5".parse::<SocketAddr>().unwrap());
         assert_eq!(format!("{padded:<12}|"), "1.2.3.4:5   |");

@@ -31,9 +31,11 @@ pub mod container;
 pub mod decode;
 pub mod decoded;
 pub mod enrich;
+pub mod escape;
 pub mod event;
 pub mod explain;
 pub mod filter;
+pub mod fold;
 pub mod generate;
 pub mod kernel_btf;
 pub mod kernel_enums;
@@ -61,10 +63,12 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
+            // Warnings can quote what other users named (paths, namespaces, kernel-side logs).
+            let message = record.args().to_string();
             eprintln!(
                 "rst-trace: {}: {}",
                 record.level().as_str().to_lowercase(),
-                record.args()
+                escape::for_terminal(&message)
             );
         }
     }

@@ -5,12 +5,15 @@ use std::collections::HashSet;
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
-use rst_trace_common::{KernelOffsets, MAX_PID_FILTER};
+use rst_trace_common::{KernelOffsets, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER};
 
-use crate::sources::{KernelSupport, Role, Source};
+use crate::{
+    fold::FoldReader,
+    sources::{KernelSupport, Role, Source},
+};
 
 /// The kernel programs, built by build.rs and embedded so that the binary is one file.
 pub(crate) static EBPF_OBJECT: &[u8] =
@@ -21,11 +24,18 @@ pub(crate) static EBPF_OBJECT: &[u8] =
 pub struct LoadOptions {
     /// Keep only these processes (`--pid`), filtered in the kernel.
     pub pids: Vec<u32>,
+    /// Keep only events where either end uses one of these ports (`--port`), in the kernel.
+    pub ports: Vec<u16>,
+    /// Keep only events in these network namespaces (`--netns`), in the kernel.
+    pub netns: Vec<u64>,
     pub ring_buffer_bytes: u32,
     /// Record kernel stacks (`--stack`).
     pub stacks: bool,
     /// Never use the BTF tracepoint programs (`--classic-tracepoints`).
     pub classic_tracepoints: bool,
+    /// Events of one key sent per second before the rest are counted (`--fold-after`; 0:
+    /// never fold).
+    pub fold_after: u32,
 }
 
 /// Forwards the kernel programs' aya-log messages to the `log` crate.
@@ -56,7 +66,27 @@ impl Tracer {
         if options.pids.len() > MAX_PID_FILTER as usize {
             bail!("at most {MAX_PID_FILTER} --pid filters are supported");
         }
+        if options.ports.len() > MAX_PORT_FILTER as usize {
+            bail!("at most {MAX_PORT_FILTER} --port filters are supported");
+        }
+        if options.netns.len() > MAX_NETNS_FILTER as usize {
+            bail!("at most {MAX_NETNS_FILTER} --netns filters are supported");
+        }
+        let netns = options
+            .netns
+            .iter()
+            .map(|&inode| {
+                u32::try_from(inode).map_err(|_| {
+                    anyhow!(
+                        "--netns {inode} is not a network namespace inode (they fit in 32 bits; \
+                         see readlink /proc/PID/ns/net)"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<u32>>>()?;
         raise_memlock_limit(support);
+        let filter_by_port = u8::from(!options.ports.is_empty());
+        let filter_by_netns = u8::from(!netns.is_empty());
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let record_stacks = u8::from(options.stacks);
         // Wake userspace when the data waiting crosses an eighth of the ring buffer (it also
@@ -68,9 +98,18 @@ impl Tracer {
                 .as_ref()
                 .is_some_and(|layout| layout.reason.is_some()),
         );
+        let fold_after = options.fold_after;
+        let coarse_after = crate::fold::COARSE_AFTER;
+        let (ephemeral_low, ephemeral_high) = crate::event::ephemeral_ports();
         let mut ebpf = EbpfLoader::new()
+            .override_global("FOLD_AFTER", &fold_after, true)
+            .override_global("COARSE_AFTER", &coarse_after, true)
+            .override_global("EPHEMERAL_LOW", &ephemeral_low, true)
+            .override_global("EPHEMERAL_HIGH", &ephemeral_high, true)
             .override_global("SEND_RESET_REASON_ARG", &reason_arg, true)
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
+            .override_global("FILTER_BY_PORT", &filter_by_port, true)
+            .override_global("FILTER_BY_NETNS", &filter_by_netns, true)
             .override_global("RECORD_STACKS", &record_stacks, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("OFFSETS", &support.offsets, true)
@@ -93,6 +132,25 @@ impl Tracer {
             for pid in &options.pids {
                 pids.insert(pid, 1, 0).context("filling the --pid filter")?;
             }
+        }
+
+        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
+            ebpf.map_mut("PORTS")
+                .ok_or_else(|| anyhow!("PORTS map missing from the object"))?,
+        )?;
+        for port in &options.ports {
+            ports
+                .insert(port, 1, 0)
+                .context("filling the --port filter")?;
+        }
+        let mut namespaces: HashMap<_, u32, u8> = HashMap::try_from(
+            ebpf.map_mut("NETNS")
+                .ok_or_else(|| anyhow!("NETNS map missing from the object"))?,
+        )?;
+        for inode in &netns {
+            namespaces
+                .insert(inode, 1, 0)
+                .context("filling the --netns filter")?;
         }
 
         let mut attached = Vec::new();
@@ -146,6 +204,19 @@ impl Tracer {
             failed,
             hooks,
         })
+    }
+
+    /// The maps the programs count folded events in.
+    pub fn fold_reader(&mut self) -> anyhow::Result<FoldReader> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("{name} map missing from the object"))
+        };
+        let even = HashMap::try_from(take("FOLDED_EVEN")?)?;
+        let odd = HashMap::try_from(take("FOLDED_ODD")?)?;
+        let epoch = Array::try_from(take("FOLD_EPOCH")?)?;
+        Ok(FoldReader::new(even, odd, epoch))
     }
 
     /// The ring buffer every event arrives in.

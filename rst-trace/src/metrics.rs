@@ -6,6 +6,8 @@
 //! | `rst_trace_resets_total` | `direction` (`sent`, `received`), `cause`, `reason`, `comm`, `container` |
 //! | `rst_trace_queue_drops_total` | `cause`, `port` (local port), `container` |
 //! | `rst_trace_lost_events_total` | |
+//! | `rst_trace_unwritten_events_total` | |
+//! | `rst_trace_series_merged_total` | |
 //! | `rst_trace_program_run_time_seconds_total` | `program` |
 //! | `rst_trace_program_runs_total` | `program` |
 //!
@@ -13,20 +15,23 @@
 //! are `none`: `reason` for received resets, `comm` for the idle task, `container` outside one.
 //! `container` is the first 12 characters of the id, as `docker ps` shows it.
 //!
-//! Cardinality is bounded: each of `reason`, `comm`, `container` and `port` keeps at most
-//! [`MAX_VALUES_PER_LABEL`] distinct values per metric, the first ones seen; every later value is
-//! counted under `other`. "First seen" rather than "top N" because a counter must not move from
-//! one series to another while Prometheus computes `rate()` over it. `direction` and `cause` are
-//! fixed sets and `program` is the programs rst-trace loads.
+//! Cardinality is bounded on the total number of series, since any local user chooses process
+//! names: at most [`MAX_RESET_SERIES`] reset series and [`MAX_QUEUE_DROP_SERIES`] queue drop
+//! series. A new series past the cap merges the series counted least recently into its `other`
+//! series (`comm`, `container` and `port` set to `other`), and `rst_trace_series_merged_total`
+//! counts the merges. `direction`, `cause` and `reason` are fixed sets and `program` is the
+//! programs rst-trace loads.
 //!
 //! The kernel counts program run time and runs only while `kernel.bpf_stats_enabled=1` (or
 //! while some process holds a `BPF_ENABLE_STATS` file descriptor); otherwise both stay 0.
 //!
 //! The HTTP side is a small HTTP/1.1 responder (one request per connection), not a web framework:
-//! a scrape endpoint needs nothing more.
+//! a scrape endpoint needs nothing more. It holds at most [`MAX_CONNECTIONS`] connections (file
+//! descriptors shared with the tracer): past that, the oldest is closed, which is an idle one,
+//! since a scraper sends its request at once.
 
 use std::{
-    collections::HashSet,
+    collections::VecDeque,
     io,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError, atomic::AtomicU64},
@@ -50,9 +55,12 @@ use crate::{
     kernel_enums::Reason,
 };
 
-/// Distinct values kept per label before the rest go under [`OTHER`].
-pub const MAX_VALUES_PER_LABEL: usize = 50;
-/// The label value of everything past the cap.
+/// Reset series with user-chosen labels (`comm`, `container`) kept before the least recently
+/// counted are merged into [`OTHER`].
+pub const MAX_RESET_SERIES: usize = 500;
+/// The same for queue drops (`port`, `container`).
+pub const MAX_QUEUE_DROP_SERIES: usize = 200;
+/// The label value of merged series.
 pub const OTHER: &str = "other";
 /// The label value where an event has none.
 pub const NONE: &str = "none";
@@ -66,8 +74,12 @@ const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8"
 const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// A scrape request is one line and a few headers; anything longer is not a scraper.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// A client that has not sent its request by then is gone or hostile; its task ends.
+/// A client that has not sent its request and read the answer by then is gone or hostile; its
+/// connection is closed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections held at once. Each is a file descriptor out of the budget the tracer and the
+/// listener sampling also draw on; a scrape needs one, a few scrapers a few.
+pub const MAX_CONNECTIONS: usize = 32;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResetLabels {
@@ -90,70 +102,112 @@ struct ProgramLabels {
     program: String,
 }
 
-/// One label's admitted values: the first `cap` distinct ones, then [`OTHER`].
-#[derive(Debug)]
-struct LabelCap {
+/// A counter family whose number of series is capped: when a new series would pass the cap, the
+/// series counted least recently is removed and its count added to its overflow series (the same
+/// labels with the user-chosen ones set to [`OTHER`]). Recency rather than "first seen": names
+/// flooded once cannot keep a process that resets later out of its own series, while a series
+/// counted now is not moved under Prometheus's `rate()`. A series that comes back after it was
+/// merged starts again from its new count, which `rate()` reads as a counter reset.
+struct SeriesTable<L> {
+    family: Family<L, Counter>,
+    /// Every capped series with the last time (in counts) it was counted. Looked up by borrowed
+    /// label values (`Equivalent`), so that counting an event allocates nothing.
+    series: hashbrown::HashMap<L, Series, foldhash::fast::RandomState>,
     cap: usize,
-    admitted: HashSet<String>,
+    clock: u64,
+    /// `rst_trace_series_merged_total`, shared by the tables.
+    merged: Counter,
 }
 
-impl LabelCap {
-    fn new(cap: usize) -> Self {
+struct Series {
+    counter: Counter,
+    last_counted: u64,
+}
+
+impl<L> SeriesTable<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn new(family: Family<L, Counter>, cap: usize, merged: Counter) -> Self {
         Self {
+            family,
+            series: hashbrown::HashMap::default(),
             cap,
-            admitted: HashSet::new(),
+            clock: 0,
+            merged,
         }
     }
 
-    /// The label value to count `value` under.
-    fn admit(&mut self, value: &str) -> String {
-        // The two placeholders are always allowed: they do not grow the set of series.
-        if value == NONE || value == OTHER || self.admitted.contains(value) {
-            return value.to_string();
+    /// Adds `by` to the series of `raw`; `labels` builds its labels the first time, `overflow`
+    /// maps labels to the series they are merged into.
+    fn add<Q>(&mut self, raw: &Q, by: u64, labels: impl FnOnce() -> L, overflow: impl Fn(&L) -> L)
+    where
+        Q: std::hash::Hash + hashbrown::Equivalent<L> + ?Sized,
+    {
+        self.clock += 1;
+        if let Some(series) = self.series.get_mut(raw) {
+            series.counter.inc_by(by);
+            series.last_counted = self.clock;
+            return;
         }
-        if self.admitted.len() < self.cap {
-            self.admitted.insert(value.to_string());
-            return value.to_string();
+        let labels = labels();
+        if labels == overflow(&labels) {
+            // An overflow series is never merged away: there are few of them (fixed labels).
+            self.family.get_or_create(&labels).inc_by(by);
+            return;
         }
-        OTHER.to_string()
+        if self.series.len() >= self.cap {
+            self.merge_least_recent(&overflow);
+        }
+        let counter = self.family.get_or_create_owned(&labels);
+        counter.inc_by(by);
+        self.series.insert(
+            labels,
+            Series {
+                counter,
+                last_counted: self.clock,
+            },
+        );
     }
-}
 
-/// Caps per metric and label: a busy `comm` in resets does not crowd out queue drop labels.
-#[derive(Debug)]
-struct Caps {
-    reset_reason: LabelCap,
-    reset_comm: LabelCap,
-    reset_container: LabelCap,
-    drop_port: LabelCap,
-    drop_container: LabelCap,
+    /// A linear scan, only when a new series meets a full table: cheaper than keeping an order
+    /// up to date on every count.
+    fn merge_least_recent(&mut self, overflow: &impl Fn(&L) -> L) {
+        let Some(oldest) = self
+            .series
+            .iter()
+            .min_by_key(|(_, series)| series.last_counted)
+            .map(|(labels, _)| labels.clone())
+        else {
+            return;
+        };
+        if let Some(series) = self.series.remove(&oldest) {
+            self.family.remove(&oldest);
+            self.family
+                .get_or_create(&overflow(&oldest))
+                .inc_by(series.counter.get());
+            self.merged.inc();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.series.len()
+    }
 }
 
 /// The counters `--metrics` serves.
 pub struct Metrics {
     registry: Registry,
-    resets: Family<ResetLabels, Counter>,
-    queue_drops: Family<QueueDropLabels, Counter>,
+    resets: SeriesTable<ResetLabels>,
+    queue_drops: SeriesTable<QueueDropLabels>,
     lost: Counter,
+    unwritten: Counter,
     program_run_time: Family<ProgramLabels, Counter<f64, AtomicU64>>,
     program_runs: Family<ProgramLabels, Counter>,
-    caps: Caps,
-    /// The reset counter each combination of raw label values went to, so that counting an
-    /// event finds its series without building (allocating) its labels again.
-    reset_series: hashbrown::HashMap<ResetSeriesKey, Counter, foldhash::fast::RandomState>,
 }
 
-/// The raw label values of a reset, before the caps.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ResetSeriesKey {
-    direction: &'static str,
-    cause: &'static str,
-    reason: String,
-    comm: String,
-    container: String,
-}
-
-/// [`ResetSeriesKey`] borrowed from an event: hashes the same way, compares equal to it.
+/// [`ResetLabels`] borrowed from an event: hashes the same way (same fields in the same order,
+/// and a `String` hashes as its `str`), compares equal to it.
 #[derive(Hash)]
 struct RawResetKey<'a> {
     direction: &'static str,
@@ -163,8 +217,8 @@ struct RawResetKey<'a> {
     container: &'a str,
 }
 
-impl hashbrown::Equivalent<ResetSeriesKey> for RawResetKey<'_> {
-    fn equivalent(&self, key: &ResetSeriesKey) -> bool {
+impl hashbrown::Equivalent<ResetLabels> for RawResetKey<'_> {
+    fn equivalent(&self, key: &ResetLabels) -> bool {
         self.direction == key.direction
             && self.cause == key.cause
             && self.reason == key.reason
@@ -172,9 +226,6 @@ impl hashbrown::Equivalent<ResetSeriesKey> for RawResetKey<'_> {
             && self.container == key.container
     }
 }
-
-/// Entries in `reset_series` before it starts over (each distinct raw combination is one).
-const RESET_SERIES_CACHE: usize = 4096;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -184,36 +235,51 @@ impl Default for Metrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").field("caps", &self.caps).finish()
+        f.debug_struct("Metrics")
+            .field("reset_series", &self.resets.len())
+            .field("queue_drop_series", &self.queue_drops.len())
+            .finish()
     }
 }
 
 impl Metrics {
-    /// Counters with the documented cap of [`MAX_VALUES_PER_LABEL`] values per label.
+    /// Counters with the documented caps, [`MAX_RESET_SERIES`] and [`MAX_QUEUE_DROP_SERIES`].
     pub fn new() -> Self {
-        Self::with_label_cap(MAX_VALUES_PER_LABEL)
+        Self::with_series_caps(MAX_RESET_SERIES, MAX_QUEUE_DROP_SERIES)
     }
 
-    /// Counters keeping at most `cap` distinct values per capped label.
-    pub fn with_label_cap(cap: usize) -> Self {
+    /// Counters keeping at most `resets` and `queue_drops` series with user-chosen labels.
+    pub fn with_series_caps(resets: usize, queue_drops: usize) -> Self {
         let mut registry = Registry::default();
-        let resets = Family::<ResetLabels, Counter>::default();
+        let reset_family = Family::<ResetLabels, Counter>::default();
         registry.register(
             "rst_trace_resets",
             "TCP resets this host sent or received, by cause, kernel reason, process and container",
-            resets.clone(),
+            reset_family.clone(),
         );
-        let queue_drops = Family::<QueueDropLabels, Counter>::default();
+        let drop_family = Family::<QueueDropLabels, Counter>::default();
         registry.register(
             "rst_trace_queue_drops",
             "Connections or segments dropped at a full queue, by cause, local port and container",
-            queue_drops.clone(),
+            drop_family.clone(),
         );
         let lost = Counter::default();
         registry.register(
             "rst_trace_lost_events",
             "Events the kernel could not deliver because the ring buffer was full",
             lost.clone(),
+        );
+        let unwritten = Counter::default();
+        registry.register(
+            "rst_trace_unwritten_events",
+            "Events that could not be written to the --output file (a full disk, say)",
+            unwritten.clone(),
+        );
+        let merged = Counter::default();
+        registry.register(
+            "rst_trace_series_merged",
+            "Series merged into their `other` series to keep the number of series bounded",
+            merged.clone(),
         );
         let program_run_time = Family::<ProgramLabels, Counter<f64, AtomicU64>>::default();
         registry.register_with_unit(
@@ -230,19 +296,12 @@ impl Metrics {
         );
         Self {
             registry,
-            resets,
-            queue_drops,
+            resets: SeriesTable::new(reset_family, resets, merged.clone()),
+            queue_drops: SeriesTable::new(drop_family, queue_drops, merged),
             lost,
+            unwritten,
             program_run_time,
             program_runs,
-            caps: Caps {
-                reset_reason: LabelCap::new(cap),
-                reset_comm: LabelCap::new(cap),
-                reset_container: LabelCap::new(cap),
-                drop_port: LabelCap::new(cap),
-                drop_container: LabelCap::new(cap),
-            },
-            reset_series: hashbrown::HashMap::default(),
         }
     }
 
@@ -260,17 +319,23 @@ impl Metrics {
             EventKind::ResetSent => "sent",
             EventKind::ResetReceived => "received",
             EventKind::QueueDrop => {
-                let port = event
-                    .local
-                    .map_or_else(|| NONE.to_string(), |local| local.port.to_string());
                 let labels = QueueDropLabels {
                     cause,
-                    port: self.caps.drop_port.admit(&port),
-                    container: self.caps.drop_container.admit(container),
+                    port: event
+                        .local
+                        .map_or_else(|| NONE.to_string(), |local| local.port.to_string()),
+                    container: container.to_string(),
                 };
-                self.queue_drops
-                    .get_or_create(&labels)
-                    .inc_by(event.drops.unwrap_or(1));
+                self.queue_drops.add(
+                    &labels,
+                    event.count(),
+                    || labels.clone(),
+                    |labels| QueueDropLabels {
+                        cause: labels.cause,
+                        port: OTHER.to_string(),
+                        container: OTHER.to_string(),
+                    },
+                );
                 return;
             }
         };
@@ -279,7 +344,6 @@ impl Metrics {
             .process
             .as_ref()
             .map_or(NONE, |process| process.comm.as_str());
-        // Looked up by borrowed values: the common case allocates nothing.
         let raw = RawResetKey {
             direction,
             cause,
@@ -287,32 +351,30 @@ impl Metrics {
             comm,
             container,
         };
-        if let Some(counter) = self.reset_series.get(&raw) {
-            counter.inc();
-            return;
-        }
-        let labels = ResetLabels {
-            direction,
-            cause,
-            reason: self.caps.reset_reason.admit(reason),
-            comm: self.caps.reset_comm.admit(comm),
-            container: self.caps.reset_container.admit(container),
-        };
-        let counter = self.resets.get_or_create(&labels).clone();
-        counter.inc();
-        if self.reset_series.len() >= RESET_SERIES_CACHE {
-            self.reset_series.clear();
-        }
-        self.reset_series.insert(
-            ResetSeriesKey {
+        self.resets.add(
+            &raw,
+            event.count(),
+            || ResetLabels {
                 direction,
                 cause,
                 reason: reason.to_string(),
                 comm: comm.to_string(),
                 container: container.to_string(),
             },
-            counter,
+            // The reason is a kernel enum (a small fixed set) and stays.
+            |labels| ResetLabels {
+                direction: labels.direction,
+                cause: labels.cause,
+                reason: labels.reason.clone(),
+                comm: OTHER.to_string(),
+                container: OTHER.to_string(),
+            },
         );
+    }
+
+    /// Sets the count of events not written to `--output` to the file sink's total.
+    pub fn set_unwritten(&mut self, total: u64) {
+        raise_to(&self.unwritten, total);
     }
 
     /// Sets the lost-event counter to the kernel's total since load.
@@ -398,15 +460,25 @@ pub async fn serve_on(
     listener: std::net::TcpListener,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener).context("serving metrics")?;
+    // The tasks of open connections, oldest first.
+    let mut open: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                open.retain(|task| !task.is_finished());
+                if open.len() >= MAX_CONNECTIONS
+                    && let Some(oldest) = open.pop_front()
+                {
+                    // Dropping its task closes its socket.
+                    oldest.abort();
+                }
                 let metrics = Arc::clone(&metrics);
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     if let Err(error) = respond(stream, &metrics).await {
                         log::debug!("metrics request: {error}");
                     }
                 });
+                open.push_back(task.abort_handle());
             }
             Err(error) => {
                 // Out of file descriptors and the like: wait rather than spin, then go on.
@@ -417,11 +489,16 @@ pub async fn serve_on(
     }
 }
 
-/// Reads one request and answers it; the connection closes after the answer.
+/// Reads one request and answers it; the connection closes after the answer, or when the whole
+/// exchange takes longer than [`REQUEST_TIMEOUT`] (a client that neither sends nor reads).
 async fn respond(mut stream: TcpStream, metrics: &Mutex<Metrics>) -> io::Result<()> {
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut stream, metrics))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request within the timeout"))??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+}
+
+async fn exchange(stream: &mut TcpStream, metrics: &Mutex<Metrics>) -> io::Result<()> {
+    let head = read_head(stream).await?;
     let response = match head {
         Some(head) => answer(&head, || {
             metrics
@@ -639,15 +716,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn values_past_the_cap_are_counted_under_other() {
-        let mut metrics = Metrics::with_label_cap(2);
-        // Repeats go to the series their first sighting went to, capped or not.
-        for comm in ["a", "b", "c", "d", "a", "c"] {
-            metrics.observe(&event(EventKind::ResetSent, Some(Cause::PortClosed), comm));
-        }
-        let text = metrics.encode();
-        let mut comms: Vec<(String, String)> = samples(&text, "rst_trace_resets_total")
+    /// (comm, value) of every reset series, sorted.
+    fn comms(text: &str) -> Vec<(String, String)> {
+        let mut comms: Vec<(String, String)> = samples(text, "rst_trace_resets_total")
             .iter()
             .map(|line| {
                 let comm = line
@@ -660,21 +731,81 @@ mod tests {
             })
             .collect();
         comms.sort();
+        comms
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(comm, value)| (comm.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn past_the_cap_the_least_recently_counted_series_is_merged_into_other() {
+        let mut metrics = Metrics::with_series_caps(2, 2);
+        for comm in ["a", "b", "a", "c"] {
+            metrics.observe(&event(EventKind::ResetSent, Some(Cause::PortClosed), comm));
+        }
+        // `b` was counted least recently when `c` came: it is merged, `a` keeps its series.
+        let text = metrics.encode();
         assert_eq!(
-            comms,
-            [
-                ("a".to_string(), "2".to_string()),
-                ("b".to_string(), "1".to_string()),
-                ("other".to_string(), "3".to_string()),
-            ],
+            comms(&text),
+            pairs(&[("a", "2"), ("c", "1"), ("other", "1")]),
+            "{text}"
+        );
+        assert_eq!(
+            samples(&text, "rst_trace_series_merged_total"),
+            ["rst_trace_series_merged_total 1"]
+        );
+        for comm in ["a", "d", "c"] {
+            metrics.observe(&event(EventKind::ResetSent, Some(Cause::PortClosed), comm));
+        }
+        // `d` merged `c` (a was newer); `c` coming back merged `a`, and starts again at 1.
+        let text = metrics.encode();
+        assert_eq!(
+            comms(&text),
+            pairs(&[("c", "1"), ("d", "1"), ("other", "5")]),
             "{text}"
         );
     }
 
     #[test]
-    fn the_default_cap_is_fifty_values_per_label() {
+    fn a_flood_of_names_does_not_keep_a_later_process_out_of_its_series() {
         let mut metrics = Metrics::new();
-        for port in 1..=60u16 {
+        for n in 0..MAX_RESET_SERIES + 60 {
+            metrics.observe(&event(
+                EventKind::ResetReceived,
+                Some(Cause::ConnectionRefused),
+                &format!("junk{n}"),
+            ));
+        }
+        metrics.observe(&event(
+            EventKind::ResetReceived,
+            Some(Cause::ConnectionRefused),
+            "nginx",
+        ));
+        let text = metrics.encode();
+        let resets = samples(&text, "rst_trace_resets_total");
+        assert_eq!(resets.len(), MAX_RESET_SERIES + 1, "the cap and `other`");
+        assert!(
+            resets.contains(
+                &r#"rst_trace_resets_total{direction="received",cause="connection_refused",reason="none",comm="nginx",container="none"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            resets.contains(
+                &r#"rst_trace_resets_total{direction="received",cause="connection_refused",reason="none",comm="other",container="other"} 61"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn queue_drop_series_are_capped_too() {
+        let mut metrics = Metrics::new();
+        for port in 1..=(MAX_QUEUE_DROP_SERIES as u16 + 10) {
             let mut drop = event(EventKind::QueueDrop, Some(Cause::SynQueueFull), "x");
             drop.local = Some(Endpoint {
                 addr: [127, 0, 0, 1].into(),
@@ -684,12 +815,27 @@ mod tests {
         }
         let text = metrics.encode();
         let drops = samples(&text, "rst_trace_queue_drops_total");
-        assert_eq!(drops.len(), MAX_VALUES_PER_LABEL + 1, "{text}");
+        assert_eq!(drops.len(), MAX_QUEUE_DROP_SERIES + 1, "{text}");
         assert!(
             drops.contains(
-                &r#"rst_trace_queue_drops_total{cause="syn_queue_full",port="other",container="none"} 10"#
+                &r#"rst_trace_queue_drops_total{cause="syn_queue_full",port="other",container="other"} 10"#
             ),
             "{text}"
+        );
+        assert!(
+            !drops.iter().any(|line| line.contains(r#"port="1""#)),
+            "the first port was counted least recently: {text}"
+        );
+    }
+
+    #[test]
+    fn unwritten_events_follow_the_output_files_total() {
+        let mut metrics = Metrics::new();
+        metrics.set_unwritten(4);
+        metrics.set_unwritten(9);
+        assert_eq!(
+            samples(&metrics.encode(), "rst_trace_unwritten_events_total"),
+            ["rst_trace_unwritten_events_total 9"]
         );
     }
 
@@ -748,6 +894,39 @@ mod tests {
         );
         let response = http(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
         assert!(response.starts_with("HTTP/1.1 405 "), "{response}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_cannot_starve_a_scrape() {
+        let metrics = Arc::new(Mutex::new(Metrics::new()));
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server = tokio::spawn(serve_on(Arc::clone(&metrics), listener));
+        let mut idle = Vec::new();
+        for _ in 0..300 {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // Let the server take them all in.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let response = tokio::time::timeout(
+            Duration::from_secs(2),
+            http(addr, "GET /metrics HTTP/1.1\r\n\r\n"),
+        )
+        .await
+        .expect("a scrape is answered at once");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        // The oldest idle ones were closed: at most MAX_CONNECTIONS are held.
+        let mut closed = 0;
+        for stream in &mut idle {
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(Duration::from_millis(5), stream.read(&mut byte)).await
+            {
+                closed += 1;
+            }
+        }
+        assert!(closed >= 300 - MAX_CONNECTIONS, "{closed} closed");
         server.abort();
     }
 

@@ -2,9 +2,10 @@
 
 use std::io::{self, Write};
 
-use std::{io::BufWriter, time::Instant};
+use std::time::Instant;
 
 use crate::{
+    escape::for_terminal,
     event::{Event, EventKind},
     summary::SummaryTable,
 };
@@ -78,11 +79,16 @@ impl<W: Write> Sink<W> {
                     "{}",
                     text_line(event, &self.time_zone, columns, self.color)
                 )?;
+                // The explanation quotes process names other users chose.
                 if let Some(explanation) = &event.explanation {
-                    writeln!(self.out, "{EXPLANATION_INDENT}{explanation}")?;
+                    writeln!(
+                        self.out,
+                        "{EXPLANATION_INDENT}{}",
+                        for_terminal(explanation)
+                    )?;
                 }
                 for frame in event.stack.iter().flatten() {
-                    writeln!(self.out, "{STACK_INDENT}{frame}")?;
+                    writeln!(self.out, "{STACK_INDENT}{}", for_terminal(frame))?;
                 }
                 Ok(())
             }
@@ -91,6 +97,10 @@ impl<W: Write> Sink<W> {
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+
+    pub fn inner(&self) -> &W {
+        &self.out
     }
 
     pub fn into_inner(self) -> W {
@@ -163,13 +173,24 @@ fn text_line(
             event.remote.map_or_else(dash, |end| end.to_string()),
             event.state.as_ref().map_or_else(dash, ToString::to_string),
             event.reason.as_ref().map_or_else(dash, ToString::to_string),
-            event
-                .cause
-                .map_or_else(dash, |cause| cause.id().to_string()),
+            cause_column(event),
         ],
         columns,
         color.then_some(kind_color),
     )
+}
+
+/// The cause, and for a folded event how many it stands for over how long:
+/// `port_closed x1843212 in 1.0 s (folded)`.
+fn cause_column(event: &Event) -> String {
+    let cause = event.cause.map_or("-", |cause| cause.id());
+    match &event.folded {
+        Some(folded) => {
+            let span = folded.last.duration_since(folded.first).as_secs_f64();
+            format!("{cause} x{} in {span:.1} s (folded)", folded.count)
+        }
+        None => cause.to_string(),
+    }
 }
 
 /// Pads each column, then colours the direction and the cause (so that escape codes do not
@@ -183,6 +204,8 @@ fn join_columns(values: Vec<String>, columns: Columns, color: Option<&str>) -> S
         if !line.is_empty() {
             line.push(' ');
         }
+        // Escaped before padding, so that the width counts what the terminal shows.
+        let value = for_terminal(&value);
         let padded = format!("{value:<width$}");
         match (color, index) {
             (Some(code), DIR_COLUMN) => line.push_str(&format!("\x1b[{code}m{padded}\x1b[0m")),
@@ -197,8 +220,84 @@ fn join_columns(values: Vec<String>, columns: Columns, color: Option<&str>) -> S
 /// file, and the metrics.
 pub struct Outputs {
     pub stream: Option<Sink<Box<dyn Write>>>,
-    pub file: Option<Sink<BufWriter<std::fs::File>>>,
+    pub file: Option<Sink<OutputFile>>,
     pub summary: Option<SummaryView>,
+}
+
+/// `--output FILE`: NDJSON lines, buffered and written a batch at a time. A write that fails
+/// (a full disk) must not stop the trace or the metrics: the lines it held are counted as not
+/// written (a line the disk cut in the middle too), a warning is printed once, and later
+/// batches are tried again.
+pub struct OutputFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    buffer: Vec<u8>,
+    /// Events in `buffer`: each is one line.
+    buffered: u64,
+    unwritten: u64,
+    warned: bool,
+}
+
+/// Bytes buffered before a write even when no flush came.
+const OUTPUT_BUFFER: usize = 64 * 1024;
+
+impl OutputFile {
+    pub fn new(file: std::fs::File, path: std::path::PathBuf) -> Self {
+        Self {
+            file,
+            path,
+            buffer: Vec::with_capacity(OUTPUT_BUFFER),
+            buffered: 0,
+            unwritten: 0,
+            warned: false,
+        }
+    }
+
+    /// Events that could not be written.
+    pub fn unwritten(&self) -> u64 {
+        self.unwritten
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn write_buffer(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        if let Err(error) = self.file.write_all(&self.buffer) {
+            self.unwritten += self.buffered;
+            if !self.warned {
+                self.warned = true;
+                log::warn!(
+                    "cannot write to {} ({error}): tracing and metrics go on, and the events \
+                     not written are counted (said once)",
+                    self.path.display()
+                );
+            }
+        }
+        self.buffer.clear();
+        self.buffered = 0;
+    }
+}
+
+impl Write for OutputFile {
+    /// Takes whole lines from [`Sink`]; never fails.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        // JSON strings escape newlines, so each one ends an event.
+        self.buffered += bytes.iter().filter(|b| **b == b'\n').count() as u64;
+        if self.buffer.len() >= OUTPUT_BUFFER {
+            self.write_buffer();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_buffer();
+        Ok(())
+    }
 }
 
 impl Outputs {
@@ -345,7 +444,8 @@ mod tests {
                 "queue": null,
                 "drops": null,
                 "counter": null,
-                "stack": null
+                "stack": null,
+                "folded": null
             })
         );
     }
@@ -412,5 +512,47 @@ mod tests {
                 "    -> curl (pid 77) connected to [::1]:9, where nothing listens",
             ]
         );
+    }
+
+    #[test]
+    fn text_escapes_what_other_users_named() {
+        let mut sink = Sink::with_time_zone(Format::Text, Vec::new(), jiff::tz::TimeZone::UTC);
+        let mut event = sample();
+        event.kind = EventKind::ResetReceived;
+        event.process = Some(Process {
+            pid: 77,
+            tid: 77,
+            comm: "a\x1b[2J\nSENT 1 s".into(),
+            source: ProcessSource::Owner,
+            ns_pid: None,
+        });
+        event.explanation = Some("a\x1b[2J\nSENT 1 s (pid 77) connected to 127.0.0.1:9".into());
+        sink.write(&event).unwrap();
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        assert!(!text.contains('\x1b'), "{text:?}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                r"02:14:07.123456 RECV 77      a\x1b[2J\nSENT 1 s 127.0.0.1:9             127.0.0.1:35340         -           NO_SOCKET              port_closed",
+                r"    -> a\x1b[2J\nSENT 1 s (pid 77) connected to 127.0.0.1:9",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_disk_counts_the_events_it_could_not_write_and_goes_on() {
+        let full = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let mut sink = Sink::new(Format::Json, OutputFile::new(full, "/dev/full".into()));
+        for _ in 0..3 {
+            sink.write(&sample()).expect("writing never fails");
+        }
+        sink.flush().expect("flushing never fails");
+        sink.write(&sample()).expect("writing never fails");
+        sink.flush().expect("flushing never fails");
+        assert_eq!(sink.inner().unwritten(), 4);
     }
 }

@@ -6,6 +6,7 @@
 use std::{
     fs::OpenOptions,
     io::{self, BufWriter, IsTerminal as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -26,11 +27,12 @@ use crate::{
     cli::{BacklogArgs, ColorChoice, TraceArgs},
     decode::{Decoder, WallClock},
     enrich::CgroupResolver,
-    event::Event,
+    event::{Event, Folded},
     filter::Filter,
+    fold::FoldedSample,
     loader::{Hook, LoadOptions, Tracer},
     metrics::{self, Metrics},
-    output::{Format, Outputs, Sink, SummaryView},
+    output::{Format, OutputFile, Outputs, Sink, SummaryView},
     privileges,
     sources::KernelSupport,
     stack::StackReader,
@@ -40,8 +42,12 @@ use crate::{
 /// How a trace ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
+    /// Events written one by one.
     pub reported: u64,
+    /// Events the ring buffer had no room for.
     pub lost: u64,
+    /// Events the kernel counted instead of sending, written as one line per key and second.
+    pub folded: u64,
 }
 
 /// Probes the kernel, printing to stderr what is off or was changed (tracefs mounted).
@@ -67,18 +73,28 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     let metrics = match args.metrics {
         Some(addr) => {
             let listener = metrics::bind(addr)?;
+            // Said always, and needed with port 0: the kernel chose the port.
+            let bound = listener
+                .local_addr()
+                .context("reading the metrics address")?;
+            eprintln!("rst-trace: serving metrics at http://{bound}/metrics");
             let metrics = Arc::new(Mutex::new(Metrics::new()));
             tokio::spawn(metrics::serve_on(Arc::clone(&metrics), listener));
             Some(metrics)
         }
         None => None,
     };
+    // Before loading anything: a refused --output is a sentence, not a wait.
+    let mut outputs = outputs(&args)?;
     let support = probe_kernel()?;
     let options = LoadOptions {
         pids: args.filters.pids.clone(),
+        ports: args.filters.ports.clone(),
+        netns: args.filters.netns.clone(),
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         stacks: args.stack,
         classic_tracepoints: args.classic_tracepoints,
+        fold_after: args.fold_after,
     };
     let mut tracer = Tracer::load(&support, &options)?;
     for source in &support.sources {
@@ -107,24 +123,30 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     };
     let mut ring = poll(tracer.events()?).context("polling the ring buffer")?;
     let lost_counter = tracer.lost_counter()?;
+    let mut folds = tracer.fold_reader()?;
     let stacks = if args.stack {
         Some(StackReader::new(tracer.stacks()?)?)
     } else {
         None
     };
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
-    let mut outputs = outputs(&args)?;
     let mut attributor = Attributor::new(CgroupResolver::new());
     if outputs.stream.is_none() && outputs.file.is_none() {
         attributor = attributor.without_explanations();
     }
     let filter = Filter::from_args(&args.filters);
+    // Everything that needed more is done: programs attached, files and sockets open. Before
+    // the first thread starts, since threads inherit the reduced sets.
+    if let Err(error) = privileges::drop_after_attach() {
+        log::warn!("could not drop capabilities after attaching: {error:#}");
+    }
     let mut listener_drops = backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL);
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(|duration| Instant::now() + duration);
     let mut lost_check = tokio::time::interval(Duration::from_secs(1));
+    let mut fold_tick = tokio::time::interval(FOLD_INTERVAL);
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut summary_tick = tokio::time::interval(args.summary.unwrap_or(Duration::from_secs(3600)));
     summary_tick.tick().await;
@@ -137,6 +159,8 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         outputs: &mut outputs,
         metrics: metrics.clone(),
         reported: 0,
+        folded: 0,
+        folded_lines: 0,
         limit: args.count,
     };
 
@@ -173,6 +197,11 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 // up here. Received resets that waited long enough for a partner go out too.
                 done = pipeline.drain(ring.get_mut())?;
             }
+            _ = fold_tick.tick() => {
+                // What the kernel counted instead of sending in the last second: a line per key.
+                let folded = folds.take().await?;
+                done = pipeline.write_folded(folded)?;
+            }
             _ = summary_tick.tick(), if args.summary.is_some() => {
                 if let Some(summary) = &mut pipeline.outputs.summary {
                     summary.tick().or_else(ignore_broken_pipe)?;
@@ -183,6 +212,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 if let Some(metrics) = &metrics {
                     let mut metrics = metrics.lock().unwrap_or_else(PoisonError::into_inner);
                     metrics.set_lost(lost);
+                    if let Some(file) = &pipeline.outputs.file {
+                        metrics.set_unwritten(file.inner().unwritten());
+                    }
                     metrics.set_program_stats(&tracer.program_stats());
                 }
                 if lost > lost_reported {
@@ -205,19 +237,46 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
             _ = terminate.recv() => done = true,
         }
     }
-    // Whatever the kernel delivered before we stopped still counts.
+    // Whatever the kernel delivered or counted before we stopped still counts: detach first,
+    // so that nothing more arrives, then take it all.
+    let program_stats = tracer.program_stats();
+    drop(tracer);
     if !pipeline.limit_reached() && !pipeline.drain(ring.get_mut())? {
         pipeline.release(true)?;
+        let folded = folds.take_all()?;
+        pipeline.write_folded(folded)?;
     }
-    let reported = pipeline.reported;
+    let (reported, folded, folded_lines) =
+        (pipeline.reported, pipeline.folded, pipeline.folded_lines);
     outputs.flush().or_else(ignore_broken_pipe)?;
     if let Some(summary) = &mut outputs.summary {
         summary.finish().or_else(ignore_broken_pipe)?;
     }
-    drop(tracer);
     let lost = lost_counter.total()?;
-    eprintln!("rst-trace: {reported} events reported, {lost} lost");
-    Ok(Summary { reported, lost })
+    if let Some(metrics) = &metrics {
+        let mut metrics = metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        metrics.set_lost(lost);
+        metrics.set_program_stats(&program_stats);
+        if let Some(file) = &outputs.file {
+            metrics.set_unwritten(file.inner().unwritten());
+        }
+    }
+    let totals = format!(
+        "rst-trace: {reported} events reported, {lost} lost, {folded} folded into {folded_lines} lines"
+    );
+    match &outputs.file {
+        Some(file) if file.inner().unwritten() > 0 => eprintln!(
+            "{totals}, {} not written to {}",
+            file.inner().unwritten(),
+            file.inner().path().display()
+        ),
+        _ => eprintln!("{totals}"),
+    }
+    Ok(Summary {
+        reported,
+        lost,
+        folded,
+    })
 }
 
 /// How often the ring buffer is drained when the kernel has not woken us (see WAKEUP_BYTES in
@@ -225,6 +284,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// Records decoded before the events they make are written out (see `Pipeline::drain`).
 const DRAIN_BATCH: usize = 256;
+
+/// How often the kernel's folded counts are taken out: a folded line covers at most this long.
+const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often listener queues and drop counters are sampled in every network namespace.
 const LISTENER_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -250,14 +312,10 @@ fn outputs(args: &TraceArgs) -> anyhow::Result<Outputs> {
         .filter(|_| !args.quiet)
         .map(|_| SummaryView::new(stdout(), stdout_is_terminal));
     let file = match &args.output {
-        Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open {} for --output", path.display()))?;
-            Some(Sink::new(Format::Json, BufWriter::new(file)))
-        }
+        Some(path) => Some(Sink::new(
+            Format::Json,
+            OutputFile::new(open_output(path)?, path.clone()),
+        )),
         None => None,
     };
     Ok(Outputs {
@@ -265,6 +323,26 @@ fn outputs(args: &TraceArgs) -> anyhow::Result<Outputs> {
         file,
         summary,
     })
+}
+
+/// Opens `--output` to append, creating it readable by root only. Refuses a symbolic link: a
+/// user who can plant one where root writes would otherwise choose the file rst-trace appends
+/// to (a script, say), with process names of their choosing inside.
+fn open_output(path: &Path) -> anyhow::Result<std::fs::File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|error| match error.raw_os_error() {
+            Some(libc::ELOOP) => anyhow::anyhow!(
+                "refusing to write --output to {}: it is a symbolic link; give the path of the \
+                 file itself",
+                path.display()
+            ),
+            _ => anyhow::anyhow!("cannot open {} for --output: {error}", path.display()),
+        })
 }
 
 /// Decode, attribute and filter: everything between the ring buffer and the outputs.
@@ -275,8 +353,11 @@ struct Pipeline<'a> {
     stacks: Option<StackReader>,
     outputs: &'a mut Outputs,
     metrics: Option<Arc<Mutex<Metrics>>>,
-    /// Events written so far, and `--count`.
+    /// Events written one by one so far; events written as folded lines, and those lines;
+    /// `--count` (lines).
     reported: u64,
+    folded: u64,
+    folded_lines: u64,
     limit: Option<u64>,
 }
 
@@ -334,6 +415,33 @@ impl Pipeline<'_> {
         }
     }
 
+    /// Decodes, attributes and writes the keys the kernel folded; true when the trace should
+    /// end.
+    fn write_folded(&mut self, samples: Vec<FoldedSample>) -> anyhow::Result<bool> {
+        for sample in samples {
+            let decoded = match self.decoder.decode(&sample.record) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    log::warn!("skipped a folded record: {error:#}");
+                    continue;
+                }
+            };
+            let clock = &self.decoder.clock;
+            let folded = Folded {
+                count: sample.count,
+                first: clock.wall_time(sample.first_ns),
+                last: clock.wall_time(sample.last_ns),
+            };
+            let event =
+                self.attributor
+                    .folded_event(decoded, folded, sample.service_local, sample.coarse);
+            if self.write(&event)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Filters and writes one event; returns whether the trace should end.
     fn write(&mut self, event: &Event) -> anyhow::Result<bool> {
         if self.limit_reached() {
@@ -349,7 +457,13 @@ impl Pipeline<'_> {
                 .observe(event);
         }
         match self.outputs.write(event) {
-            Ok(()) => self.reported += 1,
+            Ok(()) => match event.folded {
+                Some(folded) => {
+                    self.folded += folded.count;
+                    self.folded_lines += 1;
+                }
+                None => self.reported += 1,
+            },
             Err(error) if error.kind() == io::ErrorKind::BrokenPipe => return Ok(true),
             Err(error) => return Err(error).context("writing an event"),
         }
@@ -357,7 +471,8 @@ impl Pipeline<'_> {
     }
 
     fn limit_reached(&self) -> bool {
-        self.limit.is_some_and(|limit| self.reported >= limit)
+        self.limit
+            .is_some_and(|limit| self.reported + self.folded_lines >= limit)
     }
 }
 
@@ -395,6 +510,11 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         }
     };
     writeln!(out, "privileges: ok")?;
+    writeln!(
+        out,
+        "privileges while tracing: {}",
+        privileges::describe_kept()
+    )?;
     let mount = match &support.tracefs {
         Tracefs::Mounted(_) => "mounted",
         Tracefs::MountedByUs(_) => "was not mounted; mounted it now",
@@ -423,9 +543,12 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
     )?;
     let options = LoadOptions {
         pids: Vec::new(),
+        ports: Vec::new(),
+        netns: Vec::new(),
         ring_buffer_bytes: 4096,
         stacks: false,
         classic_tracepoints: false,
+        fold_after: crate::fold::DEFAULT_FOLD_AFTER,
     };
     let tracer = Tracer::load(&support, &options);
     let (attached, failed, hooks) = match &tracer {

@@ -210,7 +210,15 @@ fn a_full_ring_buffer_counts_and_reports_every_lost_event() {
     let port = closed_port("127.0.0.1");
     let storm = ForkedClient::fork(port, ClientAction::RefusedConnects(300));
     // 4 KiB holds about two dozen records; stop the reader so that the storm overflows it.
-    let tracer = Tracer::start(&["--pid", &storm.pid.to_string(), "--ring-buffer-kib", "4"]);
+    // Unfolded: folding would count most of the storm in the kernel, and nothing would be lost.
+    let tracer = Tracer::start(&[
+        "--pid",
+        &storm.pid.to_string(),
+        "--ring-buffer-kib",
+        "4",
+        "--fold-after",
+        "0",
+    ]);
     // SAFETY: signals to our own child.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
     storm.go_and_wait();

@@ -76,6 +76,22 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// One rare-reset process of the bench's storm + needles workload, started by `bench`:
+    /// makes resets of one kind on 127.0.0.1:PORT for a while and writes down each one.
+    #[command(hide = true)]
+    BenchNeedle {
+        #[arg(value_enum)]
+        kind: bench::NeedleKind,
+        /// The needle's listener port.
+        #[arg(long)]
+        port: u16,
+        /// How long to make resets, in milliseconds.
+        #[arg(long)]
+        millis: u64,
+        /// Where to write one line per reset: KIND PID CLIENT_PORT SERVER_PORT.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -188,6 +204,12 @@ fn run(task: Task) -> anyhow::Result<()> {
             docs::run(&root, &env)?;
         }
         Task::Bench { quick } => bench::run(&root, quick)?,
+        Task::BenchNeedle {
+            kind,
+            port,
+            millis,
+            out,
+        } => bench::needle(kind, port, std::time::Duration::from_millis(millis), &out)?,
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The socket-owner bookkeeping, from connection set-up and teardown only: connect and listen
 //! give a socket its owner (`OWNERS`), accept gives the accepted socket its owner, close records
-//! who closed the connection (`CLOSED`), and destroy or a new passive child forgets an owner.
+//! who closed the connection (`CLOSED`) or aborted it (`ABORTS`), and destroy or a new passive child forgets an owner.
 //! `sock:inet_sock_set_state` and `tcp:tcp_destroy_sock` have BTF twins (`*_btf`).
 
 use aya_ebpf::{
@@ -8,12 +8,12 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use rst_trace_common::{ClosedConnection, ConnectionKey};
+use rst_trace_common::{Abort, ClosedConnection, ConnectionKey, facts};
 
 use crate::read::{Access, Direct, Probe, ctx_field, field, load, read};
-use crate::sock::{AF_INET, AF_INET6, SockHead, connection_key, netns_of_sock};
+use crate::sock::{AF_INET, AF_INET6, SockHead, connection_key, linger_zero, netns_of_sock};
 use crate::task::{current_owner, now};
-use crate::{CLOSED, OWNERS};
+use crate::{ABORTS, CLOSED, OWNERS};
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -56,7 +56,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
     if new == offset!(states.syn_sent) || new == offset!(states.listen) {
         // connect() and listen() run in the process that owns the socket.
-        let _ = OWNERS.insert(sk, current_owner(), 0);
+        let _ = OWNERS.insert(sk, current_owner::<A>(), 0);
     } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
         // close() or shutdown() by the application, in its own context.
         zeroed!(key: ConnectionKey);
@@ -64,10 +64,37 @@ fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
         head.fill(sk);
         if connection_key(sk, head, netns_of_sock::<A>(sk), key) {
             let closed = ClosedConnection {
-                closer: current_owner(),
+                closer: current_owner::<A>(),
                 closed_ns: now(),
             };
             let _ = CLOSED.insert(key, closed, 0);
+        }
+    } else if new == offset!(states.close)
+        && (old == offset!(states.established) || old == offset!(states.close_wait))
+    {
+        // Straight to CLOSE from an open connection: an abort (SO_LINGER 0, unread data, a
+        // listener closed with it queued), about to send its reset.
+        zeroed!(key: ConnectionKey);
+        zeroed!(head: SockHead<A>);
+        head.fill(sk);
+        if connection_key(sk, head, netns_of_sock::<A>(sk), key) {
+            let mut flags = 0;
+            if linger_zero::<A>(sk) {
+                flags |= facts::LINGER_ZERO;
+            }
+            if load::<A, u64>(sk, offset!(sk_socket)).is_some_and(|socket| socket != 0) {
+                flags |= facts::HAS_SOCKET_FILE;
+            }
+            // Both ends may be in different namespaces of this host (containers on a bridge):
+            // the reversed four-tuple within a second is identity enough.
+            key.netns = 0;
+            let abort = Abort {
+                closer: current_owner::<A>(),
+                ns: now(),
+                flags,
+                _pad: [0; 7],
+            };
+            let _ = ABORTS.insert(key, abort, 0);
         }
     } else if old == offset!(states.syn_recv) && new == offset!(states.established) {
         // A new accepted-to-be child; any owner recorded at this address is a dead socket's.
@@ -118,7 +145,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
             Some(AF_INET | AF_INET6)
         )
     {
-        let _ = OWNERS.insert(sk, current_owner(), 0);
+        let _ = OWNERS.insert(sk, current_owner::<Probe>(), 0);
     }
     0
 }

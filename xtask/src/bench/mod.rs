@@ -10,10 +10,14 @@
 //! `--quick` is CI's smoke run: one short repetition of everything, checked for having run and
 //! produced output, with the report written to a temporary directory and no timing judged.
 
+mod capture;
 mod kernel;
+mod needles;
 mod report;
 mod tracers;
 mod workloads;
+
+pub use needles::NeedleKind;
 
 use std::{
     fs,
@@ -27,6 +31,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
+    capture::Matched,
     kernel::{BpfStats, ProgramCounters, TcpCounters},
     tracers::{Finished, Mode, Setup},
     workloads::{KernelCount, Workload},
@@ -83,6 +88,11 @@ pub struct Measured {
     /// the host, or the bench's own teardown).
     pub background_resets: Option<i64>,
     pub tracer: Option<TracerFigures>,
+    /// StormNeedles: tcpdump's capture matched against the needles' records and (JSON modes)
+    /// rst-trace's events.
+    pub matched: Option<Matched>,
+    /// StormNeedles: packets tcpdump says the kernel dropped (its capture is complete at 0).
+    pub tcpdump_dropped: Option<u64>,
     /// Ways the run failed to show that the harness works (checked in every mode).
     pub problems: Vec<String>,
 }
@@ -135,10 +145,19 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         .with_context(|| format!("could not create {}", scratch.display()))?;
     let port = workloads::free_port(20001, &[])?;
     let metrics_port = workloads::free_port(port + 1, &[port])?;
+    let mut taken = vec![port, metrics_port];
+    let mut needle_ports = [0u16; 4];
+    for needle_port in &mut needle_ports {
+        let from = taken.iter().copied().max().unwrap_or(port) + 1;
+        *needle_port = workloads::free_port(from, &taken)?;
+        taken.push(*needle_port);
+    }
     let setup = Setup {
         rst_trace,
         port,
         metrics_port,
+        needle_ports,
+        xtask: std::env::current_exe().context("could not find the xtask binary's path")?,
         scratch: scratch.clone(),
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -267,14 +286,19 @@ fn settle_time(workload: Workload) -> Duration {
     }
 }
 
+/// `cargo xtask bench-needle`: one needle of the StormNeedles workload, in its own process.
+pub fn needle(kind: NeedleKind, port: u16, duration: Duration, out: &Path) -> anyhow::Result<()> {
+    needles::run(kind, port, duration, out)
+}
+
 fn run_one(workload: Workload, mode: Mode, plan: &Plan, setup: &Setup) -> anyhow::Result<Measured> {
-    let tracer = tracers::start(mode, setup)?;
+    let tracer = tracers::start(mode, setup, workload)?;
     let programs_before = match &tracer {
         Some(tracer) => kernel::programs_of(tracer.pid())?,
         None => Vec::new(),
     };
     let before = TcpCounters::read()?;
-    let outcome = match workload.run(setup.port, plan.threads, plan.duration) {
+    let mut outcome = match workload.run(setup, plan.threads, plan.duration) {
         Ok(outcome) => outcome,
         Err(error) => {
             if let Some(tracer) = tracer {
@@ -295,17 +319,28 @@ fn run_one(workload: Workload, mode: Mode, plan: &Plan, setup: &Setup) -> anyhow
         None => out_rsts as f64 / elapsed,
     };
     // Each refused connect and each aborted connection is exactly one reset sent.
+    // The needles' resets are one each too.
+    let needle_resets = outcome
+        .capture
+        .as_ref()
+        .map_or(0, |capture| capture.records.len() as i64);
     let background_resets = match workload {
-        Workload::RefusedStorm | Workload::LingerStorm => outcome
+        Workload::RefusedStorm | Workload::LingerStorm | Workload::StormNeedles => outcome
             .ops
-            .map(|ops| i64::try_from(out_rsts).unwrap_or(i64::MAX) - ops as i64),
+            .map(|ops| i64::try_from(out_rsts).unwrap_or(i64::MAX) - ops as i64 - needle_resets),
         _ => None,
     };
     let mut problems = Vec::new();
     if throughput <= 0.0 {
         problems.push("the workload completed no operations".to_string());
     }
+    let capture = outcome.capture.take();
+    let tcpdump_dropped = capture.as_ref().map(|capture| capture.tcpdump_dropped);
     let Some(tracer) = tracer else {
+        let matched = match &capture {
+            Some(capture) => Some(check_capture(capture, None, &mut problems)?),
+            None => None,
+        };
         return Ok(Measured {
             throughput,
             seconds: elapsed,
@@ -313,12 +348,14 @@ fn run_one(workload: Workload, mode: Mode, plan: &Plan, setup: &Setup) -> anyhow
             listen_overflows,
             background_resets,
             tracer: None,
+            matched,
+            tcpdump_dropped,
             problems,
         });
     };
     let programs_after = kernel::programs_of(tracer.pid())?;
     let names = kernel::program_names().unwrap_or_default();
-    let metrics = (mode == Mode::Metrics).then(|| tracers::scrape_metrics(setup));
+    let metrics = (mode.folding() == Mode::Metrics).then(|| tracers::scrape_metrics(setup));
     let finished = tracer.stop()?;
     // The overflowing listener and its connections go only now, after the tracer's last look.
     drop(outcome.keep);
@@ -334,6 +371,14 @@ fn run_one(workload: Workload, mode: Mode, plan: &Plan, setup: &Setup) -> anyhow
             .sum(),
     };
     let figures = tracer_figures(workload, mode, &finished, metrics, counts, &mut problems);
+    let matched = match &capture {
+        Some(capture) => {
+            let json = mode.folding() == Mode::Json;
+            let stdout = json.then_some(finished.stdout.as_str());
+            Some(check_capture(capture, stdout, &mut problems)?)
+        }
+        None => None,
+    };
     Ok(Measured {
         throughput,
         seconds: elapsed,
@@ -344,8 +389,48 @@ fn run_one(workload: Workload, mode: Mode, plan: &Plan, setup: &Setup) -> anyhow
             programs,
             ..figures
         }),
+        matched,
+        tcpdump_dropped,
         problems,
     })
+}
+
+/// Matches the StormNeedles capture against the needles' records and rst-trace's JSON (when
+/// given), and notes where the run did not show that the harness works: a needle that made
+/// no resets, a needle's reset missing from the wire, JSON that matched nothing. Whether
+/// rst-trace met its targets is the report's business, not a problem of the run.
+fn check_capture(
+    capture: &workloads::Capture,
+    json: Option<&str>,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<Matched> {
+    let wire = capture::read_pcap(&capture.pcap);
+    let _ = fs::remove_file(&capture.pcap);
+    let wire = wire?;
+    let events = json.map(capture::parse_events).transpose()?;
+    let matched = capture::matched(&wire, &capture.records, events.as_deref());
+    if wire.is_empty() {
+        problems.push("tcpdump captured no resets".to_string());
+    }
+    for kind in NeedleKind::ALL {
+        let figures = matched.kinds.get(&kind).copied().unwrap_or_default();
+        if figures.made == 0 {
+            problems.push(format!("the {kind} needle made no resets"));
+        } else if capture.tcpdump_dropped == 0 && figures.on_wire != figures.made {
+            problems.push(format!(
+                "the {kind} needle made {} resets, tcpdump saw {} of them",
+                figures.made, figures.on_wire
+            ));
+        }
+    }
+    if matched.traced && matched.sent_accounted == 0 {
+        problems.push("rst-trace's JSON accounted for none of the resets on the wire".to_string());
+    }
+    let rare = matched.rare();
+    if matched.traced && rare.made > 0 && rare.sent_own + rare.received_own == 0 {
+        problems.push("rst-trace's JSON has none of the needles' resets".to_string());
+    }
+    Ok(matched)
 }
 
 fn program_deltas(
@@ -418,13 +503,19 @@ fn tracer_figures(
     };
     match mode {
         Mode::NoTracer => {}
-        Mode::Json | Mode::Summary | Mode::Metrics => {
+        Mode::Json
+        | Mode::Summary
+        | Mode::Metrics
+        | Mode::JsonNoFold
+        | Mode::SummaryNoFold
+        | Mode::MetricsNoFold => {
             let totals = tracers::rst_trace_totals(&finished.stderr);
             require(totals.is_some(), "rst-trace printed no totals at exit");
-            let (reported, lost) = totals.unwrap_or_default();
+            let (reported, lost, folded) = totals.unwrap_or_default();
             figures.lost = Some(lost);
             if resets {
-                figures.delivered = Some(reported);
+                // Events written one by one, and those the kernel counted into folded lines.
+                figures.delivered = Some(reported + folded);
                 figures.expected = Some(counts.out_rsts + counts.received_resets);
                 require(reported > 0, "rst-trace reported no resets");
             }
@@ -432,7 +523,7 @@ fn tracer_figures(
                 // JSON events stand for several drops each: only CPU per drop compares.
                 figures.expected = Some(counts.listen_overflows);
             }
-            if mode == Mode::Summary {
+            if mode.folding() == Mode::Summary {
                 let table = tracers::summary_totals(&finished.stdout);
                 require(table.is_some(), "--summary printed no totals table");
                 if overflow {
@@ -443,7 +534,7 @@ fn tracer_figures(
                     );
                 }
             }
-            if mode == Mode::Metrics {
+            if mode.folding() == Mode::Metrics {
                 match metrics {
                     Some(Ok(text)) => {
                         require(

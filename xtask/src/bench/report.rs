@@ -14,9 +14,12 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    Measured, Plan, Run, chart_link, command_output,
+    Measured, Plan, Run,
+    capture::{self, Matched},
+    chart_link, command_output,
+    needles::{NeedleKind, PER_SECOND},
     tracers::{BPFTRACE_PROGRAM, Mode, Setup},
-    workloads::{KernelCount, Workload},
+    workloads::{self, KernelCount, Workload},
 };
 
 /// The targets, from the issue that asked for the bench.
@@ -30,15 +33,38 @@ const STARTUP_MS: f64 = 300.0;
 /// Delivered over the kernel's count, at least: "no lost events" with room for the resets of
 /// other processes that the kernel counts too.
 const DELIVERED_AT_LEAST: f64 = 0.999;
+/// The storms issue's targets: rare resets reported as their own events, and with the right
+/// cause and process, at least; all programs' kernel time per refused connect, at most this
+/// times the reference program's per reset.
+const RARE_OWN_AT_LEAST: f64 = 0.999;
+const RARE_RIGHT_AT_LEAST: f64 = 0.99;
+const KERNEL_TIME_PER_CONNECT_FACTOR: f64 = 2.0;
+
+/// rst-trace's output modes with folding on (default) and off, side by side.
+const FOLD_PAIRS: [[Mode; 2]; 3] = [
+    [Mode::Json, Mode::JsonNoFold],
+    [Mode::Summary, Mode::SummaryNoFold],
+    [Mode::Metrics, Mode::MetricsNoFold],
+];
 
 /// The tracer modes drawn in the chart, in order.
-const CHART_MODES: [Mode; 6] = [
+const CHART_MODES: [Mode; 9] = [
     Mode::Json,
     Mode::Summary,
     Mode::Metrics,
+    Mode::JsonNoFold,
+    Mode::SummaryNoFold,
+    Mode::MetricsNoFold,
     Mode::Bpftrace,
     Mode::Tcpdump,
     Mode::Reference,
+];
+
+/// One colour per charted mode (gnuplot's own cycle repeats after eight): each output mode
+/// with folding, then a lighter shade of it without, then the other tracers.
+const CHART_COLORS: [&str; 9] = [
+    "#1f4e9c", "#1f8a4c", "#8a1f7a", "#8fb3e8", "#92d6a8", "#dba3d2", "#e07b00", "#333333",
+    "#c0392b",
 ];
 
 /// The machine the bench ran on, read before it started.
@@ -299,6 +325,49 @@ impl<'a> Cell<'a> {
             .collect()
     }
 
+    /// StormNeedles: the matching summed over the runs, and the lowest run's ratios (wire RSTs
+    /// accounted for by sent events, rare ends their own event, rare ends right).
+    fn matched(&self) -> Option<(Matched, [f64; 3])> {
+        let mut total = Matched::default();
+        let mut lowest = [f64::INFINITY; 3];
+        let mut any = false;
+        for matched in self.runs.iter().filter_map(|m| m.matched.as_ref()) {
+            any = true;
+            total.add(matched);
+            let rare = matched.rare();
+            let ratios = [
+                capture::ratio(matched.sent_accounted, matched.wire).unwrap_or(0.0),
+                rare.own_ratio().unwrap_or(0.0),
+                rare.right_ratio().unwrap_or(0.0),
+            ];
+            for (low, ratio) in lowest.iter_mut().zip(ratios) {
+                *low = low.min(ratio);
+            }
+        }
+        any.then_some((total, lowest))
+    }
+
+    /// Packets tcpdump dropped, over the runs.
+    fn tcpdump_dropped(&self) -> u64 {
+        self.runs.iter().filter_map(|m| m.tcpdump_dropped).sum()
+    }
+
+    /// All the tracer's programs' kernel time per operation of the workload (a refused connect),
+    /// median over runs.
+    fn kernel_ns_per_op(&self) -> Option<f64> {
+        median(
+            self.runs
+                .iter()
+                .filter_map(|m| {
+                    let tracer = m.tracer.as_ref()?;
+                    let ops = m.throughput * m.seconds;
+                    let total: u64 = tracer.programs.iter().map(|p| p.run_time_ns).sum();
+                    (ops > 0.0).then(|| total as f64 / ops)
+                })
+                .collect(),
+        )
+    }
+
     /// All the tracer's programs' kernel time per event the kernel counted, median over runs.
     fn kernel_ns_per_event(&self) -> Option<f64> {
         median(
@@ -349,7 +418,7 @@ fn verdict(ok: bool) -> &'static str {
 fn ratio_target(workload: Workload, mode: Mode) -> f64 {
     if workload == Workload::Echo {
         RATIO_ORDINARY
-    } else if mode == Mode::Json {
+    } else if mode.folding() == Mode::Json {
         RATIO_JSON
     } else {
         RATIO_SUMMARY_METRICS
@@ -357,6 +426,16 @@ fn ratio_target(workload: Workload, mode: Mode) -> f64 {
 }
 
 const RST_TRACE_MODES: [Mode; 3] = [Mode::Json, Mode::Summary, Mode::Metrics];
+
+/// The workloads the general targets (the bench's first issue) judge; the storm + needles
+/// workload has targets of its own.
+const GENERAL: [Workload; 5] = [
+    Workload::RefusedStorm,
+    Workload::HpingFlood,
+    Workload::LingerStorm,
+    Workload::AcceptOverflow,
+    Workload::Echo,
+];
 
 /// Every figure the report shows, computed once.
 struct Figures<'a> {
@@ -428,7 +507,7 @@ struct Target {
 
 fn targets(f: &Figures) -> Vec<Target> {
     let mut out = Vec::new();
-    let reset_workloads: Vec<Workload> = Workload::ALL
+    let reset_workloads: Vec<Workload> = GENERAL
         .into_iter()
         .filter(|w| w.kernel_count() == KernelCount::Resets)
         .collect();
@@ -504,7 +583,7 @@ fn targets(f: &Figures) -> Vec<Target> {
                 "throughput ratio >= {RATIO_SUMMARY_METRICS} (summary, metrics), >= \
                  {RATIO_JSON} (JSON) under reset and drop storms"
             ),
-            Workload::ALL
+            GENERAL
                 .into_iter()
                 .filter(|w| *w != Workload::Echo)
                 .collect::<Vec<_>>(),
@@ -537,7 +616,7 @@ fn targets(f: &Figures) -> Vec<Target> {
     // Better than bpftrace and tcpdump.
     let mut ok = true;
     let mut figures = Vec::new();
-    for workload in Workload::ALL {
+    for workload in GENERAL {
         let others = [Mode::Bpftrace, Mode::Tcpdump].map(|m| f.ratio(workload, m));
         let best_other = others.iter().flatten().copied().fold(0.0, f64::max);
         for mode in RST_TRACE_MODES {
@@ -596,7 +675,7 @@ fn targets(f: &Figures) -> Vec<Target> {
     // Userspace CPU.
     let mut ok = true;
     let mut figures = Vec::new();
-    for workload in Workload::ALL.into_iter().filter(|w| *w != Workload::Echo) {
+    for workload in GENERAL.into_iter().filter(|w| *w != Workload::Echo) {
         for mode in RST_TRACE_MODES {
             let cpu = f.cell(workload, mode).cpu_per_million();
             let good = cpu.is_some_and(|c| c <= CPU_SECONDS_PER_MILLION);
@@ -663,6 +742,147 @@ fn targets(f: &Figures) -> Vec<Target> {
         ),
         ok: startup_ok,
         figures: startup,
+    });
+    out.extend(storm_targets(f));
+    out
+}
+
+/// The targets of the storms issue: the storm + needles workload matched against tcpdump, the
+/// 4-thread refused storm's ratios against bpftrace's, and the kernel time per refused connect
+/// against the reference program. The `--fold-after 0` rows are shown beside them, not judged.
+fn storm_targets(f: &Figures) -> Vec<Target> {
+    let mut out = Vec::new();
+
+    let mut ok = true;
+    let mut figures = Vec::new();
+    for mode in [Mode::Json, Mode::JsonNoFold] {
+        let cell = f.cell(Workload::StormNeedles, mode);
+        let lost = cell.lost();
+        let judged = mode.folds();
+        let text = match cell.matched() {
+            Some((total, [accounted, own, right])) => {
+                let good = accounted == 1.0
+                    && total.sent_unmatched == 0
+                    && own >= RARE_OWN_AT_LEAST
+                    && right >= RARE_RIGHT_AT_LEAST
+                    && lost == Some(0)
+                    && cell.failed == 0;
+                if judged {
+                    ok &= good;
+                }
+                format!(
+                    "{}: {} RSTs on the wire (tcpdump dropped {}), lowest run accounted for \
+                     {accounted:.4} ({} events with no RST); rare resets: lowest run {own:.4} \
+                     own events, {right:.4} right cause and process; {} lost {}",
+                    mode.label_on(Workload::StormNeedles),
+                    thousands(total.wire as f64),
+                    cell.tcpdump_dropped(),
+                    thousands((total.sent_unmatched) as f64),
+                    lost.map_or("n/a".to_string(), |l| thousands(l as f64)),
+                    if judged {
+                        verdict(good)
+                    } else {
+                        "(without folding, for comparison)"
+                    }
+                )
+            }
+            None => {
+                if judged {
+                    ok = false;
+                }
+                format!(
+                    "{}: no run completed",
+                    mode.label_on(Workload::StormNeedles)
+                )
+            }
+        };
+        figures.push(text);
+    }
+    out.push(Target {
+        name: format!(
+            "storm + needles + capture: every RST on the wire accounted for by an event or a \
+             folded count (1.0000), every rare reset its own event at both ends (>= \
+             {RARE_OWN_AT_LEAST}) with the right cause and process (>= {RARE_RIGHT_AT_LEAST}), 0 \
+             lost"
+        ),
+        ok,
+        figures,
+    });
+
+    let storm = Workload::RefusedStorm;
+    let bpftrace = f.ratio(storm, Mode::Bpftrace);
+    let mut ok = true;
+    let mut figures = Vec::new();
+    for mode in FOLD_PAIRS.iter().flat_map(|pair| *pair) {
+        let target = ratio_target(storm, mode);
+        let ratio = f.ratio(storm, mode);
+        let good = ratio.is_some_and(|r| r >= target && bpftrace.is_none_or(|b| r >= b));
+        let judged = mode.folds();
+        if judged {
+            ok &= good;
+        }
+        figures.push(format!(
+            "{}: {} (target {target}, bpftrace {}) {}",
+            mode.label(),
+            ratio.map_or("n/a".to_string(), |r| format!("{r:.3}")),
+            bpftrace.map_or("n/a".to_string(), |b| format!("{b:.3}")),
+            if judged {
+                verdict(good)
+            } else {
+                "(without folding, for comparison)"
+            }
+        ));
+    }
+    out.push(Target {
+        name: format!(
+            "4-thread refused storm: throughput ratio >= {RATIO_JSON} (JSON), >= \
+             {RATIO_SUMMARY_METRICS} (summary, metrics), and not below bpftrace's one-liner in \
+             the same run"
+        ),
+        ok,
+        figures,
+    });
+
+    let reference = f
+        .cell(storm, Mode::Reference)
+        .programs()
+        .get("bench_reference")
+        .map(|(ns, _)| *ns);
+    let mut ok = true;
+    let mut figures = Vec::new();
+    for mode in FOLD_PAIRS.iter().flat_map(|pair| *pair) {
+        let ours = f.cell(storm, mode).kernel_ns_per_op();
+        let judged = mode.folds();
+        let good = match (ours, reference) {
+            (Some(ours), Some(reference)) => ours <= KERNEL_TIME_PER_CONNECT_FACTOR * reference,
+            _ => false,
+        };
+        if judged {
+            ok &= good;
+        }
+        figures.push(format!(
+            "{}: {} ns per refused connect, reference {} ns ({}) {}",
+            mode.label(),
+            ours.map_or("n/a".to_string(), |o| format!("{o:.0}")),
+            reference.map_or("n/a".to_string(), |r| format!("{r:.0}")),
+            match (ours, reference) {
+                (Some(o), Some(r)) if r > 0.0 => format!("{:.2}x", o / r),
+                _ => "n/a".to_string(),
+            },
+            if judged {
+                verdict(good)
+            } else {
+                "(without folding, for comparison)"
+            }
+        ));
+    }
+    out.push(Target {
+        name: format!(
+            "kernel time of all programs per refused connect <= \
+             {KERNEL_TIME_PER_CONNECT_FACTOR} x the reference program's per reset (refused storm)"
+        ),
+        ok,
+        figures,
     });
     out
 }
@@ -737,8 +957,10 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
         w,
         "- Each workload runs {} s under each tracer in turn, interleaved (no tracer, JSON, \
          summary, metrics, bpftrace, tcpdump, reference, then again), {} times; the tables show \
-         medians over those repetitions. Load generators use {} threads on {} cores and send \
-         only to 127.0.0.1.",
+         medians over those repetitions; rst-trace also runs with `--fold-after 0` (every event \
+         one by one, as before folding) on the refused storm and beside the needles, to show \
+         what folding gains. Load generators use {} threads on {} cores and send only to \
+         127.0.0.1.",
         plan.duration.as_secs(),
         plan.repetitions,
         plan.threads,
@@ -783,7 +1005,17 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
          record fields as rst-trace's classic `tcp_send_reset` and submits a 64-byte ring buffer \
          record without waking its reader, nothing else. rst-trace itself runs \
          `tcp_send_reset_btf` where the kernel takes BTF tracepoints (here): the same work \
-         with plain loads instead of a probe read per field.\n"
+         with plain loads instead of a probe read per field. **per refused connect**: the run \
+         time of all of a tracer's programs divided by the refused connects the storm made \
+         (each is one reset sent and one received), against the reference program's time per \
+         run (one run per reset sent)."
+    );
+    let _ = writeln!(
+        w,
+        "- **storm + needles + capture**: tcpdump's capture (read back with `tcpdump -r`) is \
+         the truth: every RST on lo appears in it once. rst-trace's `--json` output is matched \
+         against it (see the section), and the needles' own records say which of those RSTs \
+         are the rare ones, who made them and what their causes must be.\n"
     );
 
     let _ = writeln!(w, "## Results\n");
@@ -803,10 +1035,38 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
         "sysctl kernel.bpf_stats_enabled=1   # for the bench; the previous value is put back"
     );
     for mode in Mode::ALL {
-        if let Some(line) = mode.command_line(ctx.setup) {
+        if let Some(line) = mode.command_line(ctx.setup, Workload::RefusedStorm) {
             let _ = writeln!(w, "{line}   # {}", mode.label());
         }
     }
+    let needles = Workload::StormNeedles;
+    let _ = writeln!(w, "# {}:", needles.title());
+    let _ = writeln!(
+        w,
+        "{}   # the capture, part of the workload in every run",
+        workloads::tcpdump_command(needles, ctx.setup, Path::new("FILE"))
+    );
+    for (kind, port) in NeedleKind::ALL.into_iter().zip(ctx.setup.needle_ports) {
+        let _ = writeln!(
+            w,
+            "cargo xtask bench-needle {kind} --port {port} --millis {} --out FILE   # {PER_SECOND} \
+             {kind} resets a second, one line each: KIND PID CLIENT_PORT SERVER_PORT",
+            ctx.plan.duration.as_millis()
+        );
+    }
+    for mode in Mode::ALL.into_iter().filter(|m| m.applies_to(needles)) {
+        if let Some(line) = mode.command_line(ctx.setup, needles) {
+            let _ = writeln!(
+                w,
+                "{line}   # {}, kept to be matched",
+                mode.label_on(needles)
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "tcpdump -r FILE -n -q -t   # the capture's RSTs, matched against the JSON events"
+    );
     let _ = writeln!(
         w,
         "hping3 -S --flood -p {} 127.0.0.1   # the hping3 workload",
@@ -835,7 +1095,7 @@ fn workload_section(w: &mut String, f: &Figures, workload: Workload, ctx: &Conte
     let _ = writeln!(
         w,
         "Load: {}.\n",
-        workload.description(ctx.plan.threads, ctx.setup.port)
+        workload.description(ctx.plan.threads, ctx.setup)
     );
     let baseline: Vec<f64> = f
         .cell(workload, Mode::NoTracer)
@@ -940,7 +1200,7 @@ fn workload_section(w: &mut String, f: &Figures, workload: Workload, ctx: &Conte
             w,
             "| {}{failed} | {throughput} | {ratio} | {delivered} | {lost} | {cpu} | {rss} | \
              {startup} |",
-            mode.label()
+            mode.label_on(workload)
         );
     }
     let _ = writeln!(w);
@@ -955,7 +1215,7 @@ fn workload_section(w: &mut String, f: &Figures, workload: Workload, ctx: &Conte
             let _ = writeln!(
                 w,
                 "| {} | `{name}` | {ns:.0} | {} |",
-                mode.label(),
+                mode.label_on(workload),
                 thousands(rate)
             );
         }
@@ -965,7 +1225,196 @@ fn workload_section(w: &mut String, f: &Figures, workload: Workload, ctx: &Conte
             let _ = writeln!(
                 w,
                 "| {} | all programs, per event counted | {total:.0} | |",
-                mode.label()
+                mode.label_on(workload)
+            );
+        }
+        if mode.is_rst_trace()
+            && matches!(workload, Workload::RefusedStorm | Workload::StormNeedles)
+            && let Some(total) = cell.kernel_ns_per_op()
+        {
+            let _ = writeln!(
+                w,
+                "| {} | all programs, per refused connect | {total:.0} | |",
+                mode.label_on(workload)
+            );
+        }
+    }
+    let _ = writeln!(w);
+    match workload {
+        Workload::RefusedStorm => fold_table(w, f, workload),
+        Workload::StormNeedles => needles_tables(w, f),
+        _ => {}
+    }
+}
+
+/// Folding on (the default) and off (`--fold-after 0`) side by side, per output mode.
+fn fold_table(w: &mut String, f: &Figures, workload: Workload) {
+    let _ = writeln!(
+        w,
+        "Folding on (default, `--fold-after 20`) and off (`--fold-after 0`), side by side \
+         (medians; delivered counts folded events in full):\n"
+    );
+    let _ = writeln!(
+        w,
+        "| output | ratio, folding | ratio, --fold-after 0 | lost, folding | lost, \
+         --fold-after 0 | CPU s / M events, folding | CPU s / M events, --fold-after 0 | kernel \
+         ns per refused connect, folding | kernel ns per refused connect, --fold-after 0 |"
+    );
+    let _ = writeln!(
+        w,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let dash = || "–".to_string();
+    for [on, off] in FOLD_PAIRS {
+        let ratio = |mode| {
+            f.ratio(workload, mode)
+                .map_or_else(dash, |r| format!("{r:.3}"))
+        };
+        let lost = |mode| {
+            f.cell(workload, mode)
+                .lost()
+                .map_or_else(dash, |l| thousands(l as f64))
+        };
+        let cpu = |mode| {
+            f.cell(workload, mode)
+                .cpu_per_million()
+                .map_or_else(dash, |c| format!("{c:.2}"))
+        };
+        let kernel = |mode| {
+            f.cell(workload, mode)
+                .kernel_ns_per_op()
+                .map_or_else(dash, |k| format!("{k:.0}"))
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            on.label(),
+            ratio(on),
+            ratio(off),
+            lost(on),
+            lost(off),
+            cpu(on),
+            cpu(off),
+            kernel(on),
+            kernel(off)
+        );
+    }
+    let _ = writeln!(w);
+}
+
+/// The storm + needles workload matched against tcpdump's capture: every RST, then each rare
+/// kind at both ends.
+fn needles_tables(w: &mut String, f: &Figures) {
+    let workload = Workload::StormNeedles;
+    let _ = writeln!(
+        w,
+        "Matched against tcpdump's capture (sums over the runs; \"lowest\" is the lowest \
+         single run). A reset on the wire is accounted for by a `reset_sent` event with its \
+         exact ends, or by a folded `reset_sent` event whose ends match it (the folded end's \
+         port is any), each event taking as many resets as it stands for; the same with \
+         `reset_received` events, ends reversed. A rare reset is reported as its own event when \
+         an event written one by one (`folded` null) has its exact ends, and it is right when \
+         that event's cause is the one its kind implies and its process is the needle's pid.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| tracer | RSTs on the wire | tcpdump dropped | accounted for by sent events (lowest \
+         run) | by received events | events with no RST | rare resets made | own event, both \
+         ends (lowest run) | right cause and process (lowest run) | lost |"
+    );
+    let _ = writeln!(
+        w,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let dash = || "–".to_string();
+    for mode in Mode::ALL.into_iter().filter(|m| m.applies_to(workload)) {
+        let cell = f.cell(workload, mode);
+        let Some((total, [accounted, own, right])) = cell.matched() else {
+            continue;
+        };
+        let rare = total.rare();
+        let fraction = |part: u64, whole: u64| {
+            capture::ratio(part, whole).map_or_else(dash, |r| {
+                format!(
+                    "{} / {} = {r:.4}",
+                    thousands(part as f64),
+                    thousands(whole as f64)
+                )
+            })
+        };
+        let judged = mode.folds() && mode.is_rst_trace();
+        let mark = |good: bool| {
+            if judged {
+                format!(" {}", verdict(good))
+            } else {
+                String::new()
+            }
+        };
+        if total.traced {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} ({accounted:.4}){} | {} | {} | {} | {} ({own:.4}){} | {} \
+                 ({right:.4}){} | {} |",
+                mode.label_on(workload),
+                thousands(total.wire as f64),
+                cell.tcpdump_dropped(),
+                fraction(total.sent_accounted, total.wire),
+                mark(accounted == 1.0 && total.sent_unmatched == 0),
+                fraction(total.received_accounted, total.wire),
+                thousands((total.sent_unmatched + total.received_unmatched) as f64),
+                thousands(rare.made as f64),
+                fraction(rare.sent_own + rare.received_own, 2 * rare.made),
+                mark(own >= RARE_OWN_AT_LEAST),
+                fraction(rare.sent_right + rare.received_right, 2 * rare.made),
+                mark(right >= RARE_RIGHT_AT_LEAST),
+                cell.lost().map_or_else(dash, |l| thousands(l as f64)),
+            );
+        } else {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | – | – | – | {} | – | – | – |",
+                mode.label_on(workload),
+                thousands(total.wire as f64),
+                cell.tcpdump_dropped(),
+                thousands(rare.made as f64),
+            );
+        }
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "Each rare kind, both ends (sums over the runs; the expected causes are sent / \
+         received):\n"
+    );
+    let _ = writeln!(
+        w,
+        "| tracer | kind | expected causes | made | on the wire | sent end: own event | sent \
+         end: right | received end: own event | received end: right |"
+    );
+    let _ = writeln!(
+        w,
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for mode in Mode::ALL
+        .into_iter()
+        .filter(|m| m.applies_to(workload) && m.is_rst_trace())
+    {
+        let Some((total, _)) = f.cell(workload, mode).matched() else {
+            continue;
+        };
+        for kind in NeedleKind::ALL {
+            let k = total.kinds.get(&kind).copied().unwrap_or_default();
+            let (sent, received) = kind.causes();
+            let _ = writeln!(
+                w,
+                "| {} | {kind} | `{sent}` / `{received}` | {} | {} | {} | {} | {} | {} |",
+                mode.label_on(workload),
+                k.made,
+                k.on_wire,
+                k.sent_own,
+                k.sent_right,
+                k.received_own,
+                k.received_right
             );
         }
     }
@@ -983,7 +1432,8 @@ fn notes(f: &Figures, ctx: &Context) -> Vec<String> {
         let most = background.iter().copied().max().unwrap_or(0);
         let middle = median(background.iter().map(|b| *b as f64).collect()).unwrap_or(0.0);
         notes.push(format!(
-            "Resets the kernel counted that the refused and linger workloads did not make: \
+            "Resets the kernel counted that the refused, linger and storm + needles workloads \
+             did not make: \
              median {middle:.0}, at most {most} per run. `TcpOutRsts` counts the whole host; \
              rst-trace runs with `--port {}` and does not report resets of other processes, so \
              these lower its delivered ratio without any event being lost (its `lost` count is \
@@ -991,6 +1441,21 @@ fn notes(f: &Figures, ctx: &Context) -> Vec<String> {
             ctx.setup.port
         ));
     }
+    notes.push(format!(
+        "Storm + needles + capture: the storm is the refused-connect storm's {} threads; each \
+         needle is its own process (the xtask binary, `bench-needle`) that makes both ends of \
+         its connections on its own port and writes down its pid and both ports for each reset, \
+         so that its resets are found exactly among the events and packets. tcpdump runs in \
+         every run of this workload, the no-tracer one included (its copies of the storm's \
+         packets are part of the load, as in the issue's report), with `-B {}` (KiB) so that \
+         its own capture is complete (it reports any packet the kernel dropped for it: the \
+         column `tcpdump dropped`), and a filter on the workload's ports: the tests of other \
+         people on the host make resets on lo too. rst-trace watches the same ports \
+         (`--port`, repeated). Its JSON goes to a file here (to /dev/null in the other \
+         workloads), and `--fold-after 0` shows what the same storm does without folding.",
+        ctx.plan.threads,
+        workloads::CAPTURE_BUFFER_KIB
+    ));
     if let Some(idle) = ctx.machine.idle_before.filter(|idle| *idle < 0.9) {
         notes.push(format!(
             "The machine was not idle when the bench started ({:.0}% idle over a second): other \
@@ -1087,13 +1552,13 @@ fn draw_chart(f: &Figures, ctx: &Context, path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("could not write {}", data_path.display()))?;
     let bottom = ((lowest - 0.05) * 20.0).floor() / 20.0;
     let mut columns = Vec::new();
-    for (i, _) in CHART_MODES.iter().enumerate() {
+    for (i, color) in CHART_COLORS.iter().enumerate().take(CHART_MODES.len()) {
         let using = if i == 0 {
             format!("'{}' using 2:xtic(1) title columnhead", data_path.display())
         } else {
             format!("'' using {} title columnhead", i + 2)
         };
-        columns.push(using);
+        columns.push(format!("{using} lc rgb '{color}'"));
     }
     let title = format!(
         "Throughput with each tracer / without (median of {} runs of {} s){}",

@@ -36,17 +36,25 @@ pub enum Mode {
     Json,
     Summary,
     Metrics,
+    /// The same three with `--fold-after 0` (every event one by one, as before folding), so
+    /// that what folding gains shows side by side.
+    JsonNoFold,
+    SummaryNoFold,
+    MetricsNoFold,
     Bpftrace,
     Tcpdump,
     Reference,
 }
 
 impl Mode {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::NoTracer,
         Self::Json,
         Self::Summary,
         Self::Metrics,
+        Self::JsonNoFold,
+        Self::SummaryNoFold,
+        Self::MetricsNoFold,
         Self::Bpftrace,
         Self::Tcpdump,
         Self::Reference,
@@ -58,6 +66,9 @@ impl Mode {
             Self::Json => "json",
             Self::Summary => "summary",
             Self::Metrics => "metrics",
+            Self::JsonNoFold => "json-f0",
+            Self::SummaryNoFold => "summary-f0",
+            Self::MetricsNoFold => "metrics-f0",
             Self::Bpftrace => "bpftrace",
             Self::Tcpdump => "tcpdump",
             Self::Reference => "reference",
@@ -70,52 +81,110 @@ impl Mode {
             Self::Json => "rst-trace --json > /dev/null",
             Self::Summary => "rst-trace --summary",
             Self::Metrics => "rst-trace --metrics --quiet",
+            Self::JsonNoFold => "rst-trace --json --fold-after 0 > /dev/null",
+            Self::SummaryNoFold => "rst-trace --summary --fold-after 0",
+            Self::MetricsNoFold => "rst-trace --metrics --quiet --fold-after 0",
             Self::Bpftrace => "bpftrace one-liner",
             Self::Tcpdump => "tcpdump -w (RST filter)",
             Self::Reference => "reference program",
         }
     }
 
-    pub fn is_rst_trace(self) -> bool {
-        matches!(self, Self::Json | Self::Summary | Self::Metrics)
+    /// The label as the mode runs on `workload` (where rst-trace's JSON is kept in a file).
+    pub fn label_on(self, workload: Workload) -> String {
+        if self.keeps_json(workload) {
+            self.label().replace("> /dev/null", "> FILE")
+        } else {
+            self.label().to_string()
+        }
     }
 
-    /// The reference program only makes sense where tcp_send_reset fires.
+    pub fn is_rst_trace(self) -> bool {
+        matches!(
+            self,
+            Self::Json
+                | Self::Summary
+                | Self::Metrics
+                | Self::JsonNoFold
+                | Self::SummaryNoFold
+                | Self::MetricsNoFold
+        )
+    }
+
+    pub fn folds(self) -> bool {
+        !matches!(
+            self,
+            Self::JsonNoFold | Self::SummaryNoFold | Self::MetricsNoFold
+        )
+    }
+
+    /// The same output mode with folding on (itself for modes that fold).
+    pub fn folding(self) -> Self {
+        match self {
+            Self::JsonNoFold => Self::Json,
+            Self::SummaryNoFold => Self::Summary,
+            Self::MetricsNoFold => Self::Metrics,
+            other => other,
+        }
+    }
+
+    /// The reference program only makes sense where tcp_send_reset fires; the `--fold-after 0`
+    /// rows are for the storms (the refused storm, and JSON beside the needles). The storm +
+    /// needles workload is about rst-trace's JSON: tcpdump is part of its load.
     pub fn applies_to(self, workload: Workload) -> bool {
-        self != Self::Reference || workload.sends_resets()
+        match workload {
+            Workload::StormNeedles => {
+                matches!(self, Self::NoTracer | Self::Json | Self::JsonNoFold)
+            }
+            Workload::RefusedStorm => true,
+            _ => self.folds() && (self != Self::Reference || workload.sends_resets()),
+        }
+    }
+
+    /// Whether rst-trace's JSON is kept in a file (to be matched against the capture) rather
+    /// than thrown away.
+    fn keeps_json(self, workload: Workload) -> bool {
+        workload == Workload::StormNeedles && matches!(self, Self::Json | Self::JsonNoFold)
     }
 
     /// The exact command line, for the report (None: no tracer).
-    pub fn command_line(self, setup: &Setup) -> Option<String> {
-        let (program, args) = self.argv(setup)?;
+    pub fn command_line(self, setup: &Setup, workload: Workload) -> Option<String> {
+        let (program, args) = self.argv(setup, workload)?;
         let mut line = vec![program];
         line.extend(args.iter().map(|arg| shell_quote(arg)));
         let redirect = match self {
-            Self::Json | Self::Metrics => " > /dev/null",
-            Self::Summary | Self::Bpftrace => " > FILE",
+            Self::Json | Self::JsonNoFold if self.keeps_json(workload) => " > FILE",
+            Self::Json | Self::Metrics | Self::JsonNoFold | Self::MetricsNoFold => " > /dev/null",
+            Self::Summary | Self::SummaryNoFold | Self::Bpftrace => " > FILE",
             _ => "",
         };
         Some(format!("{}{redirect}", line.join(" ")))
     }
 
-    fn argv(self, setup: &Setup) -> Option<(String, Vec<String>)> {
+    fn argv(self, setup: &Setup, workload: Workload) -> Option<(String, Vec<String>)> {
         let rst_trace = || "rst-trace".to_string();
+        let mut filters = Vec::new();
+        for port in workload.ports(setup) {
+            filters.push("--port".to_string());
+            filters.push(port.to_string());
+        }
+        if !self.folds() {
+            filters.push("--fold-after".to_string());
+            filters.push("0".to_string());
+        }
+        let with_filters = |args: &[&str]| {
+            let mut all: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+            all.extend(filters.iter().cloned());
+            Some((rst_trace(), all))
+        };
         let port = setup.port.to_string();
         let args: Vec<&str> = match self {
             Self::NoTracer => return None,
-            Self::Json => vec!["--json", "--port", &port],
-            Self::Summary => vec!["--summary", "2", "--port", &port],
-            Self::Metrics => {
-                return Some((
-                    rst_trace(),
-                    vec![
-                        "--metrics".to_string(),
-                        setup.metrics_addr().to_string(),
-                        "--quiet".to_string(),
-                        "--port".to_string(),
-                        port,
-                    ],
-                ));
+            Self::Json | Self::JsonNoFold => return with_filters(&["--json"]),
+            Self::Summary | Self::SummaryNoFold => return with_filters(&["--summary", "2"]),
+            Self::Metrics | Self::MetricsNoFold => {
+                let addr = setup.metrics_addr().to_string();
+                return with_filters(&["--metrics", &addr, "--quiet"]);
             }
             Self::Reference => vec!["bench-reference"],
             Self::Bpftrace => {
@@ -142,7 +211,7 @@ impl Mode {
     }
 }
 
-fn shell_quote(arg: &str) -> String {
+pub fn shell_quote(arg: &str) -> String {
     if arg
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_./:=".contains(c))
@@ -159,6 +228,10 @@ pub struct Setup {
     /// The workloads' port: closed, or their listener's.
     pub port: u16,
     pub metrics_port: u16,
+    /// The needles' listener ports (StormNeedles), in the order of `NeedleKind::ALL`.
+    pub needle_ports: [u16; 4],
+    /// This xtask binary, which the needles run as (`bench-needle`).
+    pub xtask: PathBuf,
     /// Where tracers write files (summary tables, bpftrace's maps, tcpdump's capture).
     pub scratch: PathBuf,
 }
@@ -197,8 +270,8 @@ pub struct Finished {
 }
 
 /// Starts the tracer for `mode` and waits until it traces (None: no tracer).
-pub fn start(mode: Mode, setup: &Setup) -> anyhow::Result<Option<Running>> {
-    let Some((program, mut args)) = mode.argv(setup) else {
+pub fn start(mode: Mode, setup: &Setup, workload: Workload) -> anyhow::Result<Option<Running>> {
+    let Some((program, mut args)) = mode.argv(setup, workload) else {
         return Ok(None);
     };
     let program = if program == "rst-trace" {
@@ -213,7 +286,9 @@ pub fn start(mode: Mode, setup: &Setup) -> anyhow::Result<Option<Running>> {
             *arg = pcap.display().to_string();
         }
     }
-    let stdout_path = matches!(mode, Mode::Summary | Mode::Bpftrace).then(|| file("stdout"));
+    let stdout_path = (matches!(mode, Mode::Summary | Mode::SummaryNoFold | Mode::Bpftrace)
+        || mode.keeps_json(workload))
+    .then(|| file("stdout"));
     let stdout = match &stdout_path {
         Some(path) => Stdio::from(
             File::create(path).with_context(|| format!("could not create {}", path.display()))?,
@@ -271,7 +346,7 @@ pub fn start(mode: Mode, setup: &Setup) -> anyhow::Result<Option<Running>> {
 
 /// Reads a child's stderr on a thread: every line goes to the channel as it arrives (with when)
 /// and into the list the thread returns at EOF.
-fn read_lines(
+pub(super) fn read_lines(
     stderr: Option<std::process::ChildStderr>,
 ) -> (mpsc::Receiver<(Instant, String)>, JoinHandle<Vec<String>>) {
     let (sender, receiver) = mpsc::channel();
@@ -290,7 +365,7 @@ fn read_lines(
     (receiver, handle)
 }
 
-fn wait_for_line(
+pub(super) fn wait_for_line(
     lines: &mpsc::Receiver<(Instant, String)>,
     ready: impl Fn(&str) -> bool,
 ) -> anyhow::Result<Instant> {
@@ -448,13 +523,18 @@ pub fn metric_sum(text: &str, metric: &str, label: &str) -> u64 {
         .sum()
 }
 
-/// `rst-trace: 108074 events reported, 0 lost` -> (108074, 0).
-pub fn rst_trace_totals(stderr: &[String]) -> Option<(u64, u64)> {
+/// `rst-trace: 108074 events reported, 0 lost, 2000 folded into 4 lines` -> (108074, 0, 2000).
+pub fn rst_trace_totals(stderr: &[String]) -> Option<(u64, u64, u64)> {
     stderr.iter().rev().find_map(|line| {
         let rest = line.strip_prefix("rst-trace: ")?;
         let (reported, rest) = rest.split_once(" events reported, ")?;
-        let lost = rest.strip_suffix(" lost")?;
-        Some((reported.parse().ok()?, lost.parse().ok()?))
+        let (lost, rest) = rest.split_once(" lost, ")?;
+        let (folded, _) = rest.split_once(" folded into ")?;
+        Some((
+            reported.parse().ok()?,
+            lost.parse().ok()?,
+            folded.parse().ok()?,
+        ))
     })
 }
 
@@ -522,9 +602,9 @@ mod tests {
     fn reads_what_tracers_print_at_exit() {
         let stderr = vec![
             "rst-trace: tracing tcp:tcp_send_reset (Ctrl-C to stop)".to_string(),
-            "rst-trace: 108074 events reported, 3 lost".to_string(),
+            "rst-trace: 108074 events reported, 3 lost, 2000 folded into 4 lines".to_string(),
         ];
-        assert_eq!(rst_trace_totals(&stderr), Some((108074, 3)));
+        assert_eq!(rst_trace_totals(&stderr), Some((108074, 3, 2000)));
         let reference = vec!["rst-trace: bench-reference: 20002 records".to_string()];
         assert_eq!(reference_records(&reference), Some(20002));
         assert_eq!(
@@ -566,16 +646,33 @@ mod tests {
             rst_trace: PathBuf::from("/x/rst-trace"),
             port: 20001,
             metrics_port: 20002,
+            needle_ports: [20003, 20004, 20005, 20006],
+            xtask: PathBuf::from("/x/xtask"),
             scratch: PathBuf::from("/tmp"),
         };
+        let refused = Workload::RefusedStorm;
         assert_eq!(
-            Mode::Metrics.command_line(&setup).as_deref(),
+            Mode::Metrics.command_line(&setup, refused).as_deref(),
             Some("rst-trace --metrics 127.0.0.1:20002 --quiet --port 20001 > /dev/null")
         );
         assert_eq!(
-            Mode::Tcpdump.command_line(&setup).as_deref(),
+            Mode::SummaryNoFold.command_line(&setup, refused).as_deref(),
+            Some("rst-trace --summary 2 --port 20001 --fold-after 0 > FILE")
+        );
+        assert_eq!(
+            Mode::Tcpdump.command_line(&setup, refused).as_deref(),
             Some("tcpdump -i lo -n -w FILE 'tcp[tcpflags] & tcp-rst != 0 and port 20001'")
         );
-        assert_eq!(Mode::NoTracer.command_line(&setup), None);
+        assert_eq!(Mode::NoTracer.command_line(&setup, refused), None);
+        let needles = Workload::StormNeedles;
+        assert_eq!(
+            Mode::JsonNoFold.command_line(&setup, needles).as_deref(),
+            Some(
+                "rst-trace --json --port 20001 --port 20003 --port 20004 --port 20005 --port \
+                 20006 --fold-after 0 > FILE"
+            )
+        );
+        assert!(!Mode::Tcpdump.applies_to(needles) && !Mode::SummaryNoFold.applies_to(needles));
+        assert!(!Mode::JsonNoFold.applies_to(Workload::Echo));
     }
 }

@@ -9,8 +9,8 @@ use std::{
     collections::VecDeque,
     io::{self, Read as _, Write as _},
     net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    path::Path,
-    process::{Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -18,6 +18,11 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use socket2::{Domain, Socket, Type};
+
+use super::{
+    needles::{self, NeedleKind, PER_SECOND, Record},
+    tracers::{self, Setup, shell_quote},
+};
 
 /// Operations one generator thread stops at even if time remains: a bound, never reached in
 /// seconds on today's hardware.
@@ -47,6 +52,10 @@ pub enum Workload {
     /// Ordinary traffic with no resets: 64-byte request/response over kept-alive loopback
     /// connections to an echo server.
     Echo,
+    /// The refused-connect storm, plus the four rare kinds of reset from their own processes
+    /// (needles.rs) at a low rate, plus `tcpdump -w` on lo capturing every RST: whether the
+    /// rare resets survive a storm, and whether every reset on the wire is accounted for.
+    StormNeedles,
 }
 
 /// What the kernel counts for a workload's events.
@@ -65,15 +74,26 @@ pub struct Outcome {
     /// Sockets to keep until the tracer has stopped (the overflowing listener must outlive
     /// rst-trace's last sample of it).
     pub keep: Vec<Socket>,
+    /// StormNeedles: what tcpdump captured and what the needles did.
+    pub capture: Option<Capture>,
+}
+
+/// The StormNeedles workload's capture and the needles' records.
+pub struct Capture {
+    pub pcap: PathBuf,
+    /// tcpdump's own count of packets dropped by the kernel (its capture is complete at 0).
+    pub tcpdump_dropped: u64,
+    pub records: Vec<Record>,
 }
 
 impl Workload {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::RefusedStorm,
         Self::HpingFlood,
         Self::LingerStorm,
         Self::AcceptOverflow,
         Self::Echo,
+        Self::StormNeedles,
     ];
 
     pub fn id(self) -> &'static str {
@@ -83,6 +103,7 @@ impl Workload {
             Self::LingerStorm => "linger",
             Self::AcceptOverflow => "overflow",
             Self::Echo => "echo",
+            Self::StormNeedles => "needles",
         }
     }
 
@@ -93,13 +114,14 @@ impl Workload {
             Self::LingerStorm => "SO_LINGER 0 close storm",
             Self::AcceptOverflow => "Accept-queue overflow",
             Self::Echo => "Ordinary traffic: TCP echo, keep-alive",
+            Self::StormNeedles => "Storm + needles + capture",
         }
     }
 
     /// What the throughput counts.
     pub fn unit(self) -> &'static str {
         match self {
-            Self::RefusedStorm => "refused connects/s",
+            Self::RefusedStorm | Self::StormNeedles => "refused connects/s",
             Self::HpingFlood => "resets sent/s",
             Self::LingerStorm => "aborted connections/s",
             Self::AcceptOverflow => "dropped SYNs sent/s",
@@ -109,7 +131,9 @@ impl Workload {
 
     pub fn kernel_count(self) -> KernelCount {
         match self {
-            Self::RefusedStorm | Self::HpingFlood | Self::LingerStorm => KernelCount::Resets,
+            Self::RefusedStorm | Self::HpingFlood | Self::LingerStorm | Self::StormNeedles => {
+                KernelCount::Resets
+            }
             Self::AcceptOverflow => KernelCount::ListenOverflows,
             Self::Echo => KernelCount::Nothing,
         }
@@ -120,8 +144,18 @@ impl Workload {
         self.kernel_count() == KernelCount::Resets
     }
 
+    /// The ports rst-trace and tcpdump watch for this workload.
+    pub fn ports(self, setup: &Setup) -> Vec<u16> {
+        let mut ports = vec![setup.port];
+        if self == Self::StormNeedles {
+            ports.extend(setup.needle_ports);
+        }
+        ports
+    }
+
     /// How the load is made, for the report.
-    pub fn description(self, threads: usize, port: u16) -> String {
+    pub fn description(self, threads: usize, setup: &Setup) -> String {
+        let port = setup.port;
         match self {
             Self::RefusedStorm => format!(
                 "{threads} threads, each in a loop: `connect()` to 127.0.0.1:{port} (closed), \
@@ -145,16 +179,35 @@ impl Workload {
                  thread per connection), each doing {ECHO_MESSAGE}-byte request/response in a \
                  loop, TCP_NODELAY"
             ),
+            Self::StormNeedles => {
+                let needles: Vec<String> = NeedleKind::ALL
+                    .iter()
+                    .zip(setup.needle_ports)
+                    .map(|(kind, port)| {
+                        format!("{kind} on 127.0.0.1:{port} ({})", kind.description())
+                    })
+                    .collect();
+                format!(
+                    "{threads} threads, each in a loop: `connect()` to 127.0.0.1:{port} (closed), \
+                     expect ECONNREFUSED; beside them four processes (`cargo xtask bench-needle \
+                     KIND`), each making {PER_SECOND} resets a second of one rare kind, both \
+                     ends its own: {}; and `{}` running throughout",
+                    needles.join("; "),
+                    tcpdump_command(self, setup, Path::new("FILE"))
+                )
+            }
         }
     }
 
-    pub fn run(self, port: u16, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
+    pub fn run(self, setup: &Setup, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
+        let port = setup.port;
         match self {
             Self::RefusedStorm => refused_storm(port, threads, duration),
             Self::HpingFlood => hping_flood(port, duration),
             Self::LingerStorm => linger_storm(port, threads, duration),
             Self::AcceptOverflow => accept_overflow(port, threads, duration),
             Self::Echo => echo(port, threads, duration),
+            Self::StormNeedles => storm_needles(setup, threads, duration),
         }
     }
 }
@@ -220,6 +273,155 @@ fn refused_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Resul
         ops: Some(ops),
         elapsed,
         keep: Vec::new(),
+        capture: None,
+    })
+}
+
+/// tcpdump's kernel buffer for the StormNeedles capture, in KiB: room for a second of the
+/// storm's RSTs, so that tcpdump's capture is complete (it reports any drop, and the bench with
+/// it).
+pub const CAPTURE_BUFFER_KIB: u32 = 32768;
+
+/// `tcpdump -w` as the StormNeedles workload runs it: every RST on lo to or from the
+/// workload's ports (other processes on the host make resets of their own).
+pub fn tcpdump_argv(workload: Workload, setup: &Setup, pcap: &Path) -> Vec<String> {
+    let ports: Vec<String> = workload
+        .ports(setup)
+        .iter()
+        .map(|port| format!("port {port}"))
+        .collect();
+    vec![
+        "-i".to_string(),
+        "lo".to_string(),
+        "-n".to_string(),
+        "-B".to_string(),
+        CAPTURE_BUFFER_KIB.to_string(),
+        "-w".to_string(),
+        pcap.display().to_string(),
+        format!("tcp[tcpflags] & tcp-rst != 0 and ({})", ports.join(" or ")),
+    ]
+}
+
+pub fn tcpdump_command(workload: Workload, setup: &Setup, pcap: &Path) -> String {
+    let mut line = vec!["tcpdump".to_string()];
+    line.extend(
+        tcpdump_argv(workload, setup, pcap)
+            .iter()
+            .map(|arg| shell_quote(arg)),
+    );
+    line.join(" ")
+}
+
+/// A child process that is killed if the workload ends early (an error), so that no needle or
+/// capture outlives its run.
+struct Reaped(Option<Child>);
+
+impl Reaped {
+    fn take(mut self) -> Option<Child> {
+        self.0.take()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How long tcpdump gets after the load ends before it is stopped: libpcap hands packets over
+/// in blocks that the kernel retires when full or after tcpdump's timeout (1000 ms), and a
+/// block not yet retired when tcpdump is stopped never reaches its file.
+const TCPDUMP_FLUSH: Duration = Duration::from_millis(1500);
+
+/// How long tcpdump may take to exit after SIGINT.
+const TCPDUMP_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn storm_needles(setup: &Setup, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
+    let workload = Workload::StormNeedles;
+    let pcap = setup.scratch.join("needles.pcap");
+    let mut tcpdump = Command::new("tcpdump")
+        .args(tcpdump_argv(workload, setup, &pcap))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("could not start tcpdump (`cargo xtask setup` installs it)")?;
+    let (lines, stderr) = tracers::read_lines(tcpdump.stderr.take());
+    let tcpdump = Reaped(Some(tcpdump));
+    tracers::wait_for_line(&lines, |line| line.contains("listening on"))
+        .context("tcpdump did not start")?;
+
+    let mut needles = Vec::new();
+    for (kind, port) in NeedleKind::ALL.into_iter().zip(setup.needle_ports) {
+        let out = setup.scratch.join(format!("needle-{kind}"));
+        let child = Command::new(&setup.xtask)
+            .args(["bench-needle", kind.id(), "--port", &port.to_string()])
+            .args(["--millis", &duration.as_millis().to_string()])
+            .arg("--out")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start the {kind} needle"))?;
+        needles.push((kind, out, Reaped(Some(child))));
+    }
+    let storm = refused_storm(setup.port, threads, duration);
+
+    let mut records = Vec::new();
+    for (kind, out, needle) in needles {
+        let Some(child) = needle.take() else { continue };
+        let output = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for the {kind} needle"))?;
+        if !output.status.success() {
+            bail!(
+                "the {kind} needle failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        records.extend(needles::read_records(&out)?);
+        let _ = std::fs::remove_file(&out);
+    }
+    let storm = storm?;
+
+    thread::sleep(TCPDUMP_FLUSH);
+    let Some(mut tcpdump) = tcpdump.take() else {
+        bail!("tcpdump is gone");
+    };
+    let pid = libc::pid_t::try_from(tcpdump.id()).context("tcpdump's pid does not fit pid_t")?;
+    // SAFETY: kill with a pid we spawned and have not reaped.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let deadline = Instant::now() + TCPDUMP_STOP_TIMEOUT;
+    let status = loop {
+        if let Some(status) = tcpdump.try_wait().context("waiting for tcpdump")? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = tcpdump.kill();
+            let _ = tcpdump.wait();
+            bail!("tcpdump did not exit after SIGINT");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let said = stderr.join().unwrap_or_default();
+    if !status.success() {
+        bail!("tcpdump failed ({status}): {}", said.join(" | "));
+    }
+    let Some((_, tcpdump_dropped)) = tracers::tcpdump_totals(&said) else {
+        bail!("tcpdump printed no statistics: {}", said.join(" | "));
+    };
+    Ok(Outcome {
+        capture: Some(Capture {
+            pcap,
+            tcpdump_dropped,
+            records,
+        }),
+        ..storm
     })
 }
 
@@ -259,6 +461,7 @@ fn hping_flood(port: u16, duration: Duration) -> anyhow::Result<Outcome> {
         ops: None,
         elapsed,
         keep: Vec::new(),
+        capture: None,
     })
 }
 
@@ -332,6 +535,7 @@ fn linger_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Result
         ops: Some(ops),
         elapsed,
         keep: Vec::new(),
+        capture: None,
     })
 }
 
@@ -380,6 +584,7 @@ fn accept_overflow(port: u16, threads: usize, duration: Duration) -> anyhow::Res
         ops: Some(ops),
         elapsed,
         keep,
+        capture: None,
     })
 }
 
@@ -454,6 +659,7 @@ fn echo(port: u16, connections: usize, duration: Duration) -> anyhow::Result<Out
             ops: Some(ops),
             elapsed,
             keep: Vec::new(),
+            capture: None,
         })
     })
 }

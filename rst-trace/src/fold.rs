@@ -1,0 +1,129 @@
+//! FoldedSample storms: the events the kernel programs counted instead of sending (see the kernel
+//! crate's `fold` module), taken out once a second.
+//!
+//! The programs send the first `--fold-after` events of a key each second and count the rest in
+//! one of two maps, chosen by the epoch's low bit. Taking them out flips the epoch, waits for
+//! programs that read the old one to finish, then reads and empties the map they left: nothing
+//! is counted twice or lost between the read and the delete.
+
+use std::{thread, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, MapData};
+use rst_trace_common::{FoldKey, FoldedEvents, RawTracepoint};
+
+/// How long a program that read the old epoch may still be counting into its map: programs run
+/// for microseconds with migration disabled, so this is generous.
+const GRACE: Duration = Duration::from_millis(2);
+
+/// Default of `--fold-after`: events of one key sent one by one per second.
+pub const DEFAULT_FOLD_AFTER: u32 = 20;
+
+/// New keys per CPU per second past which the programs fold on the coarse key (without the
+/// remote address): a flood from random source addresses still comes out as a few lines.
+pub const COARSE_AFTER: u32 = 64;
+
+/// One key's events counted in one epoch: how many, when, and the first of them as the
+/// programs would have sent it.
+pub struct FoldedSample {
+    pub count: u64,
+    /// CLOCK_MONOTONIC of the first and last event counted.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// The service end (the port listened on or connected to) is this host's end.
+    pub service_local: bool,
+    /// 0: the key as it is; 1: the remote address was left out (a flood from many sources);
+    /// 2: the service port too (a scan of many ports).
+    pub coarse: u8,
+    /// The first folded event's record, to be decoded like any other.
+    pub record: Vec<u8>,
+}
+
+/// The kernel programs' folded maps and their epoch.
+pub struct FoldReader {
+    even: HashMap<MapData, FoldKey, FoldedEvents>,
+    odd: HashMap<MapData, FoldKey, FoldedEvents>,
+    epoch: Array<MapData, u32>,
+    current: u32,
+}
+
+impl FoldReader {
+    pub fn new(
+        even: HashMap<MapData, FoldKey, FoldedEvents>,
+        odd: HashMap<MapData, FoldKey, FoldedEvents>,
+        epoch: Array<MapData, u32>,
+    ) -> Self {
+        Self {
+            even,
+            odd,
+            epoch,
+            current: 0,
+        }
+    }
+
+    /// Flips the epoch and takes out what the programs counted in the one before.
+    pub async fn take(&mut self) -> anyhow::Result<Vec<FoldedSample>> {
+        let previous = self.flip()?;
+        tokio::time::sleep(GRACE).await;
+        self.empty(previous)
+    }
+
+    /// Takes out everything, once the programs are detached (at the end of a trace).
+    pub fn take_all(&mut self) -> anyhow::Result<Vec<FoldedSample>> {
+        let previous = self.flip()?;
+        thread::sleep(GRACE);
+        let mut folded = self.empty(previous)?;
+        folded.extend(self.empty(self.current)?);
+        Ok(folded)
+    }
+
+    /// Points the programs at the other map; returns the epoch they counted in until now.
+    fn flip(&mut self) -> anyhow::Result<u32> {
+        let previous = self.current;
+        self.current ^= 1;
+        self.epoch
+            .set(0, self.current, 0)
+            .context("switching the folded-events map")?;
+        Ok(previous)
+    }
+
+    /// Reads and deletes every key of one epoch's map.
+    fn empty(&mut self, epoch: u32) -> anyhow::Result<Vec<FoldedSample>> {
+        let map = if epoch & 1 == 1 {
+            &mut self.odd
+        } else {
+            &mut self.even
+        };
+        let keys = map
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the folded-events map")?;
+        let mut folded = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(value) = map.get(&key, 0) {
+                folded.push(FoldedSample {
+                    count: value.count,
+                    first_ns: value.first_ns,
+                    last_ns: value.last_ns,
+                    service_local: key.service_local != 0,
+                    coarse: key.coarse,
+                    record: record_bytes(&value.record),
+                });
+            }
+            map.remove(&key).context("emptying the folded-events map")?;
+        }
+        Ok(folded)
+    }
+}
+
+fn record_bytes(record: &RawTracepoint) -> Vec<u8> {
+    // SAFETY: RawTracepoint is plain old data without padding (see rst-trace-common's layout
+    // test); its bytes are what the ring buffer would have held.
+    unsafe {
+        std::slice::from_raw_parts(
+            (record as *const RawTracepoint).cast::<u8>(),
+            size_of::<RawTracepoint>(),
+        )
+    }
+    .to_vec()
+}
