@@ -13,13 +13,14 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use common::{netns::TestNetns, *};
 use serde_json::{Value, json};
-use socket2::Socket;
+use socket2::{Domain, Socket, Type};
 
 /// `--fold-after` of these tests: the default.
 const FOLD_AFTER: u64 = 20;
@@ -705,6 +706,35 @@ fn storm_from_random_source_addresses_folds_on_the_coarse_key() {
     );
 }
 
+/// A listener on 127.0.0.1 at a port below `ip_local_port_range`, where services listen. The
+/// fold key and the summary take the end whose port is not ephemeral as the service end; with
+/// both ends ephemeral (a listener on the port `bind(0)` picks) the rule can only take the
+/// smaller port, which may be the client's.
+fn service_listener() -> (Socket, u16) {
+    let range =
+        fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("ip_local_port_range");
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("ip_local_port_range's low end");
+    const FIRST: u16 = 10_000;
+    assert!(low > FIRST, "ip_local_port_range starts at {low}");
+    let ports = u32::from(low - FIRST);
+    // Start somewhere else in each test process and call; step by a prime past ports taken.
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(31) + CALLS.fetch_add(1, Ordering::Relaxed) * 101;
+    for attempt in 0..1000u32 {
+        let port = FIRST + ((seed.wrapping_add(attempt * 7919)) % ports) as u16;
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        if socket.bind(&sockaddr("127.0.0.1", port)).is_ok() {
+            socket.listen(16).expect("listen");
+            return (socket, port);
+        }
+    }
+    panic!("no free port between {FIRST} and {low}");
+}
+
 /// An established loopback connection to a listener on `port`, connected from a thread named
 /// `client` and accepted in one named `server`.
 fn connection(listener: &Socket, port: u16, client: &str, server: &str) -> (Socket, Socket) {
@@ -722,8 +752,8 @@ fn connection(listener: &Socket, port: u16, client: &str, server: &str) -> (Sock
 #[test]
 fn storm_leaves_a_linger_abort_and_an_unread_data_close_their_causes_on_both_ends() {
     let storm_port = closed_port("127.0.0.1");
-    let (linger_listener, linger_port) = listener("127.0.0.1", 16);
-    let (unread_listener, unread_port) = listener("127.0.0.1", 16);
+    let (linger_listener, linger_port) = service_listener();
+    let (unread_listener, unread_port) = service_listener();
     let tracer = Tracer::start(&[
         "--port",
         &storm_port.to_string(),
@@ -832,7 +862,7 @@ fn storm_leaves_a_linger_abort_and_an_unread_data_close_their_causes_on_both_end
 #[test]
 fn storm_summary_is_one_row_per_direction_beside_a_linger_abort_row() {
     let storm_port = closed_port("127.0.0.1");
-    let (linger_listener, linger_port) = listener("127.0.0.1", 16);
+    let (linger_listener, linger_port) = service_listener();
     let tracer = RawTracer::start(
         "summary-rows",
         &[
