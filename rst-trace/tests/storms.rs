@@ -210,8 +210,11 @@ fn windows(elapsed: Duration) -> u64 {
     elapsed.as_secs() + 2
 }
 
+/// CPUs online: the kernel counts new keys per CPU (not only those this process may run on).
 fn cpus() -> u64 {
-    thread::available_parallelism().map_or(1, |n| n.get() as u64)
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u64::try_from(online).unwrap_or(1).max(1)
 }
 
 /// rst-trace in text or `--summary` mode (what [`Tracer`] cannot read), its output in files.
