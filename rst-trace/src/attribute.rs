@@ -5,12 +5,7 @@
 //! task a softirq interrupted), its cgroup and container, its cause with a one-line explanation,
 //! and the pairing of both ends of a connection when both are on this host.
 
-use std::{
-    collections::VecDeque,
-    fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
-};
+use std::{collections::VecDeque, fs, time::Duration};
 
 use foldhash::HashMap;
 
@@ -41,17 +36,6 @@ struct SentReset {
     remote: Endpoint,
     cause: Cause,
     explanation: String,
-}
-
-/// What varied among the events of a folded key, so that no one value stands for them all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Varied {
-    /// The service end (listened on or connected to) is this host's end, so the remote port
-    /// varied; otherwise the local port did.
-    pub service_local: bool,
-    /// The key was coarse (a flood over many keys): the remote address varied too. The event
-    /// names the unspecified address (`0.0.0.0`, `::`) there, as its port 0 stands for any port.
-    pub remote_addr: bool,
 }
 
 /// Who an event belongs to.
@@ -414,37 +398,27 @@ impl Attributor {
 
     /// An event the kernel folded: `decoded` is the first of `count` events of one key, and
     /// the event stands for all of them. It is attributed at once (a received reset takes its
-    /// partner from a recent sent reset, or from the kernel's record of the abort); what varied
-    /// among the key's events (see [`Varied`]) is left out of the event and its explanation,
-    /// which would otherwise name the first event's ends as if they were all of them.
+    /// partner from a recent sent reset, or from the kernel's record of the abort); the port
+    /// of the end that is not the service end varied, and is left out.
     pub fn folded_event(
         &mut self,
-        mut decoded: Decoded,
+        decoded: Decoded,
         folded: Folded,
-        varied: Varied,
+        service_local: bool,
     ) -> Box<Event> {
-        // Pairing needs the first event's real ends.
         let peer = match self.peer_of(&decoded) {
             Some(sent) => Some(sent),
             None => self.abort_peer(&decoded),
         };
-        let ephemeral = if varied.service_local {
-            decoded.remote.as_mut()
+        let mut event = self.attribute(decoded, peer, None);
+        let ephemeral = if service_local {
+            event.remote.as_mut()
         } else {
-            decoded.local.as_mut()
+            event.local.as_mut()
         };
         if let Some(end) = ephemeral {
             end.port = 0;
         }
-        if varied.remote_addr
-            && let Some(end) = decoded.remote.as_mut()
-        {
-            end.addr = match end.addr {
-                IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-                IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-            };
-        }
-        let mut event = self.attribute(decoded, peer, None);
         event.folded = Some(folded);
         event
     }
@@ -838,66 +812,6 @@ mod tests {
         assert!(attributor.listener_drop_event(&sample(2)).is_some());
         attributor.push(overflow(2), None);
         assert!(attributor.listener_drop_event(&sample(1)).is_none());
-    }
-
-    #[test]
-    fn folded_events_leave_out_what_varied_among_their_events() {
-        let folded = Folded {
-            count: 5_000,
-            first: jiff::Timestamp::UNIX_EPOCH,
-            last: jiff::Timestamp::UNIX_EPOCH,
-        };
-        let syn_to_closed_port = || Decoded {
-            kernel: KernelFacts {
-                segment: Some(Segment(0x02)),
-                ..KernelFacts::default()
-            },
-            ..no_socket_sent(0, SERVER, "10.1.2.3:40000")
-        };
-        // (what varied, remote end as printed, explanation)
-        let cases = [
-            (
-                Varied {
-                    service_local: true,
-                    remote_addr: false,
-                },
-                "10.1.2.3:*",
-                "nothing listens on 127.0.0.1:8080: the SYN from 10.1.2.3:* was refused",
-            ),
-            (
-                Varied {
-                    service_local: true,
-                    remote_addr: true,
-                },
-                "0.0.0.0:*",
-                "nothing listens on 127.0.0.1:8080: the SYN from 0.0.0.0:* was refused",
-            ),
-        ];
-        for (varied, remote, explanation) in cases {
-            let mut attributor = Attributor::new(CgroupResolver::with_root(None));
-            let event = attributor.folded_event(syn_to_closed_port(), folded, varied);
-            assert_eq!(event.cause, Some(Cause::PortClosed));
-            assert_eq!(event.local, end(SERVER), "the service end is kept");
-            assert_eq!(event.remote.map(|e| e.to_string()).as_deref(), Some(remote));
-            assert_eq!(event.folded, Some(folded));
-            let line = event.explanation.unwrap_or_default();
-            assert!(line.starts_with(explanation), "{line}");
-        }
-
-        // A refused connect's service end is the remote one: the local port varied.
-        let mut attributor = Attributor::new(CgroupResolver::with_root(None));
-        let refused = received(0, TcpState::SynSent, CLIENT, SERVER);
-        let varied = Varied {
-            service_local: false,
-            remote_addr: false,
-        };
-        let event = attributor.folded_event(refused, folded, varied);
-        assert_eq!(event.cause, Some(Cause::ConnectionRefused));
-        assert_eq!(
-            event.local.map(|e| e.to_string()).as_deref(),
-            Some("127.0.0.1:*")
-        );
-        assert_eq!(event.remote, end(SERVER));
     }
 
     #[test]

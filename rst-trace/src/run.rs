@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    attribute::{Attributor, Varied},
+    attribute::Attributor,
     backlog,
     cause::Cause,
     cli::{BacklogArgs, ColorChoice, TraceArgs},
@@ -391,14 +391,9 @@ impl Pipeline<'_> {
                 first: clock.wall_time(sample.first_ns),
                 last: clock.wall_time(sample.last_ns),
             };
-            let event = self.attributor.folded_event(
-                decoded,
-                folded,
-                Varied {
-                    service_local: sample.service_local,
-                    remote_addr: sample.coarse,
-                },
-            );
+            let event = self
+                .attributor
+                .folded_event(decoded, folded, sample.service_local);
             if self.write(&event)? {
                 return Ok(true);
             }
