@@ -293,6 +293,9 @@ pub enum ClientAction {
     LingerAbort,
     /// Connect this many times to the (closed) port: a RST sent and one received each time.
     RefusedConnects(u32),
+    /// A storm: connect to the (closed) port over and over, `max` times or for `millis`
+    /// milliseconds, whichever ends first; [`ForkedClient::connects`] then says how many.
+    RefusedConnectsFor { max: u32, millis: u32 },
 }
 
 /// A forked client process that runs only async-signal-safe syscalls (the test process has
@@ -345,6 +348,16 @@ impl ForkedClient {
         let n = unsafe { libc::read(self.report, bytes.as_mut_ptr().cast(), 2) };
         assert_eq!(n, 2, "child did not report its port");
         u16::from_ne_bytes(bytes)
+    }
+
+    /// How many refused connects a [`ClientAction::RefusedConnectsFor`] child made (after
+    /// [`ForkedClient::go_and_wait`]).
+    pub fn connects(&self) -> u32 {
+        let mut bytes = [0u8; 4];
+        // SAFETY: read(2) into a local buffer.
+        let n = unsafe { libc::read(self.report, bytes.as_mut_ptr().cast(), 4) };
+        assert_eq!(n, 4, "child did not report its connects");
+        u32::from_ne_bytes(bytes)
     }
 
     /// Lets the child act, and waits for it to exit.
@@ -425,6 +438,31 @@ unsafe fn client_child(action: ClientAction, go: i32, report: i32, addr: &libc::
                     }
                     libc::close(fd);
                 }
+            }
+            ClientAction::RefusedConnectsFor { max, millis } => {
+                // CLOCK_MONOTONIC through the vDSO: async-signal-safe, and cheap beside a connect.
+                let now_ms = || {
+                    let mut now: libc::timespec = std::mem::zeroed();
+                    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+                    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
+                };
+                wait_for_go();
+                let end = now_ms() + u64::from(millis);
+                let mut made: u32 = 0;
+                while made < max && now_ms() < end {
+                    let (fd, ok) = connect();
+                    if ok {
+                        libc::_exit(3);
+                    }
+                    // Only a refused connect made a reset each way: anything else would make
+                    // the count wrong, so the child fails instead.
+                    if fd < 0 || *libc::__errno_location() != libc::ECONNREFUSED {
+                        libc::_exit(4);
+                    }
+                    made += 1;
+                    libc::close(fd);
+                }
+                libc::write(report, made.to_ne_bytes().as_ptr().cast(), 4);
             }
         }
         libc::_exit(0)

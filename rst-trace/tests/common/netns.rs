@@ -130,6 +130,25 @@ impl TestNetns {
             other => panic!("no counter {other} in NetnsCounters"),
         }
     }
+
+    /// A `Tcp` counter of this namespace's `/proc/net/snmp` (`OutRsts`, `ActiveOpens`, ...).
+    pub fn tcp(&self, counter: &str) -> u64 {
+        let text = self
+            .run(|| fs::read_to_string("/proc/thread-self/net/snmp"))
+            .expect("snmp");
+        // Two `Tcp:` lines: the names, then the values.
+        let mut lines = text.lines().filter(|line| line.starts_with("Tcp:"));
+        let (names, values) = (
+            lines.next().expect("Tcp names"),
+            lines.next().expect("Tcp values"),
+        );
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == counter)
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or_else(|| panic!("no Tcp counter {counter} in:\n{text}"))
+    }
 }
 
 impl Drop for TestNetns {
