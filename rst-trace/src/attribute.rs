@@ -408,26 +408,28 @@ impl Attributor {
     /// coarse key left out (`coarse` 1: the remote address; 2: the service port too).
     pub fn folded_event(
         &mut self,
-        decoded: Decoded,
+        mut decoded: Decoded,
         folded: Folded,
         service_local: bool,
         coarse: u8,
     ) -> Box<Event> {
+        // Pairing needs the first event's real ends.
         let peer = match self.peer_of(&decoded) {
             Some(sent) => Some(sent),
             None => self.abort_peer(&decoded),
         };
-        let mut event = self.attribute(decoded, peer, None);
+        // Left out before attributing, so that the explanation names the ends as printed, not
+        // the first event's as if they were all of them.
         let ephemeral = if service_local {
-            event.remote.as_mut()
+            decoded.remote.as_mut()
         } else {
-            event.local.as_mut()
+            decoded.local.as_mut()
         };
         if let Some(end) = ephemeral {
             end.port = 0;
         }
         if coarse >= 1
-            && let Some(remote) = event.remote.as_mut()
+            && let Some(remote) = decoded.remote.as_mut()
         {
             remote.addr = match remote.addr {
                 IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -435,13 +437,14 @@ impl Attributor {
             };
         }
         if coarse >= 2 {
-            for end in [event.local.as_mut(), event.remote.as_mut()]
+            for end in [decoded.local.as_mut(), decoded.remote.as_mut()]
                 .into_iter()
                 .flatten()
             {
                 end.port = 0;
             }
         }
+        let mut event = self.attribute(decoded, peer, None);
         event.folded = Some(folded);
         event
     }
@@ -843,5 +846,46 @@ mod tests {
         assert_eq!(innermost_ns_pid(status), Some(7));
         assert_eq!(innermost_ns_pid("Name:\tx\nNSpid:\t12\n"), Some(12));
         assert_eq!(innermost_ns_pid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn folded_events_leave_out_what_varied_among_their_events() {
+        let folded = Folded {
+            count: 5_000,
+            first: jiff::Timestamp::UNIX_EPOCH,
+            last: jiff::Timestamp::UNIX_EPOCH,
+        };
+        let syn_to_closed_port = || Decoded {
+            kernel: KernelFacts {
+                segment: Some(Segment(0x02)),
+                ..KernelFacts::default()
+            },
+            ..no_socket_sent(0, SERVER, "10.1.2.3:40000")
+        };
+        // (coarse, remote end as printed, explanation)
+        for (coarse, remote, explanation) in [
+            (
+                0,
+                "10.1.2.3:*",
+                "nothing listens on 127.0.0.1:8080: the SYN from 10.1.2.3:* was refused",
+            ),
+            (
+                1,
+                "0.0.0.0:*",
+                "nothing listens on 127.0.0.1:8080: the SYN from 0.0.0.0:* was refused",
+            ),
+            (
+                2,
+                "0.0.0.0:*",
+                "nothing listens on 127.0.0.1:*: the SYN from 0.0.0.0:* was refused",
+            ),
+        ] {
+            let mut attributor = Attributor::new(CgroupResolver::new());
+            let event = attributor.folded_event(syn_to_closed_port(), folded, true, coarse);
+            assert_eq!(event.folded, Some(folded));
+            assert_eq!(event.remote.map(|end| end.to_string()).as_deref(), Some(remote));
+            let text = event.explanation.unwrap_or_default();
+            assert!(text.starts_with(explanation), "coarse {coarse}: {text}");
+        }
     }
 }
