@@ -18,6 +18,7 @@ use crate::{
     enrich::CgroupResolver,
     event::{Event, Process},
     filter::Filter,
+    listener_iter::{self, IterWatcher},
     listeners::{self, DropKind, ListenerDrop, Netns, Watcher},
 };
 
@@ -65,6 +66,39 @@ pub fn spawn_watcher(interval: Duration) -> mpsc::UnboundedReceiver<ListenerDrop
         }
     });
     receiver
+}
+
+/// Turns passes of the listener iterator into drops on a thread of its own (reading a pass runs
+/// the walk, and a namespace's counters may have to be looked for in /proc): the caller sends
+/// each pass's file, one a second. The thread ends when either side is dropped.
+pub fn spawn_iter_watcher() -> (
+    std::sync::mpsc::Sender<std::fs::File>,
+    mpsc::UnboundedReceiver<ListenerDrop>,
+) {
+    let (passes, incoming) = std::sync::mpsc::channel::<std::fs::File>();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    thread::spawn(move || {
+        let mut watcher = IterWatcher::new();
+        let mut warned = false;
+        while let Ok(file) = incoming.recv() {
+            let pass = match listener_iter::read_pass(file) {
+                Ok(pass) => pass,
+                Err(error) => {
+                    if !warned {
+                        log::warn!("{error:#}: SYNs dropped at full queues may go unreported");
+                        warned = true;
+                    }
+                    continue;
+                }
+            };
+            for drop in watcher.observe(pass) {
+                if sender.send(drop).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (passes, receiver)
 }
 
 /// A row of `rst-trace backlog`.

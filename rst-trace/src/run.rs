@@ -105,6 +105,13 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
             .map_or("its events", |source| source.serves);
         eprintln!("rst-trace: warning: {name} is off ({serves} not available): {why}");
     }
+    if let Err(why) = &tracer.listener_iter {
+        eprintln!(
+            "rst-trace: note: the listener iterator is off ({why}); SYNs dropped at full queues \
+             are found by entering every network namespace each second, which needs \
+             CAP_SYS_ADMIN and costs more"
+        );
+    }
 
     let decoder = Decoder {
         send_reset: support.send_reset,
@@ -128,7 +135,16 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         attributor = attributor.without_explanations();
     }
     let filter = Filter::from_args(&args.filters);
-    let mut listener_drops = backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL);
+    // Listener drops: from the listener iterator, one pass a second, where the kernel takes it;
+    // else by sampling each network namespace.
+    let (listener_passes, mut listener_drops) = match &tracer.listener_iter {
+        Ok(()) => {
+            let (passes, drops) = backlog::spawn_iter_watcher();
+            (Some(passes), drops)
+        }
+        Err(_) => (None, backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL)),
+    };
+    let mut listener_tick = tokio::time::interval(LISTENER_SAMPLE_INTERVAL);
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -189,6 +205,17 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 // What the kernel counted instead of sending in the last second: a line per key.
                 let folded = folds.take().await?;
                 done = pipeline.write_folded(folded)?;
+            }
+            _ = listener_tick.tick(), if listener_passes.is_some() => {
+                if let Some(passes) = &listener_passes {
+                    match tracer.listener_pass() {
+                        Ok(file) => {
+                            // The watcher thread ends only with this loop.
+                            let _ = passes.send(file);
+                        }
+                        Err(error) => log::debug!("listener iterator pass: {error:#}"),
+                    }
+                }
             }
             _ = summary_tick.tick(), if args.summary.is_some() => {
                 if let Some(summary) = &mut pipeline.outputs.summary {
