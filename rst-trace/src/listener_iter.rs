@@ -221,7 +221,19 @@ impl IterWatcher {
         let mut reports = Vec::new();
         for (netns, pids) in &holders {
             let listeners = moved.remove(netns);
-            let known = self.counters.get(netns).copied();
+            // A namespace none of whose listeners was there at the previous pass is most
+            // likely new, and a new namespace's counters start at 0: its first drops are
+            // split against that rather than reported without counters.
+            let all_new = !first
+                && listeners
+                    .as_ref()
+                    .is_some_and(|l| l.iter().all(|m| !previous.contains_key(&m.queue.inode)))
+                && !previous.values().any(|seen| seen.netns == *netns);
+            let known = self
+                .counters
+                .get(netns)
+                .copied()
+                .or_else(|| all_new.then(NetnsCounters::default));
             if listeners.is_none() && known.is_some() && !lost_a_listener.contains(netns) {
                 continue;
             }
@@ -511,6 +523,24 @@ mod tests {
         assert_eq!(
             (drops[0].kind, drops[0].drops, drops[0].counter),
             (DropKind::SynQueueFull, 3, "sk_drops")
+        );
+    }
+
+    #[test]
+    fn a_namespace_born_with_drops_is_split_against_zero_counters() {
+        let mut watcher = IterWatcher::new();
+        watcher.observe_with(vec![], |_, _| None);
+        let late = listener(83, (2, 1), 0);
+        let drops = watcher.observe_with(vec![(late.clone(), 4)], |_, _| Some(counters(4, 0)));
+        assert_eq!(drops.len(), 1, "{drops:#?}");
+        assert_eq!(
+            (
+                drops[0].kind,
+                drops[0].drops,
+                drops[0].counter,
+                drops[0].counter_delta
+            ),
+            (DropKind::AcceptQueueFull, 4, "ListenOverflows", 4)
         );
     }
 

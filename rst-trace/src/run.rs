@@ -561,6 +561,21 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         };
         writeln!(out, "{source}\n    {status}")?;
     }
+    let listeners = match &tracer {
+        Ok(tracer) => match &tracer.listener_iter {
+            Ok(()) => "loaded, and a pass read every listener".to_string(),
+            Err(why) => format!(
+                "cannot be used: {why}; listener drops come from entering each network \
+                 namespace every second instead, which needs CAP_SYS_ADMIN"
+            ),
+        },
+        Err(_) => "not tried".to_string(),
+    };
+    writeln!(
+        out,
+        "iter:task_file (SYNs dropped at full accept and SYN queues, per listener, in every \
+         network namespace)\n    {listeners}"
+    )?;
     Ok(tracer.is_ok())
 }
 
@@ -568,8 +583,23 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
 pub fn backlog(args: &BacklogArgs) -> anyhow::Result<()> {
     privileges::ensure_can_trace()?;
     let filter = Filter::from_args(&args.filters);
+    let support = KernelSupport::probe()?;
+    let source = match crate::loader::ListenerIterator::load(&support) {
+        Ok(iterator) => backlog::ListenerSource::Iterator(iterator, Default::default()),
+        Err(error) => {
+            eprintln!("rst-trace: note: {error:#}; entering each network namespace instead");
+            backlog::ListenerSource::Sampling(Default::default())
+        }
+    };
     let mut out = io::stdout().lock();
-    match backlog::run(args.interval, args.duration, args.json, &filter, &mut out) {
+    match backlog::run(
+        source,
+        args.interval,
+        args.duration,
+        args.json,
+        &filter,
+        &mut out,
+    ) {
         Err(error)
             if error
                 .downcast_ref::<io::Error>()
