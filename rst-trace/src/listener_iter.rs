@@ -441,7 +441,7 @@ mod tests {
         let full = listener(80, (5, 4), 0);
         let idle = listener(81, (0, 128), 0);
         let reads = std::cell::Cell::new(0);
-        let mut read = |c: NetnsCounters| {
+        let read = |c: NetnsCounters| {
             move |netns: u64, pids: &[u32]| {
                 assert_eq!((netns, pids), (NETNS, &[42, 42][..]));
                 Some(c)
