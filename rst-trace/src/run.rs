@@ -105,6 +105,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
             .map_or("its events", |source| source.serves);
         eprintln!("rst-trace: warning: {name} is off ({serves} not available): {why}");
     }
+    for limit in privileges::proc_limits() {
+        eprintln!("rst-trace: note: {limit}");
+    }
     if let Err(why) = &tracer.listener_iter {
         eprintln!(
             "rst-trace: note: the listener iterator is off ({why}); SYNs dropped at full queues \
@@ -576,6 +579,16 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         "iter:task_file (SYNs dropped at full accept and SYN queues, per listener, in every \
          network namespace)\n    {listeners}"
     )?;
+    let limits = privileges::proc_limits();
+    if limits.is_empty() {
+        writeln!(
+            out,
+            "/proc: every process's namespaces and open files can be read"
+        )?;
+    }
+    for limit in limits {
+        writeln!(out, "/proc: {limit}")?;
+    }
     Ok(tracer.is_ok())
 }
 
