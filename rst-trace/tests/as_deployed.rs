@@ -222,3 +222,51 @@ fn deploy_as_deployed_check_passes_and_names_the_listener_iterator() {
         "{stdout}"
     );
 }
+
+#[test]
+fn deploy_as_deployed_backlog_reports_a_containers_full_accept_queue() {
+    require_root();
+    let netns = TestNetns::new("dsb");
+    let port = 8080;
+    let container = Container::start(&netns, port);
+    let backlog = as_deployed(&[
+        BINARY,
+        "backlog",
+        "--json",
+        "--interval",
+        "1",
+        "--duration",
+        "6",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("rst-trace backlog");
+    // Its first pass is the baseline; a debug build takes a while to load.
+    thread::sleep(Duration::from_millis(2500));
+    let clients = connect_many(
+        &netns,
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        6,
+    );
+    let output = backlog.wait_with_output().expect("backlog ran");
+    drop(clients);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let rows: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .filter(|row: &Value| row["netns"] == netns.inode())
+        .collect();
+    let row = rows
+        .first()
+        .unwrap_or_else(|| panic!("no row for the container's listener:\n{stdout}\n{stderr}"));
+    assert_eq!(row["cause"], "accept_queue_full", "{row}");
+    assert_eq!(row["container"]["id"], container.id.as_str(), "{row}");
+    // busybox nc listens dual-stack.
+    assert_eq!(row["listen"], format!("[::]:{port}").as_str(), "{row}");
+    assert_eq!(row["counter"], "ListenOverflows", "{row}");
+    assert_eq!(row["process"]["pid"], container.listener_pid, "{row}");
+}
