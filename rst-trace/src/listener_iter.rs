@@ -166,6 +166,8 @@ impl IterWatcher {
     /// The drops since the previous pass, reading namespace counters from `/proc`.
     pub fn observe(&mut self, pass: Vec<(ListenerQueue, u32)>) -> Vec<ListenerDrop> {
         let mut sources = std::mem::take(&mut self.sources);
+        // The host's namespaces are listed at most once a pass, and only if needed.
+        sources.namespaces = None;
         let drops = self.observe_with(pass, |netns, holders| sources.read(netns, holders));
         self.sources = sources;
         drops
@@ -361,6 +363,7 @@ fn by_sk_drops(listeners: &[Moved]) -> Vec<ListenerDrop> {
 #[derive(Default)]
 struct CounterSources {
     found: HashMap<u64, PathBuf>,
+    namespaces: Option<Vec<listeners::Netns>>,
 }
 
 impl CounterSources {
@@ -378,9 +381,12 @@ impl CounterSources {
                 return Some(counters);
             }
         }
-        let namespace = listeners::network_namespaces()
-            .into_iter()
-            .find(|ns| ns.inode == netns)?;
+        let namespace = self
+            .namespaces
+            .get_or_insert_with(listeners::network_namespaces)
+            .iter()
+            .find(|ns| ns.inode == netns)?
+            .clone();
         // /proc/PID/ns/net or /proc/PID/task/TID/ns/net: netstat lies two levels up.
         if let Some(dir) = namespace.path.parent().and_then(|ns| ns.parent())
             && namespace.path.starts_with("/proc")
