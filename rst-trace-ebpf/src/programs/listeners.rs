@@ -15,7 +15,7 @@ use aya_ebpf::helpers::generated::bpf_seq_write;
 use rst_trace_common::ListenerRecord;
 
 use crate::read::Probe;
-use crate::read::{field, read_into};
+use crate::read::{Direct, field, load, read_into};
 use crate::sock::{AF_INET, AF_INET6, netns_of_sock};
 
 const IPPROTO_TCP: u8 = 6;
@@ -46,8 +46,10 @@ pub fn listeners(ctx: *mut c_void) -> i32 {
     if task == 0 || file == 0 {
         return 0;
     }
-    let Some(mode) = field::<u64>(file, offset!(file_f_inode))
-        .and_then(|inode| field::<u16>(inode, offset!(inode_i_mode)))
+    // Every open file of every process comes here, so its type is read with plain loads (the
+    // context's file and its inode are typed pointers to the verifier), not probe-read calls.
+    let Some(mode) = load::<Direct, u64>(file, offset!(file_f_inode))
+        .and_then(|inode| load::<Direct, u16>(inode, offset!(inode_i_mode)))
     else {
         return 0;
     };
