@@ -1,6 +1,7 @@
-//! Listener drops no tracepoint shows (SYNs dropped at a full accept or SYN queue), found by
-//! sampling every network namespace ([`crate::listeners`]): a background watcher for the main
-//! trace, and the `rst-trace backlog` command's per-listener report.
+//! Listener drops no tracepoint shows (SYNs dropped at a full accept or SYN queue): from the
+//! listener iterator ([`crate::listener_iter`]) where the kernel takes it, else by sampling every
+//! network namespace ([`crate::listeners`]). A background watcher for the main trace, and the
+//! `rst-trace backlog` command's per-listener report.
 
 use std::{
     collections::HashSet,
