@@ -144,6 +144,14 @@ impl ResetLayout {
     }
 }
 
+/// Offset of `reason` in `skb:kfree_skb`'s record, when the kernel has one rst-trace can read.
+pub fn drop_reason_offset(kfree_skb: &EventFormat) -> Option<usize> {
+    kfree_skb
+        .field("reason")
+        .filter(|field| field.size == 4 && field.end() <= RAW_LEN)
+        .map(|field| field.offset)
+}
+
 fn at(field: &Field, sizes: &[usize]) -> anyhow::Result<FieldAt> {
     if !sizes.contains(&field.size) {
         bail!("it is {} bytes, expected {:?}", field.size, sizes);
