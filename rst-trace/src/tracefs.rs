@@ -105,9 +105,11 @@ pub struct Field {
 }
 
 impl Field {
-    /// First byte after the field.
+    /// First byte after the field; `usize::MAX` for a field that would end beyond it (a format
+    /// file's offset and size are not checked: the fuzz target found an offset near `usize::MAX`
+    /// that wrapped around and passed the bounds checks).
     pub fn end(&self) -> usize {
-        self.offset + self.size
+        self.offset.saturating_add(self.size)
     }
 }
 

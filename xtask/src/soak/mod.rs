@@ -12,7 +12,7 @@ mod churn;
 mod report;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
@@ -76,6 +76,13 @@ pub struct Rotation {
     pub nul_bytes: u64,
     /// Lines that are not whole JSON objects (a line cut by copy-then-truncate).
     pub torn_lines: u64,
+    /// Lines left in --output after the last rotation, read once rst-trace has stopped.
+    pub tail_lines: u64,
+    /// Events by `kind cause` (a folded line counts the events it stands for).
+    pub causes: BTreeMap<String, u64>,
+    /// Events that named a container, and the network namespaces events came from.
+    pub container_events: u64,
+    pub namespaces: BTreeSet<u64>,
 }
 
 pub struct Outcome {
@@ -158,8 +165,20 @@ fn soak(binary: &Path, minutes: u64) -> anyhow::Result<Outcome> {
     let mut tracer = Tracer::start(binary, &args, metrics_port)?;
     let result = drive(&mut tracer, &output, ports, metrics_port, minutes);
     let exit_line = tracer.stop();
+    let (minutes_seen, mut rotation, churn_errors, first_churn_error, elapsed) = match result {
+        Ok(driven) => driven,
+        Err(error) => {
+            let _ = fs::remove_dir_all(&scratch);
+            return Err(error);
+        }
+    };
+    // What rst-trace wrote after the last rotation, up to its exit.
+    let mut tail = Minute::default();
+    let tailed = rotate(&output, &mut rotation, &mut tail);
+    rotation.rotations -= 1;
+    rotation.tail_lines = tail.lines;
     let _ = fs::remove_dir_all(&scratch);
-    let (minutes_seen, rotation, churn_errors, first_churn_error, elapsed) = result?;
+    tailed?;
     let warnings = tracer
         .stderr
         .lock()
@@ -318,9 +337,23 @@ fn rotate(output: &Path, rotation: &mut Rotation, minute: &mut Minute) -> anyhow
         match serde_json::from_slice::<Value>(line) {
             Ok(event) => {
                 minute.lines += 1;
+                let mut events = 1;
                 if let Some(count) = event["folded"]["count"].as_u64() {
                     minute.folded_lines += 1;
                     minute.folded_events += count;
+                    events = count;
+                }
+                let key = format!(
+                    "{} {}",
+                    event["kind"].as_str().unwrap_or("?"),
+                    event["cause"].as_str().unwrap_or("none")
+                );
+                *rotation.causes.entry(key).or_default() += events;
+                if !event["container"].is_null() {
+                    rotation.container_events += events;
+                }
+                if let Some(netns) = event["netns"].as_u64() {
+                    rotation.namespaces.insert(netns);
                 }
             }
             Err(_) => rotation.torn_lines += 1,

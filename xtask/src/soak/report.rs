@@ -271,11 +271,26 @@ fn markdown(outcome: &Outcome, verdicts: &[Verdict], chart: &Path) -> String {
         outcome.rotation.rotations, outcome.rotation.nul_bytes, outcome.rotation.torn_lines
     );
     let lines: u64 = outcome.minutes.iter().map(|row| row.lines).sum();
+    let rotation = &outcome.rotation;
     let _ = writeln!(
         w,
-        "- Lines read from the rotated copies: {lines}; rst-trace's exit line: {}.",
+        "- Lines read: {lines} from the rotated copies and {} written after the last rotation, {} \
+         in all; rst-trace's exit line: {} (its events one per line, plus the folded lines).",
+        rotation.tail_lines,
+        lines + rotation.tail_lines,
         outcome.exit_line.as_deref().unwrap_or("none")
     );
+    let _ = writeln!(
+        w,
+        "\n## Events by kind and cause\n\nFrom `--output` (a folded line counts the events it \
+         stands for); {} events named a container; events came from {} network namespaces.\n\n\
+         | kind cause | events |\n| --- | ---: |",
+        rotation.container_events,
+        rotation.namespaces.len()
+    );
+    for (cause, events) in &rotation.causes {
+        let _ = writeln!(w, "| {cause} | {events} |");
+    }
     let (expected, unexpected) = warnings(outcome);
     let _ = writeln!(w, "\n## rst-trace's stderr\n");
     if expected.is_empty() && unexpected.is_empty() {
