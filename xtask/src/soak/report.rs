@@ -15,6 +15,21 @@ use super::{BASELINE_MINUTE, FINAL_MINUTES, FLAT_TOLERANCE, Minute, Outcome};
 /// rst-trace says once at start-up. Anything else on stderr with `warning` or `error` fails.
 const EXPECTED_WARNINGS: &[&str] = &[" is off ("];
 
+/// The events the churn makes, as `kind cause` (a 2-minute run on 6.18 reported each).
+const EXPECTED_CAUSES: &[&str] = &[
+    "queue_drop accept_queue_full",
+    "reset_received connection_refused",
+    "reset_received linger_abort",
+    "reset_received listener_closed",
+    "reset_received stale_connection_reuse",
+    "reset_received unread_data_close",
+    "reset_sent data_after_close",
+    "reset_sent linger_abort",
+    "reset_sent listener_closed",
+    "reset_sent port_closed",
+    "reset_sent unread_data_close",
+];
+
 pub struct Verdict {
     pub target: String,
     pub found: String,
@@ -132,6 +147,20 @@ pub fn verdicts(outcome: &Outcome) -> Vec<Verdict> {
         ),
         ok: unexpected.is_empty(),
     });
+    let missing: Vec<&str> = EXPECTED_CAUSES
+        .iter()
+        .copied()
+        .filter(|cause| !outcome.rotation.causes.contains_key(*cause))
+        .collect();
+    verdicts.push(Verdict {
+        target: "every kind and cause the churn makes was reported".to_string(),
+        found: if missing.is_empty() {
+            format!("all {}", EXPECTED_CAUSES.len())
+        } else {
+            format!("missing: {}", missing.join(", "))
+        },
+        ok: missing.is_empty(),
+    });
     let scrapes_failed: u64 = rows.iter().map(|row| row.scrapes_failed).sum();
     let scrapes_ok: u64 = rows.iter().map(|row| row.scrapes_ok).sum();
     verdicts.push(Verdict {
@@ -205,6 +234,13 @@ fn markdown(outcome: &Outcome, verdicts: &[Verdict], chart: &Path) -> String {
          integration tests cover them).\n",
         outcome.ports
     );
+    let _ = writeln!(
+        w,
+        "rst-trace samples the listeners of every network namespace on the host each second, so \
+         its system CPU grows with the namespaces other programs keep: {} were named in \
+         /run/netns at the end of this run.\n",
+        fs::read_dir("/run/netns").map_or(0, |dir| dir.count())
+    );
     let _ = writeln!(w, "## Targets\n\n| target | found | |\n| --- | --- | --- |");
     for verdict in verdicts {
         let _ = writeln!(
@@ -222,7 +258,9 @@ fn markdown(outcome: &Outcome, verdicts: &[Verdict], chart: &Path) -> String {
          the minute (user / system); the hash maps' entries at the end of the minute \
          (`bpftool map dump`) of their capacity; lines written to `--output` in the minute, of \
          which folded (and the events they stand for); `rst_trace_lost_events_total`; resets \
-         and drops the metrics counted so far; scrapes; churn operations in the minute.\n"
+         and drops the metrics counted so far; scrapes; churn operations in the minute. \
+         OWNERS, CLOSED, ABORTS and RATES are LRU maps: they fill up to their capacity on a \
+         busy host and then evict, so growth up to capacity is by design.\n"
     );
     let _ = writeln!(
         w,
