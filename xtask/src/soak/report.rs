@@ -376,6 +376,7 @@ fn draw_chart(rows: &[Minute], path: &Path) -> anyhow::Result<()> {
          set output '{output}'\n\
          set title 'rst-trace under churn: resident memory and open descriptors per minute'\n\
          set xlabel 'minute'\n\
+         set xtics {xstep}\n\
          set ylabel 'RSS (MiB)'\n\
          set y2label 'open fds'\n\
          set yrange [0:{rss_top}]\n\
@@ -388,6 +389,7 @@ fn draw_chart(rows: &[Minute], path: &Path) -> anyhow::Result<()> {
          '' using 1:3 axes x1y2 with linespoints lw 2 title 'open fds'\n",
         output = path.display(),
         data = data_path.display(),
+        xstep = if rows.len() > 10 { 5 } else { 1 },
         rss_top = (max_rss * 1.3).ceil().max(1.0),
         fds_top = (max_fds * 1.3).ceil().max(1.0),
     );
