@@ -21,8 +21,9 @@ use crate::{
     decoded::{Decoded, KernelFacts, PeerAbort, Segment, Task},
     event::{ClosedBy, EventKind, Queue},
     kernel_enums::Reason,
-    layout::{RecordFields, ResetLayout},
+    layout::{self, RecordFields, ResetLayout},
     names::KernelNames,
+    tracefs::EventFormat,
 };
 
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
@@ -65,6 +66,29 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder for a kernel known only by its tracefs format files, without its BTF (names
+    /// come from the formats' `print fmt` tables alone): the fuzz target builds one from each
+    /// captured kernel's fixtures.
+    pub fn from_formats(
+        send_reset: Option<&EventFormat>,
+        receive_reset: Option<&EventFormat>,
+        set_state: Option<&EventFormat>,
+        kfree_skb: Option<&EventFormat>,
+        clock: WallClock,
+    ) -> Self {
+        let reset_layout =
+            |format: Option<&EventFormat>| format.and_then(|f| ResetLayout::from_format(f).ok());
+        let mut names = KernelNames::from_kernel(send_reset, set_state, None);
+        names.add_drop_reasons(kfree_skb, None);
+        Self {
+            send_reset: reset_layout(send_reset),
+            receive_reset: reset_layout(receive_reset),
+            drop_reason: kfree_skb.and_then(layout::drop_reason_offset),
+            names,
+            clock,
+        }
+    }
+
     pub fn decode(&self, bytes: &[u8]) -> anyhow::Result<Decoded> {
         // BTF tracepoint programs send records without the raw part (ArgsRecord); they are read
         // as a whole record with that part zeroed.
@@ -302,6 +326,34 @@ mod tests {
             drop_reason: None,
             names: KernelNames::from_kernel(Some(&send), Some(&set_state), None),
             clock: WallClock::with_offset(1_763_776_800_000_000_000),
+        }
+    }
+
+    #[test]
+    fn from_formats_reads_layouts_and_the_drop_reason_of_each_captured_kernel() {
+        for (kernel, sockaddr, drop_reason) in [("6.18", true, 36), ("6.1", false, 28)] {
+            let format = |event| fixture(kernel, event);
+            let decoder = Decoder::from_formats(
+                Some(&format("tcp__tcp_send_reset")),
+                Some(&format("tcp__tcp_receive_reset")),
+                Some(&format("sock__inet_sock_set_state")),
+                Some(&format("skb__kfree_skb")),
+                WallClock::with_offset(0),
+            );
+            let send = decoder.send_reset.expect("send_reset layout");
+            assert_eq!(
+                matches!(send.addresses, crate::layout::Addresses::Sockaddr { .. }),
+                sockaddr,
+                "{kernel}"
+            );
+            assert_eq!(
+                send.reason.is_some(),
+                sockaddr,
+                "{kernel}: reason from 6.10"
+            );
+            assert!(decoder.receive_reset.is_some(), "{kernel}");
+            assert_eq!(decoder.drop_reason, Some(drop_reason), "{kernel}");
+            assert_eq!(decoder.names.tcp_state(1).name(), "ESTABLISHED", "{kernel}");
         }
     }
 

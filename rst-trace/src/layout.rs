@@ -144,6 +144,14 @@ impl ResetLayout {
     }
 }
 
+/// Offset of `reason` in `skb:kfree_skb`'s record, when the kernel has one rst-trace can read.
+pub fn drop_reason_offset(kfree_skb: &EventFormat) -> Option<usize> {
+    kfree_skb
+        .field("reason")
+        .filter(|field| field.size == 4 && field.end() <= RAW_LEN)
+        .map(|field| field.offset)
+}
+
 fn at(field: &Field, sizes: &[usize]) -> anyhow::Result<FieldAt> {
     if !sizes.contains(&field.size) {
         bail!("it is {} bytes, expected {:?}", field.size, sizes);
@@ -214,7 +222,7 @@ fn u64_ne(raw: &[u8], offset: usize) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::tracefs::tests::fixture;
+    use crate::tracefs::tests::{fixture, fuzz_input};
 
     /// Builds raw records the way the kernel fills them, for decoder tests.
     pub(crate) struct RawBuilder(pub [u8; RAW_LEN]);
@@ -237,6 +245,23 @@ pub(crate) mod tests {
                 .put(offset + 2, &port.to_be_bytes())
                 .put(offset + 8, &ip.octets())
         }
+    }
+
+    #[test]
+    fn a_field_ending_beyond_usize_is_refused_not_wrapped() {
+        let input = fuzz_input("tracefs_format", "offset-overflow");
+        let text = std::str::from_utf8(&input).expect("UTF-8");
+        let format = EventFormat::parse(text).expect("the format itself parses");
+        assert_eq!(format.fields[0].end(), usize::MAX);
+        let error = ResetLayout::from_format(&format).expect_err("skaddr cannot be read");
+        assert_eq!(
+            format!("{error:#}"),
+            format!(
+                "field `skaddr` of tcp_send_reset cannot be read: it ends at byte {}, beyond \
+                 the {RAW_LEN} bytes the kernel program copies",
+                usize::MAX
+            )
+        );
     }
 
     #[test]

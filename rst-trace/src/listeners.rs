@@ -245,7 +245,7 @@ fn read_sysctl<T: std::str::FromStr>(path: &str) -> Option<T> {
 }
 
 /// Listening sockets with their SYN queues counted from the request sockets beside them.
-fn listener_queues(netns: u64, sockets: &[InetResponseHeader]) -> Vec<ListenerQueue> {
+pub fn listener_queues(netns: u64, sockets: &[InetResponseHeader]) -> Vec<ListenerQueue> {
     let mut listeners: Vec<ListenerQueue> = sockets
         .iter()
         .filter(|s| s.state == TCP_LISTEN)
@@ -345,28 +345,49 @@ fn dump_tcp(family: u8) -> Result<Vec<InetResponseHeader>> {
         if size == 0 {
             bail!("the kernel ended the sock_diag reply without its closing message");
         }
-        let mut offset = 0;
-        while offset < size {
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buffer[offset..size])
-                .context("the kernel sent a sock_diag reply rst-trace cannot decode")?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    sockets.push(response.header)
-                }
-                NetlinkPayload::Done(_) => return Ok(sockets),
-                NetlinkPayload::Error(error) => {
-                    return Err(anyhow!(error.to_io())
-                        .context("the kernel refused the sock_diag dump of TCP sockets"));
-                }
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+        if parse_sock_diag_datagram(&buffer[..size], &mut sockets)? == DumpProgress::Done {
+            return Ok(sockets);
         }
     }
+}
+
+/// Whether a sock_diag dump has more datagrams to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpProgress {
+    More,
+    /// The datagram held the dump's closing message.
+    Done,
+}
+
+/// Reads one datagram of a sock_diag dump reply (several netlink messages back to back) and
+/// appends the sockets it reports to `sockets`. Public for the fuzz target: it is the parser of
+/// what the kernel sends back, and whatever replaces the sampler keeps its own such function.
+pub fn parse_sock_diag_datagram(
+    datagram: &[u8],
+    sockets: &mut Vec<InetResponseHeader>,
+) -> Result<DumpProgress> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&datagram[offset..])
+            .context("the kernel sent a sock_diag reply rst-trace cannot decode")?;
+        let length = message.header.length as usize;
+        match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                sockets.push(response.header)
+            }
+            NetlinkPayload::Done(_) => return Ok(DumpProgress::Done),
+            NetlinkPayload::Error(error) => {
+                return Err(anyhow!(error.to_io())
+                    .context("the kernel refused the sock_diag dump of TCP sockets"));
+            }
+            _ => {}
+        }
+        if length == 0 {
+            break;
+        }
+        offset += length;
+    }
+    Ok(DumpProgress::More)
 }
 
 /// Reads the counters rst-trace needs from the `/proc/net/netstat` format: pairs of lines, a
@@ -599,6 +620,73 @@ IpExt: InNoRoutes InTruncatedPkts InMcastPkts OutMcastPkts InBcastPkts OutBcastP
 IpExt: 0 0 0 0 0 0 1160 1160 0 0 0 0 0 20 0 0 0 0\n\
 MPTcpExt: MPCapableSYNRX MPCapableSYNTX MPCapableSYNACKRX MPCapableACKRX MPCapableFallbackACK MPCapableFallbackSYNACK MPCapableSYNTXDrop MPCapableSYNTXDisabled MPCapableEndpAttempt MPFallbackTokenInit MPTCPRetrans MPJoinNoTokenFound MPJoinSynRx MPJoinSynBackupRx MPJoinSynAckRx MPJoinSynAckBackupRx MPJoinSynAckHMacFailure MPJoinAckRx MPJoinAckHMacFailure MPJoinRejected MPJoinSynTx MPJoinSynTxCreatSkErr MPJoinSynTxBindErr MPJoinSynTxConnectErr DSSNotMatching DSSCorruptionFallback DSSCorruptionReset InfiniteMapTx InfiniteMapRx DSSNoMatchTCP DataCsumErr OFOQueueTail OFOQueue OFOMerge NoDSSInWindow DuplicateData AddAddr AddAddrTx AddAddrTxDrop EchoAdd EchoAddTx EchoAddTxDrop PortAdd AddAddrDrop MPJoinPortSynRx MPJoinPortSynAckRx MPJoinPortAckRx MismatchPortSynRx MismatchPortAckRx RmAddr RmAddrDrop RmAddrTx RmAddrTxDrop RmSubflow MPPrioTx MPPrioRx MPFailTx MPFailRx MPFastcloseTx MPFastcloseRx MPRstTx MPRstRx SubflowStale SubflowRecover SndWndShared RcvWndShared RcvWndConflictUpdate RcvWndConflict MPCurrEstab Blackhole MPCapableDataFallback MD5SigFallback DssFallback SimultConnectFallback FallbackFailed WinProbe\n\
 MPTcpExt: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+
+    /// A netlink message: length, type, flags, sequence, port id, then the payload.
+    fn netlink(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut message = Vec::new();
+        message.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
+        message.extend_from_slice(&kind.to_ne_bytes());
+        message.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        message.extend_from_slice(&1u32.to_ne_bytes());
+        message.extend_from_slice(&0u32.to_ne_bytes());
+        message.extend_from_slice(payload);
+        message
+    }
+
+    /// An inet_diag_msg for a listener on 127.0.0.1:8080 with accept queue 3 of 5, inode 77.
+    fn inet_diag_listener() -> Vec<u8> {
+        let mut msg = vec![libc::AF_INET as u8, TCP_LISTEN, 0, 0];
+        msg.extend_from_slice(&8080u16.to_be_bytes()); // sport
+        msg.extend_from_slice(&0u16.to_be_bytes()); // dport
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&[127, 0, 0, 1]);
+        msg.extend_from_slice(&src);
+        msg.extend_from_slice(&[0u8; 16]); // dst
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // interface
+        msg.extend_from_slice(&[0u8; 8]); // cookie
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // expires
+        msg.extend_from_slice(&3u32.to_ne_bytes()); // rqueue
+        msg.extend_from_slice(&5u32.to_ne_bytes()); // wqueue
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // uid
+        msg.extend_from_slice(&77u32.to_ne_bytes()); // inode
+        msg
+    }
+
+    #[test]
+    fn parses_sock_diag_datagrams_to_the_closing_message() {
+        const SOCK_DIAG_BY_FAMILY: u16 = 20;
+        const NLMSG_DONE: u16 = 3;
+        let mut datagram = netlink(SOCK_DIAG_BY_FAMILY, &inet_diag_listener());
+        let mut sockets = Vec::new();
+        assert_eq!(
+            parse_sock_diag_datagram(&datagram, &mut sockets).unwrap(),
+            DumpProgress::More
+        );
+        datagram.extend(netlink(NLMSG_DONE, &0i32.to_ne_bytes()));
+        sockets.clear();
+        assert_eq!(
+            parse_sock_diag_datagram(&datagram, &mut sockets).unwrap(),
+            DumpProgress::Done
+        );
+        let queues = listener_queues(9, &sockets);
+        assert_eq!(queues.len(), 1, "{queues:?}");
+        assert_eq!(
+            queues[0],
+            ListenerQueue {
+                netns: 9,
+                local: "127.0.0.1:8080".parse().unwrap(),
+                accept_len: 3,
+                accept_max: 5,
+                syn_queue: 0,
+                inode: 77,
+            }
+        );
+        let error = parse_sock_diag_datagram(&[1, 2, 3], &mut sockets).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the kernel sent a sock_diag reply rst-trace cannot decode"
+        );
+    }
 
     #[test]
     fn parses_the_tcpext_counters_of_a_real_proc_net_netstat() {

@@ -15,7 +15,7 @@ use rst_trace_common::{KernelOffsets, MAX_DROP_REASONS, NO_OFFSET, RAW_LEN, TcpS
 use crate::{
     kernel_btf::KernelBtf,
     kernel_enums::{DropReason, TcpState},
-    layout::ResetLayout,
+    layout::{self, ResetLayout},
     names::{KernelNames, NameTable},
     programs::{BtfTwin, Kernels, PROGRAMS, Program, Record},
     tracefs::{self, EventFormat, Tracefs},
@@ -129,9 +129,7 @@ impl KernelSupport {
         let drop_reason = formats
             .kfree_skb
             .as_ref()
-            .and_then(|f| f.field("reason"))
-            .filter(|field| field.size == 4 && field.end() <= RAW_LEN)
-            .map(|field| field.offset);
+            .and_then(layout::drop_reason_offset);
         let queue_drop_reasons = queue_drop_bitmap(&names.drop_reasons);
         let mut offsets = KernelOffsets {
             states: tcp_states(&names)?,

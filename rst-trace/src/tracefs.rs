@@ -105,9 +105,11 @@ pub struct Field {
 }
 
 impl Field {
-    /// First byte after the field.
+    /// First byte after the field; `usize::MAX` for a field that would end beyond it (a format
+    /// file's offset and size are not checked: the fuzz target found an offset near `usize::MAX`
+    /// that wrapped around and passed the bounds checks).
     pub fn end(&self) -> usize {
-        self.offset + self.size
+        self.offset.saturating_add(self.size)
     }
 }
 
@@ -210,9 +212,13 @@ fn parse_field(line: &str) -> anyhow::Result<Field> {
         Some((before, len)) => (before.trim(), Some(len.trim().parse()?)),
         None => (decl, None),
     };
+    // The name starts after the last character that cannot be in one; that character may take
+    // more than one byte (found by fuzzing: `__u8 saddr[\u{31e}`).
     let split = decl
-        .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let name = decl[split..].to_string();
     if name.is_empty() {
         bail!("field has no name");
@@ -252,6 +258,35 @@ pub(crate) mod tests {
         let text = fs::read_to_string(&path)
             .unwrap_or_else(|error| panic!("fixture {}: {error}", path.display()));
         EventFormat::parse(&text).expect("fixture parses")
+    }
+
+    /// An input the `tracefs_format` fuzz target found, kept in `tests/fixtures/fuzz/`.
+    pub(crate) fn fuzz_input(target: &str, name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuzz")
+            .join(target)
+            .join(name);
+        fs::read(&path).unwrap_or_else(|error| panic!("fuzz input {}: {error}", path.display()))
+    }
+
+    #[test]
+    fn a_field_name_after_a_multibyte_character_is_an_error_not_a_panic() {
+        let input = fuzz_input(
+            "tracefs_format",
+            "crash-b02213bc12014dbbcda29d6d836311450b9f4ce3",
+        );
+        let text = std::str::from_utf8(&input).expect("the fuzz target feeds UTF-8 only");
+        let error = EventFormat::parse(text).expect_err("no field has a name");
+        assert_eq!(
+            format!("{error:#}"),
+            "bad field line `field:__u8 saddr[\u{31e};\toffset:22;\tsize:4;\tsigned:0;`: field has no name"
+        );
+        let field = parse_field("field:__u8 saddr\u{e9}t\u{31e}x;\toffset:0;\tsize:4;\tsigned:0;")
+            .expect("a name after a combining mark");
+        assert_eq!(
+            (field.name.as_str(), field.c_type.as_str()),
+            ("x", "__u8 saddr\u{e9}t\u{31e}")
+        );
     }
 
     #[test]

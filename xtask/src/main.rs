@@ -8,7 +8,9 @@
 
 mod bench;
 mod docs;
+mod fuzz;
 mod setup;
+mod soak;
 mod static_build;
 mod vm;
 mod vm_test;
@@ -92,6 +94,21 @@ enum Task {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Set up and run every cargo-fuzz target (fuzz/) for SECONDS each, with the nightly
+    /// toolchain; a crash stops it and leaves its input under fuzz/artifacts/.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Set up, build rst-trace and run it for MINUTES under churn (processes, namespaces,
+    /// cgroups, connections and resets), scraping its metrics and rotating its --output;
+    /// writes SOAK.md and docs/soak.png (runs under 15 minutes: target/soak/) (as root).
+    Soak {
+        /// How long rst-trace runs (a full run: 30).
+        #[arg(long, value_name = "MINUTES")]
+        minutes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -156,6 +173,11 @@ fn run(task: Task) -> anyhow::Result<()> {
                 "warnings",
             ];
             cargo(&root, &env, &ebpf_clippy)?;
+            // Short runs of every fuzz target: a regression in a parser shows here; longer
+            // runs are `cargo xtask fuzz`. A filter chooses them only if it names fuzzing.
+            if args.is_empty() || args.iter().any(|arg| arg.contains("fuzz")) {
+                fuzz::run_all(&root, &env, fuzz::TEST_SECONDS)?;
+            }
             let mut test = vec!["test", "--no-fail-fast", "--"];
             test.extend(args.iter().map(String::as_str));
             let host = cargo_test(&root, &env, &test)?;
@@ -210,6 +232,11 @@ fn run(task: Task) -> anyhow::Result<()> {
             millis,
             out,
         } => bench::needle(kind, port, std::time::Duration::from_millis(millis), &out)?,
+        Task::Fuzz { seconds } => {
+            let env = setup::run(setup::Purpose::Fuzz)?;
+            fuzz::run_all(&root, &env, seconds)?;
+        }
+        Task::Soak { minutes } => soak::run(&root, minutes)?,
     }
     Ok(())
 }

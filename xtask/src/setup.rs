@@ -38,6 +38,10 @@ pub enum Purpose {
     VmTest,
     /// `cargo xtask bench`: `build` and the bench's load generator, tracers and chart.
     Bench,
+    /// `cargo xtask fuzz`: `build` and cargo-fuzz.
+    Fuzz,
+    /// `cargo xtask soak`: `build`, what the churn runs, bpftool and the chart.
+    Soak,
     /// Everything every command needs.
     All,
 }
@@ -52,6 +56,8 @@ impl Purpose {
             Purpose::Test => "`cargo xtask test`",
             Purpose::VmTest => "`cargo xtask vm-test`",
             Purpose::Bench => "`cargo xtask bench`",
+            Purpose::Fuzz => "`cargo xtask fuzz`",
+            Purpose::Soak => "`cargo xtask soak`",
             Purpose::All => "every command",
         }
     }
@@ -59,11 +65,12 @@ impl Purpose {
     /// Whether this command uses something `user` needs.
     fn needs(self, user: User) -> bool {
         match self {
-            Purpose::Build | Purpose::Run | Purpose::Docs => user == User::Build,
+            Purpose::Build | Purpose::Run | Purpose::Docs | Purpose::Fuzz => user == User::Build,
             // `test` ends with the VM stage.
             Purpose::Test => matches!(user, User::Build | User::Tests | User::VmTests),
             Purpose::VmTest => matches!(user, User::Build | User::VmTests),
             Purpose::Bench => matches!(user, User::Build | User::Bench),
+            Purpose::Soak => matches!(user, User::Build | User::Soak),
             Purpose::All => true,
         }
     }
@@ -80,6 +87,8 @@ enum User {
     VmTests,
     /// `cargo xtask bench`.
     Bench,
+    /// `cargo xtask soak`.
+    Soak,
 }
 
 impl User {
@@ -90,6 +99,7 @@ impl User {
             User::Tests => &["test"],
             User::VmTests => &["test", "vm-test"],
             User::Bench => &["bench"],
+            User::Soak => &["soak"],
         }
     }
 }
@@ -119,7 +129,7 @@ const PACKAGES: &[Package] = &[
     },
     Package {
         name: "iproute2",
-        users: &[User::Tests],
+        users: &[User::Tests, User::Soak],
         why: "tests build network namespaces and veth pairs",
     },
     Package {
@@ -171,13 +181,13 @@ const PACKAGES: &[Package] = &[
     },
     Package {
         name: "bpftool",
-        users: &[User::Bench],
-        why: "the bench names the BPF programs it times",
+        users: &[User::Bench, User::Soak],
+        why: "the bench names the BPF programs it times; the soak counts map entries",
     },
     Package {
         name: "gnuplot-nox",
-        users: &[User::Bench],
-        why: "the bench draws its chart (PNG)",
+        users: &[User::Bench, User::Soak],
+        why: "the bench and the soak draw their charts (PNG)",
     },
 ];
 
@@ -216,6 +226,9 @@ pub fn run(purpose: Purpose) -> anyhow::Result<BuildEnv> {
     let ebpf_toolchain = nightly_toolchain()?;
     ensure_rust_src(&ebpf_toolchain)?;
     ensure_bpf_linker(&path)?;
+    if matches!(purpose, Purpose::Test | Purpose::Fuzz | Purpose::All) {
+        ensure_cargo_fuzz(&path)?;
+    }
     eprintln!("setup: ready (eBPF toolchain {ebpf_toolchain}, bpf-linker {BPF_LINKER_VERSION})");
     Ok(BuildEnv {
         ebpf_toolchain,
@@ -379,6 +392,27 @@ fn ensure_bpf_linker(path: &OsString) -> anyhow::Result<()> {
     )
 }
 
+/// cargo-fuzz, which builds and runs the fuzz targets (fuzz/) with libFuzzer.
+fn ensure_cargo_fuzz(path: &OsString) -> anyhow::Result<()> {
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .env("PATH", path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if installed {
+        eprintln!("setup: cargo-fuzz: present");
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz (runs the fuzz targets; about two minutes)");
+    run_command(
+        Command::new(env!("CARGO"))
+            .args(["install", "cargo-fuzz", "--locked"])
+            .env("PATH", path),
+    )
+}
+
 /// PATH with cargo's bin directory first, where `cargo install` puts bpf-linker.
 fn path_with_cargo_bin() -> OsString {
     let cargo_home = env::var_os("CARGO_HOME")
@@ -478,5 +512,21 @@ mod tests {
             ]
         );
         assert_eq!(packages_for(Purpose::All).len(), PACKAGES.len());
+    }
+
+    #[test]
+    fn soak_adds_namespaces_bpftool_and_the_chart_fuzz_only_the_build() {
+        assert_eq!(
+            packages_for(Purpose::Soak),
+            [
+                "llvm-22-dev",
+                "libclang-22-dev",
+                "libpolly-22-dev",
+                "iproute2",
+                "bpftool",
+                "gnuplot-nox"
+            ]
+        );
+        assert_eq!(packages_for(Purpose::Fuzz), packages_for(Purpose::Build));
     }
 }
