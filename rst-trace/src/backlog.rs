@@ -132,7 +132,8 @@ pub struct QueueView {
 /// Where `rst-trace backlog` finds listeners: the listener iterator where the kernel takes it,
 /// else sampling every network namespace.
 pub enum ListenerSource {
-    Iterator(crate::loader::ListenerIterator, IterWatcher),
+    // Boxed: the loaded object is large beside a watcher.
+    Iterator(Box<crate::loader::ListenerIterator>, IterWatcher),
     Sampling(Watcher),
 }
 
