@@ -25,9 +25,17 @@ use rst_trace_common::{
     RawTracepoint, RecordKind, facts,
 };
 
-/// The record being built, per CPU: filled here, then sent or folded.
+/// The record being built, per CPU and nesting level: filled here, then sent or folded.
 #[map]
-pub(crate) static SCRATCH: PerCpuArray<FoldedEvents> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SCRATCH: PerCpuArray<FoldedEvents> =
+    PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
+
+/// Nesting levels of the record builders per CPU: process context, softirq, hardirq, NMI.
+const SCRATCH_LEVELS: u32 = 4;
+
+/// How deep the record builders are nested on this CPU now (the scratch value to use).
+#[map]
+pub(crate) static DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Events seen per key in the current second.
 #[map]

@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use rst_trace_common::{
-    ArgsRecord, ConnectionKey, Endpoints, FoldKey, NO_SK_STATE, RAW_LEN, RawTracepoint, RecordKind,
-    facts,
+    ArgsRecord, ConnectionKey, Endpoints, FoldKey, FoldedEvents, NO_SK_STATE, RAW_LEN,
+    RawTracepoint, RecordKind, facts,
 };
 
 use crate::read::{Access, Direct, Probe, copy_in, zero};
@@ -83,13 +83,43 @@ pub fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
                 || size_of::<R>() == size_of::<ArgsRecord>()
         )
     };
-    // The record is built in this CPU's scratch value, then sent or folded: a folded event
-    // takes no room in the ring buffer, however long the reader waits for a CPU. Header and
-    // facts are laid out alike in both record types; `raw` is touched only when there is one.
-    let Some(slot) = fold::SCRATCH.get_ptr_mut(0) else {
+    // The record is built in a scratch value of this CPU, then sent or folded: a folded event
+    // takes no room in the ring buffer, however long the reader waits for a CPU. A softirq can
+    // run one of these programs in the middle of another on the same CPU (a received segment
+    // interrupting the reset a close() sends), so each nesting level has its own value.
+    let Some(depth) = fold::DEPTH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: this CPU's scratch value; nothing else writes it while the program runs.
+    // SAFETY: this CPU's counter; a program that interrupts this one restores it before this
+    // one resumes.
+    let level = unsafe { *depth };
+    let Some(slot) = fold::SCRATCH.get_ptr_mut(level) else {
+        // Nested deeper than there are scratch values: never seen, but counted, not silent.
+        count_lost();
+        return;
+    };
+    // SAFETY: as above.
+    unsafe { *depth = level + 1 };
+    build_and_send::<C, A, R>(ctx, kind, sk, skb, raw_kind, pid_tgid, slot);
+    // SAFETY: as above.
+    unsafe { *depth = level };
+}
+
+/// Builds the record in `slot`, then sends it, folds it or drops it (`--port`, `--netns`).
+/// Header and facts are laid out alike in both record types; `raw` is touched only when there
+/// is one.
+#[inline(always)]
+fn build_and_send<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
+    ctx: &C,
+    kind: RecordKind,
+    sk: u64,
+    skb: u64,
+    raw_kind: Raw,
+    pid_tgid: u64,
+    slot: *mut FoldedEvents,
+) {
+    // SAFETY: this CPU's scratch value of this nesting level; nothing else writes it while
+    // the program runs.
     let record = unsafe { &raw mut (*slot).record };
     let record_stacks = global!(RECORD_STACKS) != 0;
     let listen = offset!(states.listen);
