@@ -885,7 +885,10 @@ mod tests {
             let mut attributor = Attributor::new(CgroupResolver::new());
             let event = attributor.folded_event(syn_to_closed_port(), folded, true, coarse);
             assert_eq!(event.folded, Some(folded));
-            assert_eq!(event.remote.map(|end| end.to_string()).as_deref(), Some(remote));
+            assert_eq!(
+                event.remote.map(|end| end.to_string()).as_deref(),
+                Some(remote)
+            );
             let text = event.explanation.unwrap_or_default();
             assert!(text.starts_with(explanation), "coarse {coarse}: {text}");
         }
