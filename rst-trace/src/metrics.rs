@@ -461,7 +461,7 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener).context("serving metrics")?;
     // The tasks of open connections, oldest first.
-    let mut open: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
+    let mut open: VecDeque<tokio::task::JoinHandle<()>> = VecDeque::new();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -469,8 +469,11 @@ pub async fn serve_on(
                 if open.len() >= MAX_CONNECTIONS
                     && let Some(oldest) = open.pop_front()
                 {
-                    // Dropping its task closes its socket.
+                    // Dropping its task closes its socket; waiting for that keeps a burst of
+                    // connects from holding more descriptors than the cap while aborted tasks
+                    // wait to be dropped.
                     oldest.abort();
+                    let _ = oldest.await;
                 }
                 let metrics = Arc::clone(&metrics);
                 let task = tokio::spawn(async move {
@@ -478,7 +481,7 @@ pub async fn serve_on(
                         log::debug!("metrics request: {error}");
                     }
                 });
-                open.push_back(task.abort_handle());
+                open.push_back(task);
             }
             Err(error) => {
                 // Out of file descriptors and the like: wait rather than spin, then go on.
