@@ -679,7 +679,6 @@ MPTcpExt: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 
                 accept_max: 5,
                 syn_queue: 0,
                 inode: 77,
-                holder: None,
             }
         );
         let error = parse_sock_diag_datagram(&[1, 2, 3], &mut sockets).unwrap_err();
