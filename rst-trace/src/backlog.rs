@@ -132,8 +132,7 @@ pub struct QueueView {
 /// Where `rst-trace backlog` finds listeners: the listener iterator where the kernel takes it,
 /// else sampling every network namespace.
 pub enum ListenerSource {
-    // Boxed: the loaded object is large beside a watcher.
-    Iterator(Box<crate::loader::ListenerIterator>, IterWatcher),
+    Iterator(crate::loader::ListenerIterator, IterWatcher),
     Sampling(Watcher),
 }
 

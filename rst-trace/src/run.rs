@@ -644,7 +644,7 @@ pub fn backlog(args: &BacklogArgs) -> anyhow::Result<()> {
     let filter = Filter::from_args(&args.filters);
     let support = KernelSupport::probe()?;
     let source = match crate::loader::ListenerIterator::load(&support) {
-        Ok(iterator) => backlog::ListenerSource::Iterator(Box::new(iterator), Default::default()),
+        Ok(iterator) => backlog::ListenerSource::Iterator(iterator, Default::default()),
         Err(error) => {
             eprintln!("rst-trace: note: {error:#}; entering each network namespace instead");
             backlog::ListenerSource::Sampling(Default::default())
