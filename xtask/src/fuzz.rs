@@ -44,7 +44,7 @@ pub fn run_all(root: &Path, env: &BuildEnv, seconds: u64) -> anyhow::Result<()> 
     }
     let nightly = format!("+{}", env.ebpf_toolchain());
     // One build for every target, so that the time given is spent fuzzing.
-    run_cargo(
+    crate::cargo(
         root,
         env,
         &[&nightly, "fuzz", "build", "--debug-assertions"],
@@ -112,20 +112,6 @@ pub fn run_all(root: &Path, env: &BuildEnv, seconds: u64) -> anyhow::Result<()> 
              rst-trace/tests/fixtures/fuzz/<target>/ with a unit test that replays it):\n  {}",
             crashed.join("\n  ")
         );
-    }
-    Ok(())
-}
-
-fn run_cargo(root: &Path, env: &BuildEnv, args: &[&str]) -> anyhow::Result<()> {
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new("cargo")
-        .args(args)
-        .current_dir(root)
-        .envs(env.vars())
-        .status()
-        .context("running cargo fuzz (`cargo xtask setup --for fuzz` installs it)")?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
 }

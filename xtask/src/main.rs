@@ -9,6 +9,8 @@
 mod bench;
 mod docs;
 mod fuzz;
+mod gnuplot;
+mod loopback;
 mod setup;
 mod soak;
 mod static_build;
@@ -241,6 +243,7 @@ fn run(task: Task) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cargo ARGS` in `root` with the build environment; fails with the command line when cargo does.
 fn cargo(root: &Path, env: &setup::BuildEnv, args: &[&str]) -> anyhow::Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
     // `cargo` through rustup's proxy, so that `+toolchain` works.

@@ -12,7 +12,6 @@ use std::{
     fmt, fs,
     io::{self, Write as _},
     mem::MaybeUninit,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
     path::Path,
     thread,
@@ -21,6 +20,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use socket2::{Domain, Socket, Type};
+
+use crate::loopback;
 
 /// Resets a needle makes per second.
 pub const PER_SECOND: u32 = 10;
@@ -206,7 +207,7 @@ impl Needle {
     fn new(kind: NeedleKind, port: u16) -> anyhow::Result<Self> {
         let listener = match kind {
             NeedleKind::ListenerClosed => None,
-            _ => Some(listen(port, 64)?),
+            _ => Some(loopback::listen(port, 64)?),
         };
         Ok(Self {
             kind,
@@ -264,10 +265,10 @@ impl Needle {
                 self.reuse_stale(records, false)?;
             }
             NeedleKind::ListenerClosed => {
-                let listener = listen(self.port, 8)?;
+                let listener = loopback::listen(self.port, 8)?;
                 let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
                 client
-                    .connect_timeout(&loopback(self.port).into(), STEP_TIMEOUT)
+                    .connect_timeout(&loopback::addr(self.port).into(), STEP_TIMEOUT)
                     .context("connecting to the listener about to close")?;
                 // The connection is queued once the listener reads as ready to accept.
                 wait_readable(&listener, "the connection to be queued")?;
@@ -319,27 +320,12 @@ impl Needle {
         };
         let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         client
-            .connect_timeout(&loopback(self.port).into(), STEP_TIMEOUT)
+            .connect_timeout(&loopback::addr(self.port).into(), STEP_TIMEOUT)
             .with_context(|| format!("connecting to the {} needle's listener", self.kind))?;
         wait_readable(listener, "the connection to be accepted")?;
         let (server, _) = listener.accept().context("accepting")?;
         Ok((client, server))
     }
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-}
-
-/// A listener on 127.0.0.1:`port`; SO_REUSEADDR so that it can be bound again at once.
-fn listen(port: u16, backlog: i32) -> anyhow::Result<Socket> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket
-        .bind(&loopback(port).into())
-        .with_context(|| format!("could not bind 127.0.0.1:{port}"))?;
-    socket.listen(backlog)?;
-    Ok(socket)
 }
 
 fn local_port(socket: &Socket) -> anyhow::Result<u16> {

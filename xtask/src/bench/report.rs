@@ -2,16 +2,9 @@
 //! its figure and PASS or MISSED, the machine, the exact commands, and notes on what the
 //! figures mean.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    fs,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use super::{
     Measured, Plan, Run,
@@ -1547,9 +1540,7 @@ fn draw_chart(f: &Figures, ctx: &Context, path: &Path) -> anyhow::Result<()> {
         }
         data.push('\n');
     }
-    let data_path = path.with_extension("dat");
-    fs::write(&data_path, &data)
-        .with_context(|| format!("could not write {}", data_path.display()))?;
+    let data_path = crate::gnuplot::data_path(path);
     let bottom = ((lowest - 0.05) * 20.0).floor() / 20.0;
     let mut columns = Vec::new();
     for (i, color) in CHART_COLORS.iter().enumerate().take(CHART_MODES.len()) {
@@ -1593,23 +1584,7 @@ fn draw_chart(f: &Figures, ctx: &Context, path: &Path) -> anyhow::Result<()> {
         output = path.display(),
         plot = columns.join(", ")
     );
-    let script_path = path.with_extension("gp");
-    fs::write(&script_path, &script)
-        .with_context(|| format!("could not write {}", script_path.display()))?;
-    let out = Command::new("gnuplot")
-        .arg(&script_path)
-        .stdin(Stdio::null())
-        .output()
-        .context("could not run gnuplot (`cargo xtask setup` installs gnuplot-nox)")?;
-    let _ = fs::remove_file(&script_path);
-    let _ = fs::remove_file(&data_path);
-    if !out.status.success() {
-        bail!(
-            "gnuplot could not draw the chart: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::gnuplot::draw(path, &data, &script)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use std::{
     collections::VecDeque,
     io::{self, Read as _, Write as _},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Shutdown, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -23,6 +23,8 @@ use super::{
     needles::{self, NeedleKind, PER_SECOND, Record},
     tracers::{self, Setup, shell_quote},
 };
+
+use crate::loopback;
 
 /// Operations one generator thread stops at even if time remains: a bound, never reached in
 /// seconds on today's hardware.
@@ -212,10 +214,6 @@ impl Workload {
     }
 }
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-}
-
 /// Runs `op` in `threads` threads until `duration` has passed (or the per-thread bound), and
 /// returns the operations completed; the first error stops every thread.
 fn closed_loop<F>(threads: usize, duration: Duration, op: F) -> anyhow::Result<(u64, Duration)>
@@ -263,7 +261,7 @@ where
 }
 
 fn refused_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
-    let addr = loopback(port);
+    let addr = loopback::addr(port);
     let (ops, elapsed) = closed_loop(threads, duration, || match TcpStream::connect(addr) {
         Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
         Err(error) => Err(error).context("a connect to the closed port failed unexpectedly"),
@@ -465,21 +463,9 @@ fn hping_flood(port: u16, duration: Duration) -> anyhow::Result<Outcome> {
     })
 }
 
-/// A listener on 127.0.0.1:`port` with `backlog`; SO_REUSEADDR so that the previous run's
-/// TIME_WAIT sockets do not block the bind.
-fn listen(port: u16, backlog: i32) -> anyhow::Result<Socket> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket
-        .bind(&loopback(port).into())
-        .with_context(|| format!("could not bind 127.0.0.1:{port}"))?;
-    socket.listen(backlog)?;
-    Ok(socket)
-}
-
 fn linger_storm(port: u16, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
-    let listener = listen(port, 4096)?;
-    let addr = loopback(port);
+    let listener = loopback::listen(port, 4096)?;
+    let addr = loopback::addr(port);
     let stop = AtomicBool::new(false);
     // One accepting thread per two client threads (one per core): a single one falls behind
     // the clients, the accept queue overflows and a connect waits a second for its SYN's
@@ -558,8 +544,8 @@ fn close_reset(open: &mut VecDeque<TcpStream>) {
 }
 
 fn accept_overflow(port: u16, threads: usize, duration: Duration) -> anyhow::Result<Outcome> {
-    let listener = listen(port, OVERFLOW_BACKLOG)?;
-    let addr = loopback(port);
+    let listener = loopback::listen(port, OVERFLOW_BACKLOG)?;
+    let addr = loopback::addr(port);
     // The accept queue is full when it holds one more than the backlog.
     let mut keep = Vec::new();
     for _ in 0..=OVERFLOW_BACKLOG {
@@ -589,8 +575,8 @@ fn accept_overflow(port: u16, threads: usize, duration: Duration) -> anyhow::Res
 }
 
 fn echo(port: u16, connections: usize, duration: Duration) -> anyhow::Result<Outcome> {
-    let listener = listen(port, 128)?;
-    let addr = loopback(port);
+    let listener = loopback::listen(port, 128)?;
+    let addr = loopback::addr(port);
     thread::scope(|scope| {
         let server = scope.spawn(|| -> anyhow::Result<()> {
             thread::scope(|scope| {
@@ -680,7 +666,7 @@ fn echo_back(mut stream: TcpStream) {
 pub fn free_port(from: u16, except: &[u16]) -> anyhow::Result<u16> {
     (from..from.saturating_add(1000))
         .filter(|port| !except.contains(port))
-        .find(|port| TcpListener::bind(loopback(*port)).is_ok())
+        .find(|port| TcpListener::bind(loopback::addr(*port)).is_ok())
         .with_context(|| format!("no free port on 127.0.0.1 from {from}"))
 }
 

@@ -6,7 +6,7 @@
 use std::{
     fs,
     io::{self, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -16,6 +16,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use socket2::{Domain, Socket, Type};
+
+use crate::loopback;
 
 /// Connects per tick to the closed port from the soak itself (each one reset sent, one received).
 const REFUSED_PER_TICK: usize = 20;
@@ -80,12 +82,8 @@ impl Ports {
 fn free_port(from: u16, except: &[u16]) -> anyhow::Result<u16> {
     (from..from.saturating_add(1000))
         .filter(|port| !except.contains(port))
-        .find(|port| TcpListener::bind(loopback(*port)).is_ok())
+        .find(|port| TcpListener::bind(loopback::addr(*port)).is_ok())
         .with_context(|| format!("no free port on 127.0.0.1 from {from}"))
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
 /// What the churn did, read by the sampler every minute.
@@ -140,7 +138,8 @@ pub struct Churn {
 impl Churn {
     pub fn new(ports: Ports, cgroup_parent: PathBuf) -> anyhow::Result<Self> {
         let listen = |port: u16| {
-            TcpListener::bind(loopback(port)).with_context(|| format!("could not bind {port}"))
+            TcpListener::bind(loopback::addr(port))
+                .with_context(|| format!("could not bind {port}"))
         };
         fs::create_dir_all(&cgroup_parent)
             .with_context(|| format!("could not create cgroup {}", cgroup_parent.display()))?;
@@ -269,7 +268,7 @@ fn container_id(tick: u64) -> String {
 
 fn refused(port: u16) -> anyhow::Result<()> {
     for _ in 0..REFUSED_PER_TICK {
-        match TcpStream::connect(loopback(port)) {
+        match TcpStream::connect(loopback::addr(port)) {
             Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {}
             Err(error) => return Err(error).context("a connect to the closed port failed"),
             Ok(_) => bail!("127.0.0.1:{port} accepted a connection: the port is not closed"),
@@ -303,7 +302,7 @@ fn processes(port: u16) -> anyhow::Result<()> {
 fn pair(listener: &TcpListener, port: u16) -> anyhow::Result<(Socket, TcpStream)> {
     let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     client
-        .connect(&loopback(port).into())
+        .connect(&loopback::addr(port).into())
         .with_context(|| format!("a connect to 127.0.0.1:{port} failed"))?;
     let (server, _) = listener
         .accept()
@@ -356,10 +355,10 @@ fn stale(listener: &TcpListener, port: u16, keep: &mut Vec<TcpStream>) -> anyhow
 
 /// S8: a listener closes with connections in its accept queue (listener_closed).
 fn listener_closed(port: u16, keep: &mut Vec<TcpStream>) -> anyhow::Result<()> {
-    let listener = listen(port, 8)?;
+    let listener = loopback::listen(port, 8)?;
     for _ in 0..LISTENER_CLOSED_QUEUED {
         let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-        client.connect(&loopback(port).into())?;
+        client.connect(&loopback::addr(port).into())?;
         keep.push(client.into());
     }
     drop(listener);
@@ -369,19 +368,19 @@ fn listener_closed(port: u16, keep: &mut Vec<TcpStream>) -> anyhow::Result<()> {
 /// S6: a listener with backlog 1 that never accepts, filled, then SYNs it drops
 /// (accept_queue_full, from the listener sampler). The sockets live until the caller drops them.
 fn overflow(port: u16, sockets: &mut Vec<Socket>) -> anyhow::Result<()> {
-    let listener = listen(port, 1)?;
+    let listener = loopback::listen(port, 1)?;
     // Full at backlog + 1.
     for _ in 0..2 {
         let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         client
-            .connect_timeout(&loopback(port).into(), Duration::from_secs(2))
+            .connect_timeout(&loopback::addr(port).into(), Duration::from_secs(2))
             .context("filling the accept queue")?;
         sockets.push(client);
     }
     for _ in 0..OVERFLOW_SYNS {
         let client = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         client.set_nonblocking(true)?;
-        match client.connect(&loopback(port).into()) {
+        match client.connect(&loopback::addr(port).into()) {
             Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Ok(()) => {}
             Err(error) => return Err(error).context("a connect to the full listener failed"),
@@ -390,16 +389,6 @@ fn overflow(port: u16, sockets: &mut Vec<Socket>) -> anyhow::Result<()> {
     }
     sockets.push(listener);
     Ok(())
-}
-
-fn listen(port: u16, backlog: i32) -> anyhow::Result<Socket> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket
-        .bind(&loopback(port).into())
-        .with_context(|| format!("could not bind 127.0.0.1:{port}"))?;
-    socket.listen(backlog)?;
-    Ok(socket)
 }
 
 /// A network namespace that lives for one refused connect on its own loopback, then goes; with

@@ -1,13 +1,8 @@
 //! The soak's verdicts against its targets, SOAK.md and the chart (gnuplot).
 
-use std::{
-    fmt::Write as _,
-    fs,
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{fmt::Write as _, fs, path::Path};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use super::{BASELINE_MINUTE, FINAL_MINUTES, FLAT_TOLERANCE, Minute, Outcome};
 
@@ -366,9 +361,7 @@ fn draw_chart(rows: &[Minute], path: &Path) -> anyhow::Result<()> {
             row.fds
         );
     }
-    let data_path = path.with_extension("dat");
-    fs::write(&data_path, &data)
-        .with_context(|| format!("could not write {}", data_path.display()))?;
+    let data_path = crate::gnuplot::data_path(path);
     let max_rss = rows.iter().map(|r| r.rss_kib).max().unwrap_or(1) as f64 / 1024.0;
     let max_fds = rows.iter().map(|r| r.fds).max().unwrap_or(1) as f64;
     let script = format!(
@@ -393,23 +386,7 @@ fn draw_chart(rows: &[Minute], path: &Path) -> anyhow::Result<()> {
         rss_top = (max_rss * 1.3).ceil().max(1.0),
         fds_top = (max_fds * 1.3).ceil().max(1.0),
     );
-    let script_path = path.with_extension("gp");
-    fs::write(&script_path, &script)
-        .with_context(|| format!("could not write {}", script_path.display()))?;
-    let out = Command::new("gnuplot")
-        .arg(&script_path)
-        .stdin(Stdio::null())
-        .output()
-        .context("could not run gnuplot (`cargo xtask setup --for soak` installs gnuplot-nox)")?;
-    let _ = fs::remove_file(&script_path);
-    let _ = fs::remove_file(&data_path);
-    if !out.status.success() {
-        bail!(
-            "gnuplot could not draw the chart: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::gnuplot::draw(path, &data, &script)
 }
 
 #[cfg(test)]
