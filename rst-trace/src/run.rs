@@ -197,8 +197,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 // up here. Received resets that waited long enough for a partner go out too.
                 done = pipeline.drain(ring.get_mut())?;
             }
-            _ = fold_tick.tick() => {
+            _ = fold_tick.tick(), if args.fold_after > 0 => {
                 // What the kernel counted instead of sending in the last second: a line per key.
+                // With `--fold-after 0` the kernel counts nothing, so there is nothing to take.
                 let folded = folds.take().await?;
                 done = pipeline.write_folded(folded)?;
             }
