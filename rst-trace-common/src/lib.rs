@@ -354,6 +354,11 @@ pub const MAX_PID_FILTER: u32 = 64;
 pub const MAX_PORT_FILTER: u32 = 64;
 pub const MAX_NETNS_FILTER: u32 = 64;
 
+/// Cgroups a kernel-side `--cgroup` filter can hold, and the cgroup ids it remembers as lying
+/// under one of them.
+pub const MAX_CGROUP_FILTER: u32 = 16;
+pub const MAX_KEPT_CGROUPS: u32 = 4096;
+
 /// Value of an offset that userspace could not resolve: the programs skip that read.
 pub const NO_OFFSET: u32 = u32::MAX;
 

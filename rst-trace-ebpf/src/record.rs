@@ -74,6 +74,7 @@ pub fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
 ) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if global!(FILTER_BY_PID) != 0 && !pid_filter_keeps((pid_tgid >> 32) as u32, sk) {
+        filter::count_filtered();
         return;
     }
     // `R` is the whole record, or (BTF tracepoints) the record without its raw part.
@@ -202,13 +203,21 @@ fn build_and_send<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
             Raw::FromArgs(_) => {}
         }
     }
-    // `--port` and `--netns`, then folding: past its key's first events this second, the event
-    // is only counted.
+    // `--port`, `--netns` and `--cgroup`, then folding: past its key's first events this
+    // second, the event is only counted.
     zeroed!(key: FoldKey);
     // SAFETY: the scratch record is complete.
     let facts = unsafe { &(*record).facts };
+    if !filter::keeps_cgroup(facts) {
+        filter::count_filtered();
+        return;
+    }
     let sent = if facts.endpoints.family != 0 {
-        filter::keeps(&facts.endpoints, facts.netns) && !fold::folded(slot, &facts.endpoints, key)
+        if !filter::keeps(&facts.endpoints, facts.netns) {
+            filter::count_filtered();
+            return;
+        }
+        !fold::folded(slot, &facts.endpoints, key)
     } else {
         // Classic tracepoints keep the ends in the raw record: the socket's, or the segment's
         // when no socket matched.
@@ -218,7 +227,11 @@ fn build_and_send<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
         } else {
             segment_ends(segment, ends);
         }
-        filter::keeps(ends, facts.netns) && !fold::folded(slot, ends, key)
+        if !filter::keeps(ends, facts.netns) {
+            filter::count_filtered();
+            return;
+        }
+        !fold::folded(slot, ends, key)
     };
     if !sent {
         return;

@@ -9,8 +9,9 @@ use rst_trace_common::{NO_OFFSET, Owner};
 
 use crate::read::{Access, load};
 
-/// The running task as an owner or closer, stamped now; BTF programs read its name and cgroup
-/// with plain loads (see [`current_comm`]).
+/// The running task as an owner or closer, stamped now, its cgroup noted for `--cgroup` (see
+/// [`crate::filter::note_owner`]); BTF programs read its name and cgroup with plain loads (see
+/// [`current_comm`]).
 #[inline(always)]
 pub fn current_owner<A: Access>() -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -24,7 +25,9 @@ pub fn current_owner<A: Access>() -> Owner {
         (*ptr).cgroup_id = current_cgroup_id::<A>();
         (*ptr).since_ns = now();
         current_comm::<A>(&mut (*ptr).comm);
-        owner.assume_init()
+        let owner = owner.assume_init();
+        crate::filter::note_owner(&owner);
+        owner
     }
 }
 

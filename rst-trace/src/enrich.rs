@@ -26,10 +26,7 @@ impl CgroupResolver {
     /// Finds the cgroup2 mount (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
     /// hybrid ones).
     pub fn new() -> Self {
-        let root = fs::read_to_string("/proc/self/mountinfo")
-            .ok()
-            .and_then(|text| cgroup2_mount(&text));
-        Self::with_root(root)
+        Self::with_root(cgroup2_root())
     }
 
     pub fn with_root(root: Option<PathBuf>) -> Self {
@@ -166,6 +163,14 @@ fn scan(root: &Path, dir: &Path, paths: &mut HashMap<u64, String>) {
 }
 
 /// The mount point of the cgroup2 filesystem in a `/proc/self/mountinfo` text.
+/// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones), if it is.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|text| cgroup2_mount(&text))
+}
+
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (before, after) = line.split_once(" - ")?;

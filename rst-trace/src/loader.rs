@@ -1,14 +1,16 @@
 //! Loads the embedded kernel programs with this kernel's offsets and attaches every usable source.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, os::fd::AsFd as _};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, CgroupArray, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
-use rst_trace_common::{KernelOffsets, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER};
+use rst_trace_common::{
+    KernelOffsets, MAX_CGROUP_FILTER, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER,
+};
 
 use crate::{
     fold::FoldReader,
@@ -28,6 +30,9 @@ pub struct LoadOptions {
     pub ports: Vec<u16>,
     /// Keep only events in these network namespaces (`--netns`), in the kernel.
     pub netns: Vec<u64>,
+    /// Keep only events of processes in these cgroups or below (`--cgroup`, paths from the
+    /// cgroup2 root), in the kernel where every one of them exists at start-up.
+    pub cgroups: Vec<String>,
     pub ring_buffer_bytes: u32,
     /// Record kernel stacks (`--stack`).
     pub stacks: bool,
@@ -84,6 +89,17 @@ impl Tracer {
                 })
             })
             .collect::<anyhow::Result<Vec<u32>>>()?;
+        if options.cgroups.len() > MAX_CGROUP_FILTER as usize {
+            bail!("at most {MAX_CGROUP_FILTER} --cgroup filters are supported");
+        }
+        let cgroup_dirs = match cgroup_directories(&options.cgroups) {
+            Ok(dirs) => dirs,
+            Err(why) => {
+                eprintln!("rst-trace: --cgroup is applied in userspace only: {why}");
+                Vec::new()
+            }
+        };
+        let filter_by_cgroup = cgroup_dirs.len() as u32;
         raise_memlock_limit(support);
         let filter_by_port = u8::from(!options.ports.is_empty());
         let filter_by_netns = u8::from(!netns.is_empty());
@@ -110,6 +126,7 @@ impl Tracer {
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
             .override_global("FILTER_BY_PORT", &filter_by_port, true)
             .override_global("FILTER_BY_NETNS", &filter_by_netns, true)
+            .override_global("FILTER_BY_CGROUP", &filter_by_cgroup, true)
             .override_global("RECORD_STACKS", &record_stacks, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("OFFSETS", &support.offsets, true)
@@ -151,6 +168,18 @@ impl Tracer {
             namespaces
                 .insert(inode, 1, 0)
                 .context("filling the --netns filter")?;
+        }
+
+        if !cgroup_dirs.is_empty() {
+            let mut cgroups = CgroupArray::try_from(
+                ebpf.map_mut("CGROUPS")
+                    .ok_or_else(|| anyhow!("CGROUPS map missing from the object"))?,
+            )?;
+            for (slot, (path, dir)) in options.cgroups.iter().zip(&cgroup_dirs).enumerate() {
+                cgroups
+                    .set(slot as u32, dir.as_fd(), 0)
+                    .with_context(|| format!("filling the --cgroup filter with {path}"))?;
+            }
         }
 
         let mut attached = Vec::new();
@@ -238,12 +267,21 @@ impl Tracer {
     }
 
     /// Per-CPU count of records the kernel could not put in the ring buffer.
-    pub fn lost_counter(&mut self) -> anyhow::Result<LostCounter> {
+    pub fn lost_counter(&mut self) -> anyhow::Result<CpuCounter> {
+        self.counter("LOST")
+    }
+
+    /// Events the kernel-side filters (`--pid`, `--port`, `--netns`, `--cgroup`) dropped.
+    pub fn filtered_counter(&mut self) -> anyhow::Result<CpuCounter> {
+        self.counter("FILTERED")
+    }
+
+    fn counter(&mut self, name: &str) -> anyhow::Result<CpuCounter> {
         let map = self
             .ebpf
-            .take_map("LOST")
-            .ok_or_else(|| anyhow!("LOST map missing"))?;
-        Ok(LostCounter(PerCpuArray::try_from(map)?))
+            .take_map(name)
+            .ok_or_else(|| anyhow!("{name} map missing from the object"))?;
+        Ok(CpuCounter(PerCpuArray::try_from(map)?))
     }
 
     /// Each loaded program's (name, run time in ns, run count) since load, for `--metrics`. The
@@ -266,17 +304,40 @@ impl Tracer {
     }
 }
 
-pub struct LostCounter(PerCpuArray<MapData, u64>);
+pub struct CpuCounter(PerCpuArray<MapData, u64>);
 
-impl LostCounter {
+impl CpuCounter {
     /// Total over all CPUs since load.
     pub fn total(&self) -> anyhow::Result<u64> {
         let values = self
             .0
             .get(&0, 0)
-            .context("reading the lost-event counter")?;
+            .context("reading a kernel event counter")?;
         Ok(values.iter().sum())
     }
+}
+
+/// The `--cgroup` paths opened as directories of the cgroup2 hierarchy, for the kernel filter;
+/// why not, when one of them cannot be (no cgroup2 mount, a cgroup that does not exist yet):
+/// then userspace alone filters, which also matches cgroups created later.
+fn cgroup_directories(paths: &[String]) -> Result<Vec<std::fs::File>, String> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = crate::enrich::cgroup2_root()
+        .ok_or_else(|| "no cgroup2 hierarchy is mounted".to_string())?;
+    paths
+        .iter()
+        .map(|path| {
+            let dir = root.join(path.trim_start_matches('/'));
+            std::fs::File::open(&dir).map_err(|error| {
+                format!(
+                    "cannot open {} ({error})",
+                    crate::escape::for_terminal(&dir.to_string_lossy())
+                )
+            })
+        })
+        .collect()
 }
 
 /// The BTF tracepoint program that can serve `source` in place of its classic one, when this

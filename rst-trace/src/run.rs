@@ -91,6 +91,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         pids: args.filters.pids.clone(),
         ports: args.filters.ports.clone(),
         netns: args.filters.netns.clone(),
+        cgroups: args.filters.cgroups.clone(),
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         stacks: args.stack,
         classic_tracepoints: args.classic_tracepoints,
@@ -123,6 +124,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     };
     let mut ring = poll(tracer.events()?).context("polling the ring buffer")?;
     let lost_counter = tracer.lost_counter()?;
+    let filtered_counter = tracer.filtered_counter()?;
     let mut folds = tracer.fold_reader()?;
     let stacks = if args.stack {
         Some(StackReader::new(tracer.stacks()?)?)
@@ -261,6 +263,18 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         if let Some(file) = &outputs.file {
             metrics.set_unwritten(file.inner().unwritten());
         }
+    }
+    let filters = &args.filters;
+    if !(filters.pids.is_empty()
+        && filters.ports.is_empty()
+        && filters.netns.is_empty()
+        && filters.cgroups.is_empty())
+    {
+        // What the filters kept out before it cost more than the check: a storm elsewhere.
+        eprintln!(
+            "rst-trace: {} events filtered out in the kernel",
+            filtered_counter.total()?
+        );
     }
     let totals = format!(
         "rst-trace: {reported} events reported, {lost} lost, {folded} folded into {folded_lines} lines"
@@ -546,6 +560,7 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         pids: Vec::new(),
         ports: Vec::new(),
         netns: Vec::new(),
+        cgroups: Vec::new(),
         ring_buffer_bytes: 4096,
         stacks: false,
         classic_tracepoints: false,

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{netns::TestNetns, *};
+use common::{cgroup::cgroup2_root, netns::TestNetns, *};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
@@ -189,18 +189,6 @@ impl Drop for Container {
         }
         let _ = fs::remove_dir(&self.scope);
     }
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .expect("a cgroup2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified)")
 }
 
 fn child_of(pid: u32) -> Option<u32> {

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{netns::TestNetns, *};
+use common::{cgroup::TestCgroup, netns::TestNetns, *};
 use serde_json::{Value, json};
 use socket2::{Domain, Socket, Type};
 
@@ -459,6 +459,68 @@ fn storm_one_key_past_the_rate_folds_while_a_slow_key_beside_it_does_not() {
         );
     }
     assert_exit_line_matches(&finished.stderr, events);
+}
+
+/// The kernel's count of events the filters dropped: `rst-trace: N events filtered out in the
+/// kernel`.
+fn filtered_in_kernel(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("rst-trace: ")?
+                .strip_suffix(" events filtered out in the kernel")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no filtered line in:\n{stderr}"))
+}
+
+/// `--cgroup` in the kernel: a storm from a process of another cgroup costs only the check (its
+/// resets are counted as filtered out, none reaches userspace), while every refused connect of
+/// the kept cgroup's process is reported one by one.
+#[test]
+fn storm_from_another_cgroup_is_filtered_out_in_the_kernel() {
+    require_root();
+    let (storming, kept) = (TestCgroup::new("storm"), TestCgroup::new("kept"));
+    let port = closed_port("127.0.0.1");
+    let tracer = Tracer::start(&["--fold-after", "0", "--cgroup", kept.name()]);
+    let storm_client = storm_client(port);
+    storming.join(storm_client.pid);
+    let client = fork_named("kept", port, ClientAction::RefusedConnects(5));
+    kept.join(client.pid);
+    let (connects, ()) = storm(&storm_client, || client.go_and_wait());
+    let finished = tracer.stop();
+    let stderr = finished.stderr.clone();
+
+    for event in &finished.events {
+        assert_eq!(event["cgroup"], kept.name(), "{event}");
+    }
+    let refused: Vec<&Value> = finished
+        .events
+        .iter()
+        .filter(refused_in(client.pid as u32, port))
+        .collect();
+    assert_eq!(refused.len(), 5, "{stderr}");
+    for event in &refused {
+        assert_eq!(event["cause"], "connection_refused", "{event}");
+        assert_eq!(event["process"]["comm"], "kept", "{event}");
+    }
+    // Resets sent to a closed port belong to no process, so --cgroup never keeps them.
+    assert_eq!(finished.events.len(), 5, "{stderr}");
+    assert!(connects > 1000, "the storm made only {connects} connects");
+    // Each storm connect: the reset sent (no owner, sent in the storm's own context) and the
+    // one received (owned by the storm's process); other processes of the host add theirs.
+    let filtered = filtered_in_kernel(&stderr);
+    assert!(
+        filtered >= 2 * connects,
+        "{filtered} < 2 x {connects}: {stderr}"
+    );
+    let exit = exit_line(&stderr);
+    assert_eq!(
+        (exit.reported, exit.lost, exit.folded),
+        (5, 0, 0),
+        "{stderr}"
+    );
 }
 
 #[test]
