@@ -316,6 +316,17 @@ pub struct FoldedEvents {
     pub record: RawTracepoint,
 }
 
+/// One CPU's count of a folded key's events in one epoch, with when the first and last of them
+/// happened (CLOCK_MONOTONIC). Counted per CPU, so that CPUs folding the same storm never write
+/// the same cache line; userspace adds them up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FoldCount {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
 /// TCP state numbers of the running kernel (from its tracefs tables), for the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -496,11 +507,11 @@ impl KernelOffsets {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Abort, ClosedConnection, ConnectionKey, EventHeader, FoldKey, FoldedEvents, KernelOffsets,
-        Owner, RawTracepoint,
+        Abort, ClosedConnection, ConnectionKey, EventHeader, FoldCount, FoldKey, FoldedEvents,
+        KernelOffsets, Owner, RawTracepoint,
     };
 
-    // SAFETY (all nine): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
+    // SAFETY (all ten): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
     // bit pattern is a valid value, and no hidden padding (`layouts_have_no_hidden_padding`).
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.
@@ -519,6 +530,8 @@ mod user {
     unsafe impl aya::Pod for FoldKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FoldedEvents {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FoldCount {}
 }
 
 #[cfg(test)]
@@ -529,6 +542,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<EventHeader>(), 48);
         assert_eq!(core::mem::size_of::<Owner>(), 40);
+        assert_eq!(core::mem::size_of::<FoldCount>(), 24);
         assert_eq!(core::mem::size_of::<ConnectionKey>(), 48);
         assert_eq!(core::mem::size_of::<ClosedConnection>(), 48);
         assert_eq!(core::mem::size_of::<Endpoints>(), 40);

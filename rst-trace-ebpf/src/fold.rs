@@ -1,27 +1,31 @@
 //! Folding: during a storm, the kernel counts the events of a key instead of sending each one.
 //!
 //! The first `FOLD_AFTER` events of a key in each second go to the ring buffer as usual; past
-//! that, the event is only added to its key's count in one of two folded maps, with the first
-//! such event kept whole as the key's sample. Userspace flips `FOLD_EPOCH` every second, so the
-//! programs count into the other map while it reads and empties the one they left: no count is
-//! lost between a read and a delete. A storm spread over many keys (a SYN flood with random
-//! source addresses) makes more than `COARSE_AFTER` new keys a second on a CPU; past that, new
-//! keys leave out the remote address and fold together (`coarse` 1), and past as many new keys
-//! of those (a scan of many ports), the service port too (`coarse` 2). Every event takes exactly one way: the
-//! ring buffer (where a full buffer counts it lost) or a folded count.
+//! that, the event is only counted: per CPU in one of two count maps, with the key's first such
+//! event kept whole as its sample in one of two sample maps. Userspace flips `FOLD_EPOCH` every
+//! second, so the programs count into the other maps while it reads and empties the ones they
+//! left: no count is lost between a read and a delete. A storm spread over many keys (a SYN
+//! flood with random source addresses) makes more than `COARSE_AFTER` new keys a second on a
+//! CPU; past that, new keys leave out the remote address and fold together (`coarse` 1), and
+//! past as many new keys of those (a scan of many ports), the service port too (`coarse` 2).
+//! Every event takes exactly one way: the ring buffer (where a full buffer counts it lost) or a
+//! folded count.
+//!
+//! Cost: CPUs folding one storm must not write the same cache line for every event (each such
+//! write moves the line between CPUs, which cost more than the rest of the program). So a key's
+//! rate is written only for its first `FOLD_AFTER` events of a second and only read after that,
+//! and the counts are per CPU.
 
 // Map keys and values are passed by reference on purpose: a copy of a 64-byte key (or a
 // 368-byte value) would be built on the 512-byte BPF stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use rst_trace_common::{
-    Endpoints, FoldKey, FoldedEvents, MAX_FOLD_KEYS, MAX_RATE_KEYS, NO_SK_STATE, Rate,
+    Endpoints, FoldCount, FoldKey, FoldedEvents, MAX_FOLD_KEYS, MAX_RATE_KEYS, NO_SK_STATE, Rate,
     RawTracepoint, RecordKind, facts,
 };
 
@@ -46,11 +50,21 @@ static RATES: LruHashMap<FoldKey, Rate> = LruHashMap::with_max_entries(MAX_RATE_
 #[map]
 static NEW_KEYS: PerCpuArray<Rate> = PerCpuArray::with_max_entries(2, 0);
 
-/// Folded counts of even and odd epochs.
+/// Each folded key's sample (its first folded event) of even and odd epochs; the `count` and
+/// times in it are unused (see `COUNTS_*`).
 #[map]
 static FOLDED_EVEN: HashMap<FoldKey, FoldedEvents> = HashMap::with_max_entries(MAX_FOLD_KEYS, 0);
 #[map]
 static FOLDED_ODD: HashMap<FoldKey, FoldedEvents> = HashMap::with_max_entries(MAX_FOLD_KEYS, 0);
+
+/// Each folded key's count per CPU, of even and odd epochs. A key has a count only once its
+/// sample is in the epoch's sample map.
+#[map]
+static COUNTS_EVEN: PerCpuHashMap<FoldKey, FoldCount> =
+    PerCpuHashMap::with_max_entries(MAX_FOLD_KEYS, 0);
+#[map]
+static COUNTS_ODD: PerCpuHashMap<FoldKey, FoldCount> =
+    PerCpuHashMap::with_max_entries(MAX_FOLD_KEYS, 0);
 
 /// Which folded map the programs count into (its low bit); userspace flips it every second.
 #[map]
@@ -158,6 +172,7 @@ fn remember(key: &FoldKey, second: u64) {
 }
 
 /// Counts one more event of the key's second; true while it is within the first `after`.
+/// Past them it only reads: the value may be shared by every CPU in the storm.
 ///
 /// # Safety
 /// `rate` must point at a map value.
@@ -171,8 +186,11 @@ unsafe fn within_rate(rate: *mut Rate, second: u64, after: u64) -> bool {
             return true;
         }
         let seen = (*rate).seen;
+        if seen >= after {
+            return false;
+        }
         (*rate).seen = seen + 1;
-        seen < after
+        true
     }
 }
 
@@ -191,41 +209,76 @@ fn new_key_allowed(kind: u32, second: u64) -> bool {
     unsafe { within_rate(rate, second, limit.max(1)) }
 }
 
-/// Adds the event to its key's count in the current epoch's map; false when the map is full
-/// (the event is then sent on its own).
+/// Adds the event to its key's count on this CPU in the current epoch, the key's sample
+/// first where this CPU has not counted the key yet; false when a map is full (the event is then
+/// sent on its own).
 #[inline(always)]
 fn count(slot: *mut FoldedEvents, key: &FoldKey, now: u64) -> bool {
     let odd = FOLD_EPOCH.get(0).is_some_and(|epoch| epoch & 1 == 1);
-    let map = if odd { &FOLDED_ODD } else { &FOLDED_EVEN };
-    if add(map, key, now) {
+    let (samples, counts) = if odd {
+        (&FOLDED_ODD, &COUNTS_ODD)
+    } else {
+        (&FOLDED_EVEN, &COUNTS_EVEN)
+    };
+    if let Some(mine) = counts.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of the key; no other writer while the program runs.
+        unsafe {
+            if (*mine).count == 0 {
+                // Another CPU made the key this epoch: this CPU's first event of it.
+                if !has_sample(samples, slot, key) {
+                    return false;
+                }
+                (*mine).first_ns = now;
+            }
+            (*mine).count += 1;
+            (*mine).last_ns = now;
+        }
         return true;
     }
-    // SAFETY: this CPU's scratch value: the key's first folded event becomes its sample.
-    unsafe {
-        (*slot).count = 1;
-        (*slot).first_ns = now;
-        (*slot).last_ns = now;
-        match map.insert(key, &*slot, BPF_NOEXIST) {
-            Ok(()) => true,
-            // Another CPU inserted it first.
-            Err(error) if error == -EEXIST => add(map, key, now),
-            Err(_) => false,
-        }
+    if !has_sample(samples, slot, key) {
+        return false;
+    }
+    let first = FoldCount {
+        count: 1,
+        first_ns: now,
+        last_ns: now,
+    };
+    match counts.insert(key, &first, BPF_NOEXIST) {
+        Ok(()) => true,
+        // Another CPU made the key just now: this CPU's value of it is still empty.
+        Err(error) if error == -EEXIST => match counts.get_ptr_mut(key) {
+            Some(mine) => {
+                // SAFETY: as above.
+                unsafe {
+                    (*mine).count += 1;
+                    if (*mine).first_ns == 0 {
+                        (*mine).first_ns = now;
+                    }
+                    (*mine).last_ns = now;
+                }
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
     }
 }
 
+/// Whether the key has its sample this epoch: another CPU's, or this event, stored now.
 #[inline(always)]
-fn add(map: &HashMap<FoldKey, FoldedEvents>, key: &FoldKey, now: u64) -> bool {
-    let Some(folded) = map.get_ptr_mut(key) else {
-        return false;
-    };
-    // SAFETY: a map value; the count is added atomically (a lock-prefixed add), the last time
-    // is a plain store (the latest writer wins, all are within the same instant).
-    unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*folded).count, 1);
-        (*folded).last_ns = now;
+fn has_sample(
+    samples: &HashMap<FoldKey, FoldedEvents>,
+    slot: *mut FoldedEvents,
+    key: &FoldKey,
+) -> bool {
+    if samples.get_ptr(key).is_some() {
+        return true;
     }
-    true
+    // SAFETY: this CPU's scratch value; the counts in it are not used by userspace.
+    match samples.insert(key, unsafe { &*slot }, BPF_NOEXIST) {
+        Ok(()) => true,
+        Err(error) => error == -EEXIST,
+    }
 }
 
 /// The key of a complete record: what its cause is decided by, where and whose it is, and the

@@ -20,9 +20,6 @@
 //! task) and [`read`] (probe reads and plain loads).
 #![no_std]
 #![no_main]
-// The BPF target has no atomic read-modify-write types; the intrinsic is the kernel's atomic add.
-#![feature(core_intrinsics)]
-#![allow(internal_features)]
 
 use aya_ebpf::{
     macros::map,

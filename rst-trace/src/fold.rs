@@ -1,16 +1,17 @@
 //! FoldedSample storms: the events the kernel programs counted instead of sending (see the kernel
 //! crate's `fold` module), taken out once a second.
 //!
-//! The programs send the first `--fold-after` events of a key each second and count the rest in
-//! one of two maps, chosen by the epoch's low bit. Taking them out flips the epoch, waits for
-//! programs that read the old one to finish, then reads and empties the map they left: nothing
-//! is counted twice or lost between the read and the delete.
+//! The programs send the first `--fold-after` events of a key each second and count the rest per
+//! CPU in one of two count maps, chosen by the epoch's low bit, with each key's first folded
+//! event in the matching sample map. Taking them out flips the epoch, waits for programs that
+//! read the old one to finish, then reads and empties the maps they left: nothing is counted
+//! twice or lost between the read and the delete.
 
 use std::{thread, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData};
-use rst_trace_common::{FoldKey, FoldedEvents, RawTracepoint};
+use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
+use rst_trace_common::{FoldCount, FoldKey, FoldedEvents, RawTracepoint};
 
 /// How long a program that read the old epoch may still be counting into its map: programs run
 /// for microseconds with migration disabled, so this is generous.
@@ -39,20 +40,22 @@ pub struct FoldedSample {
     pub record: Vec<u8>,
 }
 
+/// One epoch's maps: each folded key's sample, and its counts per CPU.
+pub struct EpochMaps {
+    pub samples: HashMap<MapData, FoldKey, FoldedEvents>,
+    pub counts: PerCpuHashMap<MapData, FoldKey, FoldCount>,
+}
+
 /// The kernel programs' folded maps and their epoch.
 pub struct FoldReader {
-    even: HashMap<MapData, FoldKey, FoldedEvents>,
-    odd: HashMap<MapData, FoldKey, FoldedEvents>,
+    even: EpochMaps,
+    odd: EpochMaps,
     epoch: Array<MapData, u32>,
     current: u32,
 }
 
 impl FoldReader {
-    pub fn new(
-        even: HashMap<MapData, FoldKey, FoldedEvents>,
-        odd: HashMap<MapData, FoldKey, FoldedEvents>,
-        epoch: Array<MapData, u32>,
-    ) -> Self {
+    pub fn new(even: EpochMaps, odd: EpochMaps, epoch: Array<MapData, u32>) -> Self {
         Self {
             even,
             odd,
@@ -87,33 +90,73 @@ impl FoldReader {
         Ok(previous)
     }
 
-    /// Reads and deletes every key of one epoch's map.
+    /// Reads and deletes every key of one epoch's maps: a key's counts on every CPU added up,
+    /// with its sample.
     fn empty(&mut self, epoch: u32) -> anyhow::Result<Vec<FoldedSample>> {
-        let map = if epoch & 1 == 1 {
+        let maps = if epoch & 1 == 1 {
             &mut self.odd
         } else {
             &mut self.even
         };
-        let keys = map
+        let keys = maps
+            .counts
             .keys()
             .collect::<Result<Vec<_>, _>>()
-            .context("reading the folded-events map")?;
+            .context("reading the folded-counts map")?;
         let mut folded = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Ok(value) = map.get(&key, 0) {
-                folded.push(FoldedSample {
-                    count: value.count,
-                    first_ns: value.first_ns,
-                    last_ns: value.last_ns,
+            let counts = maps.counts.get(&key, 0).context("reading a folded count")?;
+            let total = total(counts.iter());
+            maps.counts
+                .remove(&key)
+                .context("emptying the folded-counts map")?;
+            // A key has counts only once its sample is stored (see the kernel's `fold::count`).
+            match (total, maps.samples.get(&key, 0)) {
+                (Some(total), Ok(sample)) => folded.push(FoldedSample {
+                    count: total.count,
+                    first_ns: total.first_ns,
+                    last_ns: total.last_ns,
                     service_local: key.service_local != 0,
                     coarse: key.coarse,
-                    record: record_bytes(&value.record),
-                });
+                    record: record_bytes(&sample.record),
+                }),
+                (Some(total), Err(error)) => log::warn!(
+                    "{} folded events have no sample to describe them: {error}",
+                    total.count
+                ),
+                (None, _) => {}
             }
-            map.remove(&key).context("emptying the folded-events map")?;
+        }
+        // Samples whose counts could not be stored (a full map sent those events one by one).
+        let samples = maps
+            .samples
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the folded-samples map")?;
+        for key in samples {
+            maps.samples
+                .remove(&key)
+                .context("emptying the folded-samples map")?;
         }
         Ok(folded)
     }
+}
+
+/// One key's counts on every CPU as one: their sum, the earliest first and the latest last
+/// event; `None` when no CPU counted any.
+fn total<'a>(counts: impl Iterator<Item = &'a FoldCount>) -> Option<FoldCount> {
+    counts
+        .filter(|count| count.count > 0)
+        .fold(None, |total: Option<FoldCount>, count| {
+            Some(match total {
+                None => *count,
+                Some(total) => FoldCount {
+                    count: total.count + count.count,
+                    first_ns: total.first_ns.min(count.first_ns),
+                    last_ns: total.last_ns.max(count.last_ns),
+                },
+            })
+        })
 }
 
 fn record_bytes(record: &RawTracepoint) -> Vec<u8> {
@@ -126,4 +169,25 @@ fn record_bytes(record: &RawTracepoint) -> Vec<u8> {
         )
     }
     .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(count: u64, first_ns: u64, last_ns: u64) -> FoldCount {
+        FoldCount {
+            count,
+            first_ns,
+            last_ns,
+        }
+    }
+
+    #[test]
+    fn counts_of_every_cpu_add_up() {
+        let cpus = [count(5, 200, 900), count(0, 0, 0), count(3, 100, 700)];
+        let sum = total(cpus.iter()).expect("counted");
+        assert_eq!((sum.count, sum.first_ns, sum.last_ns), (8, 100, 900));
+        assert!(total([count(0, 0, 0)].iter()).is_none());
+    }
 }

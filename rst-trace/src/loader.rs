@@ -5,7 +5,9 @@ use std::{collections::HashSet, os::fd::AsFd as _};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, CgroupArray, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{
+        Array, CgroupArray, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap,
+    },
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
 use rst_trace_common::{
@@ -13,7 +15,7 @@ use rst_trace_common::{
 };
 
 use crate::{
-    fold::FoldReader,
+    fold::{EpochMaps, FoldReader},
     sources::{KernelSupport, Role, Source},
 };
 
@@ -242,8 +244,14 @@ impl Tracer {
                 .take_map(name)
                 .ok_or_else(|| anyhow!("{name} map missing from the object"))
         };
-        let even = HashMap::try_from(take("FOLDED_EVEN")?)?;
-        let odd = HashMap::try_from(take("FOLDED_ODD")?)?;
+        let even = EpochMaps {
+            samples: HashMap::try_from(take("FOLDED_EVEN")?)?,
+            counts: PerCpuHashMap::try_from(take("COUNTS_EVEN")?)?,
+        };
+        let odd = EpochMaps {
+            samples: HashMap::try_from(take("FOLDED_ODD")?)?,
+            counts: PerCpuHashMap::try_from(take("COUNTS_ODD")?)?,
+        };
         let epoch = Array::try_from(take("FOLD_EPOCH")?)?;
         Ok(FoldReader::new(even, odd, epoch))
     }
