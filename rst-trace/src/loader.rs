@@ -98,6 +98,7 @@ impl Tracer {
                 .as_ref()
                 .is_some_and(|layout| layout.reason.is_some()),
         );
+        let cookie_helper = u8::from(support.socket_cookie_helper);
         let fold_after = options.fold_after;
         let coarse_after = crate::fold::COARSE_AFTER;
         let (ephemeral_low, ephemeral_high) = crate::event::ephemeral_ports();
@@ -107,6 +108,7 @@ impl Tracer {
             .override_global("EPHEMERAL_LOW", &ephemeral_low, true)
             .override_global("EPHEMERAL_HIGH", &ephemeral_high, true)
             .override_global("SEND_RESET_REASON_ARG", &reason_arg, true)
+            .override_global("SOCKET_COOKIE_HELPER", &cookie_helper, true)
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
             .override_global("FILTER_BY_PORT", &filter_by_port, true)
             .override_global("FILTER_BY_NETNS", &filter_by_netns, true)
