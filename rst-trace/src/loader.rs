@@ -8,10 +8,11 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
-use rst_trace_common::{KernelOffsets, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER};
+use rst_trace_common::{MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER};
 
 use crate::{
     fold::FoldReader,
+    programs::BtfKernel,
     sources::{KernelSupport, Role, Source},
 };
 
@@ -164,10 +165,22 @@ impl Tracer {
                 failed.push((source.name(), why.clone()));
                 continue;
             }
-            if let Some(btf_program) = btf_program(source, &support.offsets)
-                && !options.classic_tracepoints
+            let twin = source.btf_twin.filter(|_| !options.classic_tracepoints);
+            let kernel = BtfKernel {
+                offsets: &support.offsets,
+                socket_cookie_helper: support.socket_cookie_helper,
+            };
+            if let Some(twin) = twin
+                && let Err(why) = (twin.usable)(&kernel)
             {
-                match attach_btf(&mut ebpf, btf.as_ref(), btf_program, source.event) {
+                hooks.push((
+                    source.name(),
+                    Hook::Classic {
+                        why: why.to_string(),
+                    },
+                ));
+            } else if let Some(twin) = twin {
+                match attach_btf(&mut ebpf, btf.as_ref(), twin.program, source.event) {
                     Ok(()) => {
                         attached.push(source.name());
                         hooks.push((source.name(), Hook::Btf));
@@ -279,15 +292,6 @@ impl LostCounter {
             .context("reading the lost-event counter")?;
         Ok(values.iter().sum())
     }
-}
-
-/// The BTF tracepoint program that can serve `source` in place of its classic one, when this
-/// kernel's offsets let it run (the program table, [`crate::programs`], says which).
-fn btf_program(source: &Source, offsets: &KernelOffsets) -> Option<&'static str> {
-    source
-        .btf_twin
-        .filter(|twin| (twin.usable)(offsets))
-        .map(|twin| twin.program)
 }
 
 /// Loads and attaches a BTF tracepoint program; any failure (no BTF, a kernel before 5.5, a
