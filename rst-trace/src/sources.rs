@@ -152,6 +152,16 @@ impl KernelSupport {
         // Tracing programs may ask for a socket's cookie from 5.12 on (the helper's tracing
         // variant); before, BTF programs read the cookie as the socket holds it.
         let socket_cookie_helper = btf.has_function("bpf_get_socket_ptr_cookie");
+        if !socket_cookie_helper {
+            for source in sources.iter_mut().filter(|s| s.role == Role::ResetSent) {
+                source.notes.push(
+                    "this kernel does not let tracing programs make a socket's cookie (5.12+): \
+                     a reset sent has a sock_cookie only when the kernel had made one for that \
+                     socket before"
+                        .to_string(),
+                );
+            }
+        }
         if offsets.skb_head == NO_OFFSET || offsets.skb_transport_header == NO_OFFSET {
             for source in sources.iter_mut().filter(|s| s.role == Role::ResetSent) {
                 source.notes.push(
