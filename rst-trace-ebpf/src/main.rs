@@ -89,6 +89,11 @@ static RECORD_STACKS: u8 = 0;
 #[unsafe(no_mangle)]
 static SEND_RESET_REASON_ARG: u8 = 0;
 
+/// Set by userspace when BTF tracepoint programs may call `bpf_get_socket_cookie` (5.12+);
+/// the verifier drops the call where it is 0.
+#[unsafe(no_mangle)]
+static SOCKET_COOKIE_HELPER: u8 = 0;
+
 /// Set by userspace when `--pid` is given.
 #[unsafe(no_mangle)]
 static FILTER_BY_PID: u8 = 0;

@@ -84,8 +84,10 @@ pub fn socket_facts<A: Access>(
     facts.sk_state = head
         .field::<u8>(sk, offset!(skc_state))
         .unwrap_or(NO_SK_STATE);
-    facts.sk_cookie = if A::DIRECT {
+    facts.sk_cookie = if A::DIRECT && global!(crate::SOCKET_COOKIE_HELPER) != 0 {
         // What the classic tracepoints record: the cookie, made now if the socket had none.
+        // Tracing programs may call the helper from 5.12 on; before, the cookie is read as it
+        // is (0 when nothing asked for it yet).
         // SAFETY: `sk` is a typed socket pointer, as the helper requires.
         unsafe { generated::bpf_get_socket_cookie(sk as *mut core::ffi::c_void) }
     } else {

@@ -304,7 +304,7 @@ pub(crate) fn comm(bytes: &[u8; COMM_LEN]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use rst_trace_common::{EventHeader, RAW_LEN, SocketFacts};
 
@@ -331,7 +331,11 @@ mod tests {
 
     #[test]
     fn from_formats_reads_layouts_and_the_drop_reason_of_each_captured_kernel() {
-        for (kernel, sockaddr, drop_reason) in [("6.18", true, 36), ("6.1", false, 28)] {
+        for (kernel, sockaddr, drop_reason) in [
+            ("6.18", true, Some(36)),
+            ("6.1", false, Some(28)),
+            ("5.10", false, None),
+        ] {
             let format = |event| fixture(kernel, event);
             let decoder = Decoder::from_formats(
                 Some(&format("tcp__tcp_send_reset")),
@@ -352,7 +356,7 @@ mod tests {
                 "{kernel}: reason from 6.10"
             );
             assert!(decoder.receive_reset.is_some(), "{kernel}");
-            assert_eq!(decoder.drop_reason, Some(drop_reason), "{kernel}");
+            assert_eq!(decoder.drop_reason, drop_reason, "{kernel}");
             assert_eq!(decoder.names.tcp_state(1).name(), "ESTABLISHED", "{kernel}");
         }
     }
@@ -448,6 +452,40 @@ mod tests {
             // pid 0 is the idle task: no process to name.
             assert_eq!(event.kernel.context, None);
         }
+    }
+
+    #[test]
+    fn received_reset_on_5_10_has_its_family_from_the_ipv6_fields() {
+        let decoder = decoder("5.10");
+        // An IPv4 socket: 5.10 fills the IPv6 fields v4-mapped; the record has no family.
+        let mut raw = RawBuilder::new();
+        raw.put(8, &0xffff_8880_0000_2000u64.to_ne_bytes())
+            .put(16, &41000u16.to_ne_bytes())
+            .put(18, &80u16.to_ne_bytes())
+            .put(20, &[127, 0, 0, 1])
+            .put(24, &[127, 0, 0, 1])
+            .put(28, &Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets())
+            .put(44, &Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets())
+            .put(64, &7u64.to_ne_bytes());
+        let mut rec = record(RecordKind::ResetReceived, (9 << 32) | 9, "curl", raw.0);
+        rec.facts.sk_state = 2;
+        let event = decoder.decode(&bytes(&rec)).unwrap();
+        assert_eq!(event.state.as_ref().map(TcpState::name), Some("SYN_SENT"));
+        assert_eq!(event.family(), Some(Family::Ipv4));
+        assert_eq!(event.local.unwrap().to_string(), "127.0.0.1:41000");
+        assert_eq!(event.remote.unwrap().to_string(), "127.0.0.1:80");
+        assert_eq!(event.sock_cookie, Some(7));
+        // An IPv6 socket.
+        let mut raw = RawBuilder::new();
+        raw.put(8, &0xffff_8880_0000_2100u64.to_ne_bytes())
+            .put(16, &41001u16.to_ne_bytes())
+            .put(18, &443u16.to_ne_bytes())
+            .put(28, &Ipv6Addr::LOCALHOST.octets())
+            .put(44, &Ipv6Addr::LOCALHOST.octets());
+        let rec = record(RecordKind::ResetReceived, 0, "swapper/1", raw.0);
+        let event = decoder.decode(&bytes(&rec)).unwrap();
+        assert_eq!(event.family(), Some(Family::Ipv6));
+        assert_eq!(event.remote.unwrap().to_string(), "[::1]:443");
     }
 
     #[test]

@@ -83,6 +83,15 @@ impl KernelBtf {
             .find_map(|(n, value)| (n == member).then_some(value))
     }
 
+    /// Whether the kernel has a function called `name`. A BPF helper's implementation is a
+    /// function of the helper's name (`bpf_get_current_task_btf`), so this tells which helpers
+    /// the kernel offers without loading a program.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+    }
+
     /// Members of the enum called `name` as (name, value).
     pub fn enum_values(&self, name: &str) -> Option<Vec<(String, u64)>> {
         let types = self.btf.resolve_types_by_name(name).ok()?;

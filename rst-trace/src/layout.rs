@@ -4,7 +4,9 @@
 //! reads the fields back. Both layouts of `tcp:tcp_send_reset` are handled: 6.10+ (a `reason`,
 //! and `saddr`/`daddr` as `sockaddr_in`/`sockaddr_in6` with the port inside) and the older one
 //! (`sport`, `dport`, `family`, `saddr`, `daddr`, `saddr_v6`, `daddr_v6`, no reason), which is also
-//! the layout of `tcp:tcp_receive_reset` on every kernel.
+//! the layout of `tcp:tcp_receive_reset` on every kernel that has `family`. Older kernels (5.10:
+//! `fixtures/tracefs/5.10/`) have neither tracepoint with a `family`; the ends are then read from
+//! the IPv6 fields, which such kernels fill for every socket.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -28,9 +30,11 @@ pub struct FieldAt {
 pub enum Addresses {
     /// `__u8 saddr[28]`, `__u8 daddr[28]` holding a `sockaddr_in` or `sockaddr_in6`.
     Sockaddr { local: usize, remote: usize },
-    /// Separate family, host-order ports, IPv4 and IPv6 addresses.
+    /// Separate family, host-order ports, IPv4 and IPv6 addresses. Without a family (5.10) the
+    /// IPv6 fields hold both kinds: kernels of that age store an IPv4 socket's ends there as
+    /// v4-mapped addresses (`TP_STORE_V4MAPPED`), an IPv6 socket's as they are.
     Split {
-        family: usize,
+        family: Option<usize>,
         sport: usize,
         dport: usize,
         saddr: usize,
@@ -81,7 +85,7 @@ impl ResetLayout {
         };
         let addresses = if format.field("sport").is_some() {
             Addresses::Split {
-                family: get("family", &[2])?.offset,
+                family: optional("family", &[2])?.map(|f| f.offset),
                 sport: get("sport", &[2])?.offset,
                 dport: get("dport", &[2])?.offset,
                 saddr: get("saddr", &[4])?.offset,
@@ -119,11 +123,11 @@ impl ResetLayout {
                 saddr_v6,
                 daddr_v6,
             } => {
-                let family = u16_ne(raw, family);
+                let family = family.map(|offset| u16_ne(raw, offset));
                 let ip = |v4: usize, v6: usize| match family {
-                    AF_INET => Some(IpAddr::V4(ipv4(raw, v4))),
-                    AF_INET6 => Some(unmap(ipv6(raw, v6))),
-                    _ => None,
+                    Some(AF_INET) => Some(IpAddr::V4(ipv4(raw, v4))),
+                    Some(AF_INET6) | None => Some(unmap(ipv6(raw, v6))),
+                    Some(_) => None,
                 };
                 let endpoint =
                     |v4, v6, port| ip(v4, v6).map(|ip| SocketAddr::new(ip, u16_ne(raw, port)));
@@ -318,7 +322,7 @@ pub(crate) mod tests {
         assert_eq!(
             layout.addresses,
             Addresses::Split {
-                family: 32,
+                family: Some(32),
                 sport: 28,
                 dport: 30,
                 saddr: 34,
@@ -340,6 +344,113 @@ pub(crate) mod tests {
         assert_eq!(fields.state, Some(1));
         assert_eq!(fields.local, Some("192.168.7.1:5432".parse().unwrap()));
         assert_eq!(fields.remote, Some("192.168.7.2:50000".parse().unwrap()));
+    }
+
+    #[test]
+    fn send_reset_5_10_has_no_family_and_reads_the_ipv6_fields() {
+        let layout = ResetLayout::from_format(&fixture("5.10", "tcp__tcp_send_reset")).unwrap();
+        assert_eq!((layout.reason, layout.sock_cookie), (None, None));
+        assert_eq!(
+            layout.state,
+            Some(FieldAt {
+                offset: 24,
+                size: 4
+            })
+        );
+        assert_eq!(
+            layout.addresses,
+            Addresses::Split {
+                family: None,
+                sport: 28,
+                dport: 30,
+                saddr: 32,
+                daddr: 36,
+                saddr_v6: 40,
+                daddr_v6: 56
+            }
+        );
+        // An IPv4 socket: the kernel stores its ends in the IPv4 fields and, v4-mapped, in the
+        // IPv6 ones (TP_STORE_V4MAPPED).
+        let mut raw = RawBuilder::new();
+        raw.put(8, &0xffff_8880_0000_3000u64.to_ne_bytes())
+            .put(16, &0xffff_8880_0000_1000u64.to_ne_bytes())
+            .put(24, &1i32.to_ne_bytes())
+            .put(28, &5432u16.to_ne_bytes())
+            .put(30, &50000u16.to_ne_bytes())
+            .put(32, &[192, 168, 7, 1])
+            .put(36, &[192, 168, 7, 2])
+            .put(
+                40,
+                &"::ffff:192.168.7.1".parse::<Ipv6Addr>().unwrap().octets(),
+            )
+            .put(
+                56,
+                &"::ffff:192.168.7.2".parse::<Ipv6Addr>().unwrap().octets(),
+            );
+        let fields = layout.decode(&raw.0);
+        assert_eq!(fields.skaddr, 0xffff_8880_0000_1000);
+        assert_eq!(fields.state, Some(1));
+        assert_eq!(fields.local, Some("192.168.7.1:5432".parse().unwrap()));
+        assert_eq!(fields.remote, Some("192.168.7.2:50000".parse().unwrap()));
+        // An IPv6 socket: the IPv6 fields hold its ends; the IPv4 ones whatever inet_saddr was.
+        let mut raw = RawBuilder::new();
+        raw.put(16, &0xffff_8880_0000_1100u64.to_ne_bytes())
+            .put(24, &4i32.to_ne_bytes())
+            .put(28, &443u16.to_ne_bytes())
+            .put(30, &41000u16.to_ne_bytes())
+            .put(32, &[127, 0, 0, 6])
+            .put(40, &"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets())
+            .put(56, &"2001:db8::2".parse::<Ipv6Addr>().unwrap().octets());
+        let fields = layout.decode(&raw.0);
+        assert_eq!(fields.state, Some(4));
+        assert_eq!(fields.local, Some("[2001:db8::1]:443".parse().unwrap()));
+        assert_eq!(fields.remote, Some("[2001:db8::2]:41000".parse().unwrap()));
+    }
+
+    #[test]
+    fn receive_reset_5_10_has_no_family_and_a_cookie() {
+        let layout = ResetLayout::from_format(&fixture("5.10", "tcp__tcp_receive_reset")).unwrap();
+        assert_eq!(layout.state, None);
+        assert_eq!(
+            layout.addresses,
+            Addresses::Split {
+                family: None,
+                sport: 16,
+                dport: 18,
+                saddr: 20,
+                daddr: 24,
+                saddr_v6: 28,
+                daddr_v6: 44
+            }
+        );
+        let mut raw = RawBuilder::new();
+        raw.put(8, &0xffff_8880_0000_2000u64.to_ne_bytes())
+            .put(16, &40000u16.to_ne_bytes())
+            .put(18, &8080u16.to_ne_bytes())
+            .put(20, &[127, 0, 0, 1])
+            .put(24, &[127, 0, 0, 1])
+            .put(
+                28,
+                &"::ffff:127.0.0.1".parse::<Ipv6Addr>().unwrap().octets(),
+            )
+            .put(
+                44,
+                &"::ffff:127.0.0.1".parse::<Ipv6Addr>().unwrap().octets(),
+            )
+            .put(64, &91u64.to_ne_bytes());
+        let fields = layout.decode(&raw.0);
+        assert_eq!(fields.sock_cookie, Some(91));
+        assert_eq!(fields.local, Some("127.0.0.1:40000".parse().unwrap()));
+        assert_eq!(fields.remote, Some("127.0.0.1:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn kfree_skb_5_10_has_no_drop_reason() {
+        assert_eq!(drop_reason_offset(&fixture("5.10", "skb__kfree_skb")), None);
+        assert_eq!(
+            drop_reason_offset(&fixture("6.1", "skb__kfree_skb")),
+            Some(28)
+        );
     }
 
     #[test]

@@ -10,12 +10,11 @@ use aya::{
     },
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
-use rst_trace_common::{
-    KernelOffsets, MAX_CGROUP_FILTER, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER,
-};
+use rst_trace_common::{MAX_CGROUP_FILTER, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER};
 
 use crate::{
     fold::{EpochMaps, FoldReader},
+    programs::BtfKernel,
     sources::{KernelSupport, Role, Source},
 };
 
@@ -116,6 +115,7 @@ impl Tracer {
                 .as_ref()
                 .is_some_and(|layout| layout.reason.is_some()),
         );
+        let cookie_helper = u8::from(support.socket_cookie_helper);
         let fold_after = options.fold_after;
         let coarse_after = crate::fold::COARSE_AFTER;
         let (ephemeral_low, ephemeral_high) = crate::event::ephemeral_ports();
@@ -125,6 +125,7 @@ impl Tracer {
             .override_global("EPHEMERAL_LOW", &ephemeral_low, true)
             .override_global("EPHEMERAL_HIGH", &ephemeral_high, true)
             .override_global("SEND_RESET_REASON_ARG", &reason_arg, true)
+            .override_global("SOCKET_COOKIE_HELPER", &cookie_helper, true)
             .override_global("FILTER_BY_PID", &filter_by_pid, true)
             .override_global("FILTER_BY_PORT", &filter_by_port, true)
             .override_global("FILTER_BY_NETNS", &filter_by_netns, true)
@@ -193,10 +194,22 @@ impl Tracer {
                 failed.push((source.name(), why.clone()));
                 continue;
             }
-            if let Some(btf_program) = btf_program(source, &support.offsets)
-                && !options.classic_tracepoints
+            let twin = source.btf_twin.filter(|_| !options.classic_tracepoints);
+            let kernel = BtfKernel {
+                offsets: &support.offsets,
+                socket_cookie_helper: support.socket_cookie_helper,
+            };
+            if let Some(twin) = twin
+                && let Err(why) = (twin.usable)(&kernel)
             {
-                match attach_btf(&mut ebpf, btf.as_ref(), btf_program, source.event) {
+                hooks.push((
+                    source.name(),
+                    Hook::Classic {
+                        why: why.to_string(),
+                    },
+                ));
+            } else if let Some(twin) = twin {
+                match attach_btf(&mut ebpf, btf.as_ref(), twin.program, source.event) {
                     Ok(()) => {
                         attached.push(source.name());
                         hooks.push((source.name(), Hook::Btf));
@@ -346,15 +359,6 @@ fn cgroup_directories(paths: &[String]) -> Result<Vec<std::fs::File>, String> {
             })
         })
         .collect()
-}
-
-/// The BTF tracepoint program that can serve `source` in place of its classic one, when this
-/// kernel's offsets let it run (the program table, [`crate::programs`], says which).
-fn btf_program(source: &Source, offsets: &KernelOffsets) -> Option<&'static str> {
-    source
-        .btf_twin
-        .filter(|twin| (twin.usable)(offsets))
-        .map(|twin| twin.program)
 }
 
 /// Loads and attaches a BTF tracepoint program; any failure (no BTF, a kernel before 5.5, a

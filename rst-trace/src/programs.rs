@@ -66,13 +66,21 @@ pub enum Record {
     None,
 }
 
+/// What the running kernel offers BTF programs, for [`BtfTwin::usable`].
+#[derive(Debug, Clone, Copy)]
+pub struct BtfKernel<'a> {
+    pub offsets: &'a KernelOffsets,
+    /// Tracing programs may call `bpf_get_socket_cookie` (5.12+).
+    pub socket_cookie_helper: bool,
+}
+
 /// A BTF tracepoint program that can serve a hook in place of its classic program.
 #[derive(Debug, Clone, Copy)]
 pub struct BtfTwin {
     pub program: &'static str,
-    /// Whether this kernel's offsets let it run (it reads the socket where the classic record
-    /// carries a field).
-    pub usable: fn(&KernelOffsets) -> bool,
+    /// Whether this kernel lets it give what the classic program gives (it reads the socket
+    /// where the classic record carries a field); if not, why, in the user's words.
+    pub usable: fn(&BtfKernel<'_>) -> Result<(), &'static str>,
 }
 
 /// One kernel program and the hook it serves.
@@ -90,8 +98,8 @@ pub struct Program {
     pub kernels: Kernels,
 }
 
-fn always(_: &KernelOffsets) -> bool {
-    true
+fn always(_: &BtfKernel<'_>) -> Result<(), &'static str> {
+    Ok(())
 }
 
 /// Every program rst-trace attaches, in the order `rst-trace check` lists them.
@@ -114,7 +122,18 @@ pub const PROGRAMS: &[Program] = &[
         program: "tcp_receive_reset",
         btf_twin: Some(BtfTwin {
             program: "tcp_receive_reset_btf",
-            usable: always,
+            // The classic record carries the cookie the kernel makes for it; the BTF program can
+            // make one only through the helper, and could otherwise report none.
+            usable: |kernel| {
+                if kernel.socket_cookie_helper {
+                    Ok(())
+                } else {
+                    Err(
+                        "this kernel does not let tracing programs ask for a socket's cookie \
+                         (bpf_get_socket_cookie, 5.12+), which the classic record carries",
+                    )
+                }
+            },
         }),
         role: Role::ResetReceived,
         record: Record::Reset,
@@ -127,7 +146,16 @@ pub const PROGRAMS: &[Program] = &[
         btf_twin: Some(BtfTwin {
             program: "inet_sock_set_state_btf",
             // Its protocol test reads the socket; the classic record carries the protocol.
-            usable: |offsets| offsets.sk_protocol != NO_OFFSET,
+            usable: |kernel| {
+                if kernel.offsets.sk_protocol != NO_OFFSET {
+                    Ok(())
+                } else {
+                    Err(
+                        "this kernel's BTF has no sock.sk_protocol, which the classic record \
+                         carries",
+                    )
+                }
+            },
         }),
         role: Role::Ownership,
         record: Record::Fields(&["skaddr", "oldstate", "newstate", "protocol"]),
@@ -217,7 +245,22 @@ mod tests {
         let protocol_twin = program_for("sock", "inet_sock_set_state")
             .and_then(|p| p.btf_twin)
             .unwrap();
-        assert!(!(protocol_twin.usable)(&KernelOffsets::NONE));
+        let kernel = BtfKernel {
+            offsets: &KernelOffsets::NONE,
+            socket_cookie_helper: false,
+        };
+        assert!((protocol_twin.usable)(&kernel).is_err());
+        let cookie_twin = program_for("tcp", "tcp_receive_reset")
+            .and_then(|p| p.btf_twin)
+            .unwrap();
+        assert!((cookie_twin.usable)(&kernel).is_err());
+        assert!(
+            (cookie_twin.usable)(&BtfKernel {
+                socket_cookie_helper: true,
+                ..kernel
+            })
+            .is_ok()
+        );
         assert!(
             PROGRAMS
                 .iter()

@@ -83,6 +83,8 @@ pub struct KernelSupport {
     pub offsets: KernelOffsets,
     /// Kernel struct members that could not be resolved, with what that turns off.
     pub missing: Vec<String>,
+    /// Whether BTF tracepoint programs may call `bpf_get_socket_cookie` (5.12+).
+    pub socket_cookie_helper: bool,
 }
 
 impl KernelSupport {
@@ -141,6 +143,25 @@ impl KernelSupport {
              it refuses to run on offsets it cannot check",
         )?;
         let missing = resolve_optional_offsets(btf, &mut offsets);
+        // BTF programs take the running task from bpf_get_current_task_btf (5.11+) to load its
+        // name and cgroup; with these offsets unset they ask the older helpers instead.
+        if !btf.has_function("bpf_get_current_task_btf") {
+            offsets.task_comm = NO_OFFSET;
+            offsets.kernfs_node_id = NO_OFFSET;
+        }
+        // Tracing programs may ask for a socket's cookie from 5.12 on (the helper's tracing
+        // variant); before, BTF programs read the cookie as the socket holds it.
+        let socket_cookie_helper = btf.has_function("bpf_get_socket_ptr_cookie");
+        if !socket_cookie_helper {
+            for source in sources.iter_mut().filter(|s| s.role == Role::ResetSent) {
+                source.notes.push(
+                    "this kernel does not let tracing programs make a socket's cookie (5.12+): \
+                     a reset sent has a sock_cookie only when the kernel had made one for that \
+                     socket before"
+                        .to_string(),
+                );
+            }
+        }
         if offsets.skb_head == NO_OFFSET || offsets.skb_transport_header == NO_OFFSET {
             for source in sources.iter_mut().filter(|s| s.role == Role::ResetSent) {
                 source.notes.push(
@@ -161,6 +182,7 @@ impl KernelSupport {
             names,
             offsets,
             missing,
+            socket_cookie_helper,
         })
     }
 
@@ -228,6 +250,21 @@ impl Formats {
                 Record::Fields(fields) => fields_status(format, fields),
                 Record::None => Ok(()),
             };
+            // Drop reasons arrived in 5.17: before, kfree_skb cannot tell a queue overflow from
+            // any other freed packet, and reporting every one would flood the ring buffer.
+            if program.role == Role::QueueDrop
+                && format.is_some_and(|f| f.field("reason").is_none())
+            {
+                source.status = Err("this kernel's kfree_skb has no drop reason (5.17+), so a \
+                                     full queue cannot be told from any other freed packet"
+                    .to_string());
+                source.notes.push(
+                    "listen overflows are still reported, by the listener watcher (each network \
+                     namespace's TcpExt counters and listener queues, sampled once a second); \
+                     packets dropped from a full socket backlog or receive buffer are not"
+                        .to_string(),
+                );
+            }
             match program.role {
                 Role::ResetSent if without_reset_reason => source.notes.push(
                     "this kernel's tcp_send_reset has no reason field and does not fire for \
@@ -567,6 +604,66 @@ mod tests {
                 .to_string()
                 .contains("does not fire for resets sent with no socket")
         );
+    }
+
+    #[test]
+    fn sources_on_5_10_read_resets_without_family_and_say_queue_drops_are_off() {
+        let sources = formats("5.10").sources();
+        assert_eq!(
+            sources[1].to_string(),
+            "tcp:tcp_receive_reset: on (resets received by this host)"
+        );
+        assert!(sources[0].is_usable(), "{}", sources[0]);
+        assert!(
+            sources[0]
+                .to_string()
+                .contains("does not fire for resets sent with no socket")
+        );
+        assert!(sources[2].is_usable(), "{}", sources[2]);
+        let drops = sources
+            .iter()
+            .find(|s| s.role == Role::QueueDrop)
+            .expect("kfree_skb is listed");
+        assert_eq!(
+            drops.to_string(),
+            "skb:kfree_skb: off, packets dropped from full queues (accept queue, backlog, \
+             receive buffer) not available: this kernel's kfree_skb has no drop reason (5.17+), \
+             so a full queue cannot be told from any other freed packet; listen overflows are \
+             still reported, by the listener watcher (each network namespace's TcpExt counters \
+             and listener queues, sampled once a second); packets dropped from a full socket \
+             backlog or receive buffer are not"
+        );
+        // The kprobes for resets with no socket are taken, as on 6.1.
+        assert_eq!(
+            sources
+                .iter()
+                .filter(|s| s.role == Role::ResetSentNoSocket)
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn record_offsets_on_5_10() {
+        let mut offsets = KernelOffsets::NONE;
+        formats("5.10").record_offsets(&mut offsets);
+        assert_eq!(
+            (offsets.send_reset_skbaddr, offsets.send_reset_skaddr),
+            (8, 16)
+        );
+        assert_eq!(offsets.receive_reset_skaddr, 8);
+        assert_eq!(
+            (
+                offsets.set_state_skaddr,
+                offsets.set_state_oldstate,
+                offsets.set_state_newstate,
+                offsets.set_state_protocol
+            ),
+            (8, 16, 20, 30)
+        );
+        assert_eq!(offsets.kfree_skb_reason, NO_OFFSET);
+        assert_eq!(offsets.kfree_skb_rx_sk, NO_OFFSET);
+        assert_eq!(offsets.kfree_skb_skbaddr, 8);
     }
 
     #[test]

@@ -40,18 +40,37 @@ fn check_lists_each_source_and_attaches_it() {
         "tcp:tcp_destroy_sock: on",
         "syscalls:sys_exit_accept4: on",
         "syscalls:sys_exit_accept: on",
-        "skb:kfree_skb: on",
     ] {
         assert!(stdout.contains(source), "{source}: {stdout}");
     }
+    // Before 5.17 kfree_skb has no drop reason: check says so and what still reports.
+    let (queue_drops, attached) = if kfree_skb_has_reason() {
+        ("skb:kfree_skb: on", 7)
+    } else {
+        (
+            "skb:kfree_skb: off, packets dropped from full queues (accept queue, backlog, receive \
+             buffer) not available: this kernel's kfree_skb has no drop reason (5.17+), so a full \
+             queue cannot be told from any other freed packet; listen overflows are still \
+             reported, by the listener watcher",
+            6,
+        )
+    };
+    assert!(stdout.contains(queue_drops), "{queue_drops}: {stdout}");
     // Every source that is on was loaded and attached for real (kernels before 6.10 add
     // kprobes for resets sent without a socket).
     let lines: Vec<&str> = stdout.lines().collect();
     for (index, line) in lines.iter().enumerate() {
         if line.contains(": on (") {
             let status = lines.get(index + 1).map(|l| l.trim());
-            // These are served by their BTF programs here (5.5+ with BTF).
-            let expected = if [
+            // These are served by their BTF programs here (5.5+ with BTF), tcp_receive_reset
+            // only where its BTF program can make the socket's cookie (5.12+).
+            let expected = if line.starts_with("tcp:tcp_receive_reset:")
+                && !tracing_can_ask_for_cookies()
+            {
+                "loaded and attached (classic tracepoint; the BTF tracepoint could not be used: \
+                 this kernel does not let tracing programs ask for a socket's cookie \
+                 (bpf_get_socket_cookie, 5.12+), which the classic record carries)"
+            } else if [
                 "tcp:tcp_send_reset:",
                 "tcp:tcp_receive_reset:",
                 "sock:inet_sock_set_state:",
@@ -68,7 +87,7 @@ fn check_lists_each_source_and_attaches_it() {
         }
     }
     assert!(
-        stdout.matches("loaded and attached").count() >= 7,
+        stdout.matches("loaded and attached").count() >= attached,
         "{stdout}"
     );
     assert!(stdout.contains("BTF: /sys/kernel/btf/vmlinux"), "{stdout}");

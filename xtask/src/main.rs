@@ -3,8 +3,8 @@
 //! Every command first runs `setup` for itself, which installs only what that command needs and
 //! is missing, and says what it installs, so that a fresh Debian machine needs nothing but this
 //! repository and root, and `run` does not bring the tests' and the bench's programs.
-//! `test` runs the tests on the host kernel and then, through `vm-test`, on Debian 12's 6.1
-//! kernel in QEMU.
+//! `test` runs the tests on the host kernel and then, through `vm-test`, on Debian 11's 5.10 and
+//! Debian 12's 6.1 kernels in QEMU.
 
 mod bench;
 mod docs;
@@ -63,7 +63,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, build rst-trace and the integration tests statically, and run the scenarios that
-    /// must hold on older kernels inside Debian 12's 6.1 kernel under QEMU (as root).
+    /// must hold on older kernels inside Debian 11's 5.10 and Debian 12's 6.1 kernels under QEMU
+    /// (as root).
     VmTest {
         /// Test name filters, after `--` (libtest's: substrings, `--exact`, `--skip NAME`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -186,12 +187,26 @@ fn run(task: Task) -> anyhow::Result<()> {
             // The VM stage runs even when host tests failed: both kernels' results are wanted.
             let vm = vm_test::run(&root, &env, &vm_test::Selection::from_libtest_args(&args));
             let (vm_passed, vm_failed) = match &vm {
-                Ok(vm) => {
+                Ok(outcomes) => {
+                    let each: Vec<String> = outcomes
+                        .iter()
+                        .map(|vm| {
+                            format!(
+                                "VM {} {} passed, {} failed",
+                                vm.kernel_release, vm.passed, vm.failed
+                            )
+                        })
+                        .collect();
                     println!(
-                        "xtask: host {} passed, {} failed; VM {} {} passed, {} failed",
-                        host.passed, host.failed, vm.kernel_release, vm.passed, vm.failed
+                        "xtask: host {} passed, {} failed; {}",
+                        host.passed,
+                        host.failed,
+                        each.join("; ")
                     );
-                    (vm.passed, vm.failed)
+                    (
+                        outcomes.iter().map(|vm| vm.passed).sum(),
+                        outcomes.iter().map(|vm| vm.failed).sum(),
+                    )
                 }
                 Err(_) => (0, 0),
             };
@@ -201,13 +216,14 @@ fn run(task: Task) -> anyhow::Result<()> {
                 host.failed + vm_failed
             );
             let vm = vm.context("the VM stage could not run its tests")?;
-            match (host.succeeded, vm.succeeded()) {
+            let vm_succeeded = vm.iter().all(vm_test::Outcome::succeeded);
+            match (host.succeeded, vm_succeeded) {
                 (true, true) => {}
                 (false, true) => bail!("cargo test failed on the host: see the failures above"),
-                (true, false) => bail!("tests failed in the 6.1 VM: see the vm-test lines above"),
+                (true, false) => bail!("tests failed in a VM: see the vm-test lines above"),
                 (false, false) => bail!(
-                    "tests failed on the host and in the 6.1 VM: see the failures and the \
-                     vm-test lines above"
+                    "tests failed on the host and in a VM: see the failures and the vm-test \
+                     lines above"
                 ),
             }
         }
@@ -219,8 +235,8 @@ fn run(task: Task) -> anyhow::Result<()> {
                 &env,
                 &vm_test::Selection::from_libtest_args(&filters),
             )?;
-            if !vm.succeeded() {
-                bail!("tests failed in the 6.1 VM: see the vm-test lines above");
+            if !vm.iter().all(vm_test::Outcome::succeeded) {
+                bail!("tests failed in a VM: see the vm-test lines above");
             }
         }
         Task::Docs => {

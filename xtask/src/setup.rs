@@ -34,7 +34,7 @@ pub enum Purpose {
     Docs,
     /// `cargo xtask test`: `build`, the integration tests' programs and the VM stage's.
     Test,
-    /// `cargo xtask vm-test`: `build` and what boots the 6.1 kernel under QEMU.
+    /// `cargo xtask vm-test`: `build` and what boots the 5.10 and 6.1 kernels under QEMU.
     VmTest,
     /// `cargo xtask bench`: `build` and the bench's load generator, tracers and chart.
     Bench,
@@ -167,7 +167,7 @@ const PACKAGES: &[Package] = &[
     Package {
         name: "qemu-system-x86",
         users: &[User::VmTests],
-        why: "the VM stage boots Debian's 6.1 kernel to test on an older kernel",
+        why: "the VM stage boots Debian's 5.10 and 6.1 kernels to test on older kernels",
     },
     Package {
         name: "bpftrace",

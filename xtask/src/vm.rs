@@ -1,11 +1,11 @@
-//! Runs test programs under an older kernel: Debian 12's 6.1 cloud kernel booted in QEMU (TCG)
-//! with a busybox initramfs.
+//! Runs test programs under older kernels: Debian's cloud kernels ([`KERNELS`]: 6.1 of Debian 12,
+//! 5.10 of Debian 11) booted in QEMU (TCG) with a busybox initramfs.
 //!
 //! The host kernel (6.18) differs from what most production machines run (tracepoint layouts,
-//! which resets are traced at all, fentry and kprobe availability), so tests of rst-trace also
-//! need to run on 6.1. `prepare` caches the kernel, the kernel modules network-namespace tests
-//! need and a static busybox; `run` boots them with the given static binaries and a shell
-//! script, and returns the serial console and the script's exit code.
+//! which resets are traced at all, fentry and kprobe availability, BPF helpers), so tests of
+//! rst-trace also need to run on 6.1 and 5.10. `prepare` caches a kernel, the kernel modules
+//! network-namespace tests need and a static busybox; `run` boots them with the given static
+//! binaries and a shell script, and returns the serial console and the script's exit code.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -41,6 +41,32 @@ const MODULES: &[&str] = &[
 const EXIT_MARKER: &str = "VM-EXIT-CODE=";
 
 const BUSYBOX: &str = "/bin/busybox";
+
+/// A Debian cloud kernel the VM stage boots.
+pub struct Kernel {
+    /// How reports name it: `6.1`, `5.10`.
+    pub name: &'static str,
+    /// The packages' ABI prefix: `linux-image-{abi}N-cloud-amd64`.
+    abi: &'static str,
+    /// The Debian suite it comes from when the machine's own apt sources (Debian 12) lack it;
+    /// fetched with a private apt configuration under the VM cache, never touching apt's own.
+    suite: Option<&'static str>,
+}
+
+/// The kernels the VM stage boots, oldest first: Debian 11's 5.10 (also the kernel of Amazon
+/// Linux 2) and Debian 12's 6.1.
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "5.10",
+        abi: "5.10.0-",
+        suite: Some("bullseye"),
+    },
+    Kernel {
+        name: "6.1",
+        abi: "6.1.0-",
+        suite: None,
+    },
+];
 const QEMU: &str = "qemu-system-x86_64";
 
 /// What `run` boots, as `prepare` cached it (under e.g. target/vm/) or found it installed.
@@ -65,10 +91,10 @@ pub struct VmRun {
     pub elapsed: Duration,
 }
 
-/// Downloads Debian's newest 6.1 cloud kernel and extracts it with its needed modules into
-/// `cache_dir`, and installs busybox-static and QEMU where missing. Idempotent: a second call
-/// only asks apt which kernel is newest.
-pub fn prepare(cache_dir: &Path) -> anyhow::Result<VmAssets> {
+/// Downloads Debian's newest cloud kernel of `kernel`'s series and extracts it with its needed
+/// modules into `cache_dir`, and installs busybox-static and QEMU where missing. Idempotent: a
+/// second call only asks apt which kernel is newest.
+pub fn prepare(cache_dir: &Path, kernel: &Kernel) -> anyhow::Result<VmAssets> {
     fs::create_dir_all(cache_dir)
         .with_context(|| format!("could not create the VM cache {}", cache_dir.display()))?;
     // Debian's dynamically linked `busybox` package also installs /bin/busybox, so ask for the
@@ -76,14 +102,19 @@ pub fn prepare(cache_dir: &Path) -> anyhow::Result<VmAssets> {
     ensure_package("busybox-static", "busybox is the VM's init and shell")?;
     ensure_package("qemu-system-x86", "boots the VM")?;
 
-    let release = newest_kernel_release()?;
+    let apt = Apt::for_kernel(cache_dir, kernel)?;
+    let release = newest_kernel_release(&apt, kernel)?;
     let release_dir = cache_dir.join(&release);
     let stamp = MODULES.join(",");
     // The stamp records the module list the directory was built for, so a changed list rebuilds it.
     if fs::read_to_string(release_dir.join("complete")).is_ok_and(|s| s == stamp) {
-        eprintln!("vm: kernel {release}: cached in {}", release_dir.display());
+        eprintln!(
+            "vm: kernel {} ({release}): cached in {}",
+            kernel.name,
+            release_dir.display()
+        );
     } else {
-        let deb = download_kernel(cache_dir, &release)?;
+        let deb = download_kernel(&apt, cache_dir, &release)?;
         extract_kernel(&deb, &release, &release_dir, &stamp)?;
     }
     let order = fs::read_to_string(release_dir.join("modules/order")).with_context(|| {
@@ -234,15 +265,87 @@ fn apt_update() -> anyhow::Result<()> {
     )
 }
 
-/// The newest ABI of Debian's 6.1 cloud kernel that apt knows, e.g. `6.1.0-56-cloud-amd64`.
-fn newest_kernel_release() -> anyhow::Result<String> {
+/// apt as the kernel needs it: the machine's own configuration, or a private one that adds a
+/// suite (its sources list, package lists and cache under the VM cache).
+struct Apt {
+    /// `-o` options for apt-get and apt-cache.
+    options: Vec<String>,
+    /// The private configuration's package lists, when there is one.
+    lists: Option<PathBuf>,
+    suite: &'static str,
+}
+
+impl Apt {
+    fn for_kernel(cache_dir: &Path, kernel: &Kernel) -> anyhow::Result<Self> {
+        let Some(suite) = kernel.suite else {
+            return Ok(Self {
+                options: Vec::new(),
+                lists: None,
+                suite: "the machine's apt sources",
+            });
+        };
+        let dir = cache_dir.join(format!("apt-{suite}"));
+        let lists = dir.join("lists");
+        let cache = dir.join("cache");
+        for needed in [lists.join("partial"), cache.join("archives/partial")] {
+            fs::create_dir_all(&needed)
+                .with_context(|| format!("could not create {}", needed.display()))?;
+        }
+        let sources = dir.join("sources.list");
+        fs::write(
+            &sources,
+            format!("deb http://deb.debian.org/debian {suite} main\n"),
+        )
+        .with_context(|| format!("could not write {}", sources.display()))?;
+        let option = |name: &str, value: &Path| format!("{name}={}", value.display());
+        Ok(Self {
+            options: vec![
+                option("Dir::Etc::sourcelist", &sources),
+                "Dir::Etc::sourceparts=-".to_string(),
+                option("Dir::State::Lists", &lists),
+                option("Dir::Cache", &cache),
+            ],
+            lists: Some(lists),
+            suite,
+        })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        for option in &self.options {
+            command.args(["-o", option]);
+        }
+        command
+    }
+
+    fn update(&self) -> anyhow::Result<()> {
+        if self.lists.is_none() {
+            return apt_update();
+        }
+        eprintln!(
+            "vm: apt-get update of {} (a private apt configuration)",
+            self.suite
+        );
+        run_command(self.command("apt-get").args(["update", "-q"])).with_context(|| {
+            format!(
+                "apt-get update of {} failed: run this as root on a machine that reaches Debian's \
+                 mirrors",
+                self.suite
+            )
+        })
+    }
+}
+
+/// The newest ABI of `kernel`'s Debian cloud kernel that apt knows, e.g. `6.1.0-56-cloud-amd64`.
+fn newest_kernel_release(apt: &Apt, kernel: &Kernel) -> anyhow::Result<String> {
+    let pattern = format!(
+        "^linux-image-{}[0-9]+-cloud-amd64$",
+        kernel.abi.replace('.', r"\.")
+    );
     let search = || -> anyhow::Result<Option<String>> {
-        let out = Command::new("apt-cache")
-            .args([
-                "search",
-                "--names-only",
-                r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
-            ])
+        let out = apt
+            .command("apt-cache")
+            .args(["search", "--names-only", &pattern])
             .output()
             .context("could not run apt-cache: this needs Debian's apt")?;
         Ok(String::from_utf8_lossy(&out.stdout)
@@ -250,7 +353,7 @@ fn newest_kernel_release() -> anyhow::Result<String> {
             .filter_map(|line| line.split_whitespace().next()?.strip_prefix("linux-image-"))
             .filter_map(|release| {
                 let abi = release
-                    .strip_prefix("6.1.0-")?
+                    .strip_prefix(kernel.abi)?
                     .strip_suffix("-cloud-amd64")?;
                 Some((abi.parse::<u32>().ok()?, release.to_string()))
             })
@@ -260,14 +363,17 @@ fn newest_kernel_release() -> anyhow::Result<String> {
     if let Some(release) = search()? {
         return Ok(release);
     }
-    apt_update()?;
-    search()?.context(
-        "apt knows no linux-image-6.1.0-*-cloud-amd64 package: add Debian 12 (bookworm) to apt's sources",
-    )
+    apt.update()?;
+    search()?.with_context(|| {
+        format!(
+            "apt knows no linux-image-{}*-cloud-amd64 package in {}",
+            kernel.abi, apt.suite
+        )
+    })
 }
 
 /// The kernel's .deb in `cache_dir`, downloaded unless it is there already.
-fn download_kernel(cache_dir: &Path, release: &str) -> anyhow::Result<PathBuf> {
+fn download_kernel(apt: &Apt, cache_dir: &Path, release: &str) -> anyhow::Result<PathBuf> {
     let package = format!("linux-image-{release}");
     let find = || -> anyhow::Result<Option<PathBuf>> {
         let prefix = format!("{package}_");
@@ -288,9 +394,9 @@ fn download_kernel(cache_dir: &Path, release: &str) -> anyhow::Result<PathBuf> {
     if let Some(deb) = find()? {
         return Ok(deb);
     }
-    eprintln!("vm: downloading Debian package {package} (the 6.1 kernel tests run under)");
+    eprintln!("vm: downloading Debian package {package} (a kernel tests run under)");
     run_command(
-        Command::new("apt-get")
+        apt.command("apt-get")
             // apt's download user (_apt) usually may not write into the cache directory; without
             // this apt downloads as root anyway, but with a warning.
             .args(["download", "-q", "-o", "APT::Sandbox::User=root", &package])
@@ -376,7 +482,8 @@ fn index_modules(dir: &Path, index: &mut BTreeMap<String, PathBuf>) -> anyhow::R
         if path.is_dir() {
             index_modules(&path, index)?;
         } else if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            // Debian's 6.1 kernels ship uncompressed modules, which busybox insmod loads as is.
+            // Debian's 6.1 and 5.10 kernels ship uncompressed modules, which busybox insmod loads
+            // as is.
             if let Some(stem) = name.strip_suffix(".ko") {
                 index.insert(stem.replace('-', "_"), path.clone());
             }

@@ -1,12 +1,13 @@
 //! `cargo xtask vm-test`: the integration scenarios that matter on older kernels, run inside
-//! Debian 12's 6.1 kernel (see `vm`), with their results reported on the host.
+//! each of [`vm::KERNELS`] (Debian 11's 5.10 and Debian 12's 6.1), with their results reported
+//! on the host.
 //!
-//! The host kernel (6.18) is not what most production machines run: on 6.1 the reset
-//! tracepoints have other layouts and miss some resets, so the same test binaries that pass on
-//! the host must also run there. They are built statically (the VM has nothing but busybox),
-//! copied into the initramfs with a static release build of rst-trace at the path the tests were
-//! compiled to run, and run one test at a time; the libtest lines on the serial console are the
-//! results.
+//! The host kernel (6.18) is not what most production machines run: on 6.1 and 5.10 the reset
+//! tracepoints have other layouts and miss some resets, and 5.10 lacks drop reasons and some BPF
+//! helpers, so the same test binaries that pass on the host must also run there. They are built
+//! statically once (the VM has nothing but busybox), copied into each kernel's initramfs with a
+//! static release build of rst-trace at the path the tests were compiled to run, and run one test
+//! at a time; the libtest lines on the serial console are the results.
 
 use std::{
     collections::BTreeMap,
@@ -31,20 +32,38 @@ struct VmTest {
     name: &'static str,
 }
 
-/// The scenarios that must hold on 6.1 as well. Tests left out need what the VM lacks
-/// (util-linux, iproute2, nginx, hping3) or cover kernel behaviour only 6.10+ has.
+/// The scenarios that must hold on every VM kernel (5.10 and 6.1) as well. Tests left out need
+/// what the VM lacks (util-linux, iproute2, nginx, hping3) or cover kernel behaviour only 6.10+
+/// has.
 const VM_TESTS: &[VmTest] = &[
-    // S1: a SYN to a closed port. 6.1's tcp_send_reset tracepoint does not fire for it (no
-    // socket), so this proves the kernel programs catch such resets some other way.
+    // S1: a SYN to a closed port. The tcp_send_reset tracepoint of 6.1 and 5.10 does not fire for
+    // it (no socket), so this proves the kernel programs catch such resets some other way.
     VmTest {
         binary: "resets",
         name: "s1_connect_to_closed_port_ipv4_is_reset_with_no_socket",
     },
+    // S1 over IPv6: 5.10's reset records have no family, so IPv6 ends are told from the IPv6
+    // fields alone.
+    VmTest {
+        binary: "resets",
+        name: "s1_connect_to_closed_port_ipv6_is_reset_with_no_socket",
+    },
+    // A dual-stack socket's IPv4 traffic: recorded v4-mapped, reported as IPv4.
+    VmTest {
+        binary: "resets",
+        name: "ipv4_traffic_on_a_dual_stack_socket_is_reported_as_ipv4",
+    },
     // S4: close() with SO_LINGER 0 resets from the closing process; 6.1's tracepoint has the
-    // old layout (sport/dport/family, no reason).
+    // old layout (sport/dport/family, no reason), 5.10's not even the family.
     VmTest {
         binary: "resets",
         name: "s4_linger_zero_close_sends_reset_from_the_closing_process",
+    },
+    // S4 through the classic programs: the raw tcp_send_reset record in each kernel's layout
+    // (BTF programs read the socket instead).
+    VmTest {
+        binary: "resets",
+        name: "s4_classic_tracepoint_programs_report_the_same_fields",
     },
     // S5: close() with unread data resets from the server, again through the old layout.
     VmTest {
@@ -52,24 +71,25 @@ const VM_TESTS: &[VmTest] = &[
         name: "s5_close_with_unread_data_sends_reset_from_the_server",
     },
     // S6: a full accept queue, with the listener named and every drop counted (against the
-    // namespace's ListenOverflows), through 6.1's sock_diag and kfree_skb.
+    // namespace's ListenOverflows), through sock_diag (and 6.1's kfree_skb; 5.10's has no drop
+    // reason, so there the listener watcher alone counts them).
     VmTest {
         binary: "queues",
         name: "s6_accept_queue_full_names_the_listener_and_counts_every_drop",
     },
-    // --pid keeps one process's resets and drops another's: the in-kernel filter on 6.1.
+    // --pid keeps one process's resets and drops another's: the in-kernel filter.
     VmTest {
         binary: "resets",
         name: "pid_filter_keeps_one_process_and_drops_another",
     },
-    // Storms fold in the kernel on 6.1 too, where resets for closed ports come from another
-    // program than on 6.18: a refused-connect storm folds, a 5/s key beside it does not, and
+    // Storms fold in the kernel on 6.1 and 5.10 too, where resets for closed ports come from
+    // another program than on 6.18: a refused-connect storm folds, a 5/s key beside it does not, and
     // single events plus folded counts equal the connects made.
     VmTest {
         binary: "storms",
         name: "storm_one_key_past_the_rate_folds_while_a_slow_key_beside_it_does_not",
     },
-    // `rst-trace check` loads and attaches every source the 6.1 kernel offers.
+    // `rst-trace check` loads and attaches every source the kernel offers.
     VmTest {
         binary: "cli",
         name: "check_lists_each_source_and_attaches_it",
@@ -139,7 +159,7 @@ impl Selection {
     }
 }
 
-/// How the VM stage went.
+/// How the VM stage went on one kernel.
 pub struct Outcome {
     /// `uname -r` of the VM's kernel.
     pub kernel_release: String,
@@ -155,27 +175,35 @@ impl Outcome {
     }
 }
 
-/// Runs the selected tests in the VM and prints a line per test and a total. Errors only for
-/// what stops the stage before the VM boots (set-up, downloads, builds); a VM that does not
-/// finish counts its tests as failed.
-pub fn run(root: &Path, env: &BuildEnv, selection: &Selection) -> anyhow::Result<Outcome> {
+/// Runs the selected tests in a VM per kernel of [`vm::KERNELS`] and prints a line per test and
+/// a total per kernel. Errors only for what stops the stage before a VM boots (set-up,
+/// downloads, builds); a VM that does not finish counts its tests as failed.
+pub fn run(root: &Path, env: &BuildEnv, selection: &Selection) -> anyhow::Result<Vec<Outcome>> {
     let started = Instant::now();
     let tests: Vec<&VmTest> = VM_TESTS
         .iter()
         .filter(|t| selection.selects(t.name))
         .collect();
-    let assets = vm::prepare(&target_dir(root).join("vm"))?;
+    let cache = target_dir(root).join("vm");
+    let mut kernels = Vec::new();
+    for kernel in vm::KERNELS {
+        kernels.push(vm::prepare(&cache, kernel)?);
+    }
     if tests.is_empty() {
-        println!(
-            "vm-test ({}): no VM test matches the filter",
-            assets.kernel_release
-        );
-        return Ok(Outcome {
-            kernel_release: assets.kernel_release,
-            passed: 0,
-            failed: 0,
-            finished: true,
-        });
+        let mut outcomes = Vec::new();
+        for assets in kernels {
+            println!(
+                "vm-test ({}): no VM test matches the filter",
+                assets.kernel_release
+            );
+            outcomes.push(Outcome {
+                kernel_release: assets.kernel_release,
+                passed: 0,
+                failed: 0,
+                finished: true,
+            });
+        }
+        return Ok(outcomes);
     }
 
     let release = static_build::release(root, env)?;
@@ -198,78 +226,92 @@ pub fn run(root: &Path, env: &BuildEnv, selection: &Selection) -> anyhow::Result
     }
     script.push_str("exit $status\n");
 
+    let outcomes = kernels
+        .iter()
+        .map(|assets| run_on(assets, &tests, &files, &script))
+        .collect();
+    eprintln!(
+        "vm-test: stage took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(outcomes)
+}
+
+/// Boots one kernel with the tests and reads their results from its console.
+fn run_on(
+    assets: &vm::VmAssets,
+    tests: &[&VmTest],
+    files: &[(PathBuf, String)],
+    script: &str,
+) -> Outcome {
     let timeout = BOOT_TIMEOUT + PER_TEST_TIMEOUT * tests.len() as u32;
     eprintln!(
         "vm-test: booting {} with {} tests (at most {timeout:?})",
         assets.kernel_release,
         tests.len()
     );
-    let (results, exit_code) = match vm::run(&assets, &files, &script, timeout) {
+    let (results, exit_code) = match vm::run(assets, files, script, timeout) {
         Ok(vm_run) => {
             println!("{}", vm_run.console.trim_end());
             eprintln!(
-                "vm-test: boot and run took {:.1} s",
+                "vm-test: {}: boot and run took {:.1} s",
+                assets.kernel_release,
                 vm_run.elapsed.as_secs_f64()
             );
             (parse_console(&vm_run.console), Some(vm_run.exit_code))
         }
         Err(error) => {
-            eprintln!("vm-test: {error:#}");
+            eprintln!("vm-test: {}: {error:#}", assets.kernel_release);
             (BTreeMap::new(), None)
         }
     };
 
+    let release = &assets.kernel_release;
     let (mut passed, mut failed) = (0, 0);
-    for test in &tests {
+    for test in tests {
         match results.get(&(test.binary.to_string(), test.name.to_string())) {
             Some(result) if result.passed => {
                 passed += 1;
-                println!("vm-test: ok     {}::{}", test.binary, test.name);
+                println!("vm-test {release}: ok     {}::{}", test.binary, test.name);
             }
             Some(result) => {
                 failed += 1;
-                println!("vm-test: FAILED {}::{}", test.binary, test.name);
+                println!("vm-test {release}: FAILED {}::{}", test.binary, test.name);
                 for line in summary(&result.message) {
-                    println!("vm-test:            {line}");
+                    println!("vm-test {release}:            {line}");
                 }
             }
             None => {
                 failed += 1;
                 println!(
-                    "vm-test: FAILED {}::{} (no result: the VM did not run it to the end)",
+                    "vm-test {release}: FAILED {}::{} (no result: the VM did not run it to the \
+                     end)",
                     test.binary, test.name
                 );
             }
         }
     }
-    println!(
-        "vm-test ({}): {passed} passed, {failed} failed",
-        assets.kernel_release
-    );
+    println!("vm-test ({release}): {passed} passed, {failed} failed");
     // A test binary that exits non-zero with every test passed crashed after its tests, or did
     // not start (the script reports both only through its exit code).
     let finished = match exit_code {
         Some(0) => true,
         Some(code) if failed == 0 => {
             eprintln!(
-                "vm-test: the test binaries exited with {code} although no test failed: see the \
-                 console above"
+                "vm-test: {release}: the test binaries exited with {code} although no test \
+                 failed: see the console above"
             );
             false
         }
         Some(_) => true,
         None => false,
     };
-    eprintln!(
-        "vm-test: stage took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(Outcome {
-        kernel_release: assets.kernel_release,
+    Outcome {
+        kernel_release: assets.kernel_release.clone(),
         passed,
         failed,
         finished,
-    })
+    }
 }
 
 fn group_by_binary<'a>(tests: &[&'a VmTest]) -> BTreeMap<&'a str, Vec<&'a str>> {

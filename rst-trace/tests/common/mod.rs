@@ -241,15 +241,35 @@ fn bracket(ip: &str) -> String {
     }
 }
 
+/// The running kernel's format file of a tracepoint (rst-trace mounts tracefs when it starts).
+fn tracepoint_format(system: &str, event: &str) -> String {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(|root| Path::new(root).join(format!("events/{system}/{event}/format")))
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .unwrap_or_else(|| panic!("{system}:{event} format (is tracefs mounted?)"))
+}
+
+/// Whether the running kernel's skb:kfree_skb carries a drop reason (5.17+): before, rst-trace
+/// reports listen overflows from its listener watcher only, and says that kfree_skb is off.
+pub fn kfree_skb_has_reason() -> bool {
+    tracepoint_format("skb", "kfree_skb").contains(" reason;")
+}
+
+/// Whether BPF tracing programs may ask for a socket's cookie on the running kernel (5.12+: the
+/// helper's tracing variant, `bpf_get_socket_ptr_cookie`, is a kernel function). Before, the
+/// classic program serves tcp:tcp_receive_reset, whose record carries the cookie.
+pub fn tracing_can_ask_for_cookies() -> bool {
+    let symbols = std::fs::read_to_string("/proc/kallsyms").expect("/proc/kallsyms");
+    symbols
+        .lines()
+        .any(|line| line.split_whitespace().nth(2) == Some("bpf_get_socket_ptr_cookie"))
+}
+
 /// The reason name rst-trace reports for resets sent: the kernel's name on 6.10+, null on older
 /// kernels whose tcp_send_reset has no reason field.
 pub fn sent_reason(name: &str) -> Value {
-    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .map(|root| Path::new(root).join("events/tcp/tcp_send_reset/format"))
-        .find_map(|path| std::fs::read_to_string(path).ok())
-        .expect("tcp_send_reset format (rst-trace mounts tracefs when it starts)");
-    if format.contains(" reason;") {
+    if tracepoint_format("tcp", "tcp_send_reset").contains(" reason;") {
         Value::from(name)
     } else {
         Value::Null
