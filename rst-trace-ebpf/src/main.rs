@@ -92,6 +92,10 @@ static RECORD_STACKS: u8 = 0;
 #[unsafe(no_mangle)]
 static SEND_RESET_REASON_ARG: u8 = 0;
 
+/// Set by userspace when `--pcap` is given: records about a packet carry its first bytes.
+#[unsafe(no_mangle)]
+static PCAP: u8 = 0;
+
 /// Set by userspace when `--pid` is given.
 #[unsafe(no_mangle)]
 static FILTER_BY_PID: u8 = 0;
