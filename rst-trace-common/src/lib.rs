@@ -5,7 +5,8 @@
 //! [`RawTracepoint`] and userspace decodes it with the field offsets it read from tracefs, so one
 //! kernel program serves every tracepoint layout (the 6.10+ `tcp_send_reset` with a reason and
 //! sockaddr fields, and the older one with separate ports and family); a BTF tracepoint program
-//! sends an [`ArgsRecord`], whose facts stand for the raw record.
+//! sends an [`ArgsRecord`], whose facts stand for the raw record. With `--pcap`, a record about a
+//! packet is sent whole with the packet's first bytes behind it ([`RecordWithPacket`]).
 //!
 //! Layout: the `#[repr(C)]` types the ring buffer, the maps and the globals carry come first
 //! (records, then their parts, then the offsets userspace hands the programs), then the
