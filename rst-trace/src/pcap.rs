@@ -328,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_a_file_tshark_can_read() {
+    fn writes_a_section_an_interface_and_a_packet_block() {
         let dir = std::env::temp_dir().join(format!("rst-trace-pcap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("unit.pcapng");

@@ -473,3 +473,47 @@ fn pcap_holds_the_refused_syn_on_any_kernel() {
         "{comment}"
     );
 }
+
+/// Root writes the file: like `--output`, `--pcap` refuses a symbolic link (whoever planted it
+/// would choose the file root empties and writes), and creates the file readable by root only
+/// (it holds other users' packets).
+#[test]
+fn pcap_refuses_a_symbolic_link_and_creates_its_file_0600() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_root();
+    let victim = ScratchFile::new("pcap-victim");
+    std::fs::write(&victim.0, "keep me\n").expect("write victim");
+    let link = ScratchFile::new("pcap-link");
+    std::os::unix::fs::symlink(&victim.0, &link.0).expect("symlink");
+    let out = Command::new(BINARY)
+        .args(["--duration", "0.5", "--pcap", link.arg()])
+        .output()
+        .expect("run rst-trace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "rst-trace: refusing to write --pcap to {}: it is a symbolic link; give the path of \
+             the file itself\n",
+            link.arg()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim.0).expect("victim"),
+        "keep me\n"
+    );
+
+    let file = ScratchFile::new("pcap-mode");
+    // A port nobody uses: other tests' resets stay out of the file.
+    let port = closed_port("127.0.0.1").to_string();
+    let out = Command::new(BINARY)
+        .args(["--duration", "0.5", "--port", &port, "--pcap", file.arg()])
+        .output()
+        .expect("run rst-trace");
+    assert!(out.status.success(), "{out:?}");
+    let metadata = std::fs::metadata(&file.0).expect("created");
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+    // A section header even when no packet came: a file tshark reads.
+    assert!(tshark(&file.0).is_empty());
+}
