@@ -517,3 +517,54 @@ fn pcap_refuses_a_symbolic_link_and_creates_its_file_0600() {
     // A section header even when no packet came: a file tshark reads.
     assert!(tshark(&file.0).is_empty());
 }
+
+/// A storm folds in the kernel: the events past `--fold-after` each second are only counted, so
+/// they have no packet; each event reported one by one has its frame.
+#[test]
+fn pcap_has_a_frame_per_single_event_and_none_for_folded_ones() {
+    let file = ScratchFile::new("pcap-storm");
+    let port = closed_port("127.0.0.1");
+    let tracer = Tracer::start(&[
+        "--pcap",
+        file.arg(),
+        "--port",
+        &port.to_string(),
+        "--fold-after",
+        "3",
+    ]);
+    let connects = 200;
+    for _ in 0..connects {
+        let (client, _) = bound_client("127.0.0.1");
+        client
+            .connect(&sockaddr("127.0.0.1", port))
+            .expect_err("nothing listens");
+    }
+    tracer.wait_for("a folded line", |e| {
+        kind(e) == "reset_sent" && e["folded"] != Value::Null
+    });
+    let finished = tracer.stop();
+    let sent: Vec<&Value> = finished
+        .events
+        .iter()
+        .filter(|e| kind(e) == "reset_sent" && local_port_of(e) == u64::from(port))
+        .collect();
+    let single = sent.iter().filter(|e| e["folded"] == Value::Null).count();
+    let folded: u64 = sent
+        .iter()
+        .filter_map(|e| e["folded"]["count"].as_u64())
+        .sum();
+    assert_eq!(single as u64 + folded, connects, "{sent:#?}");
+    assert!(
+        folded > 0 && single >= 3,
+        "{single} single, {folded} folded"
+    );
+    let frames = tshark(&file.0);
+    assert_eq!(
+        frames.len(),
+        single,
+        "a frame per single event, none for folded ones"
+    );
+    for e in sent.iter().filter(|e| e["folded"] == Value::Null) {
+        one(&frames, e);
+    }
+}
