@@ -91,8 +91,6 @@ impl Decoder {
     }
 
     pub fn decode(&self, bytes: &[u8]) -> anyhow::Result<Decoded> {
-        // BTF tracepoint programs send records without the raw part (ArgsRecord); they are read
-        // as a whole record with that part zeroed.
         // With --pcap, a record about a packet is followed by it (a whole RecordWithPacket).
         let packet = if bytes.len() >= size_of::<RecordWithPacket>() {
             // SAFETY: plain old data, length checked, read unaligned as below.
@@ -101,6 +99,8 @@ impl Decoder {
         } else {
             None
         };
+        // BTF tracepoint programs send records without the raw part (ArgsRecord); they are read
+        // as a whole record with that part zeroed.
         let record = if bytes.len() >= size_of::<RawTracepoint>() {
             // SAFETY: RawTracepoint is plain old data and the length was checked; the ring
             // buffer gives no alignment guarantee beyond 8, so read unaligned.
