@@ -5,7 +5,8 @@
 //! [`RawTracepoint`] and userspace decodes it with the field offsets it read from tracefs, so one
 //! kernel program serves every tracepoint layout (the 6.10+ `tcp_send_reset` with a reason and
 //! sockaddr fields, and the older one with separate ports and family); a BTF tracepoint program
-//! sends an [`ArgsRecord`], whose facts stand for the raw record.
+//! sends an [`ArgsRecord`], whose facts stand for the raw record. With `--pcap`, a record about a
+//! packet is sent whole with the packet's first bytes behind it ([`RecordWithPacket`]).
 //!
 //! Layout: the `#[repr(C)]` types the ring buffer, the maps and the globals carry come first
 //! (records, then their parts, then the offsets userspace hands the programs), then the
@@ -52,6 +53,29 @@ pub struct RawTracepoint {
 pub struct ArgsRecord {
     pub header: EventHeader,
     pub facts: SocketFacts,
+}
+
+/// With `--pcap`: a record followed by the packet it is about (the segment a reset answered, a
+/// dropped packet). Sent whole, raw part included, whichever program made the record (a BTF
+/// tracepoint's record has its raw part zeroed), so that userspace finds the packet at one offset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecordWithPacket {
+    pub record: RawTracepoint,
+    pub packet: Packet,
+}
+
+/// A packet's first bytes from its `sk_buff`, from the IP header on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Packet {
+    /// Bytes of the packet in the skb's linear data from the IP header on (`tail -
+    /// network_header`): what `bytes` holds beyond that is not the packet's. Payload kept in
+    /// page fragments is not in the linear data.
+    pub linear_len: u32,
+    pub _pad: u32,
+    /// The first [`PACKET_BYTES`] bytes from the IP header on.
+    pub bytes: [u8; PACKET_BYTES],
 }
 
 /// What the programs read from the socket (or the segment) behind a reset.
@@ -228,6 +252,8 @@ pub struct KernelOffsets {
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
+    /// `sk_buff.tail`: where the linear data ends, as an offset from `head` (64-bit kernels).
+    pub skb_tail: u32,
     pub skb_dev: u32,
     pub dev_nd_net: u32,
     // From a task to the socket behind a file descriptor.
@@ -251,6 +277,8 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// Keeps the struct a multiple of 8 bytes (no hidden padding).
+    pub _pad: u32,
     pub states: TcpStates,
 }
 
@@ -348,6 +376,10 @@ pub struct TcpStates {
 /// Bytes of the tracepoint record copied into each event. The largest record we read
 /// (`tcp:tcp_send_reset` on 6.10+) is 88 bytes; userspace refuses a layout whose fields end later.
 pub const RAW_LEN: usize = 96;
+
+/// Bytes of a packet copied with `--pcap`: the longest IPv4 header (60), the longest TCP header
+/// (60) and 64 bytes of payload.
+pub const PACKET_BYTES: usize = 184;
 
 /// Length of a task's `comm`, as the kernel defines `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
@@ -472,6 +504,7 @@ impl KernelOffsets {
         skb_head: NO_OFFSET,
         skb_network_header: NO_OFFSET,
         skb_transport_header: NO_OFFSET,
+        skb_tail: NO_OFFSET,
         skb_dev: NO_OFFSET,
         dev_nd_net: NO_OFFSET,
         task_files: NO_OFFSET,
@@ -487,6 +520,7 @@ impl KernelOffsets {
         css_set_dfl_cgrp: NO_OFFSET,
         cgroup_kn: NO_OFFSET,
         kernfs_node_id: NO_OFFSET,
+        _pad: 0,
         states: TcpStates {
             established: NO_OFFSET,
             syn_sent: NO_OFFSET,
@@ -508,10 +542,10 @@ impl KernelOffsets {
 mod user {
     use super::{
         Abort, ClosedConnection, ConnectionKey, EventHeader, FoldCount, FoldKey, FoldedEvents,
-        KernelOffsets, Owner, RawTracepoint,
+        KernelOffsets, Owner, RawTracepoint, RecordWithPacket,
     };
 
-    // SAFETY (all ten): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
+    // SAFETY (all eleven): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
     // bit pattern is a valid value, and no hidden padding (`layouts_have_no_hidden_padding`).
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.
@@ -532,6 +566,8 @@ mod user {
     unsafe impl aya::Pod for FoldedEvents {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FoldCount {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RecordWithPacket {}
 }
 
 #[cfg(test)]
@@ -559,6 +595,12 @@ mod tests {
             core::mem::size_of::<FoldedEvents>(),
             24 + 48 + 256 + RAW_LEN
         );
+        assert_eq!(core::mem::size_of::<Packet>(), 8 + PACKET_BYTES);
+        assert_eq!(
+            core::mem::size_of::<RecordWithPacket>(),
+            core::mem::size_of::<RawTracepoint>() + core::mem::size_of::<Packet>()
+        );
+        assert_eq!(core::mem::size_of::<Packet>() % 8, 0);
         // The kernel's ring buffer aligns records to 8 bytes; keep the record a multiple of it.
         assert_eq!(core::mem::size_of::<RawTracepoint>() % 8, 0);
     }

@@ -25,14 +25,28 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use rst_trace_common::{
-    Endpoints, FoldCount, FoldKey, FoldedEvents, MAX_FOLD_KEYS, MAX_RATE_KEYS, NO_SK_STATE, Rate,
-    RawTracepoint, RecordKind, facts,
+    Endpoints, FoldCount, FoldKey, FoldedEvents, MAX_FOLD_KEYS, MAX_RATE_KEYS, NO_SK_STATE, Packet,
+    Rate, RawTracepoint, RecordKind, RecordWithPacket, facts,
 };
 
 /// The record being built, per CPU and nesting level: filled here, then sent or folded.
 #[map]
-pub(crate) static SCRATCH: PerCpuArray<FoldedEvents> =
-    PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
+pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
+
+/// A record being built: the folded-events value it becomes when it is folded, and, with
+/// `--pcap`, the packet sent right behind its record (a [`RecordWithPacket`]) when it is not.
+#[repr(C)]
+pub(crate) struct Scratch {
+    pub folded: FoldedEvents,
+    pub packet: Packet,
+}
+
+// The record is the last part of `FoldedEvents`: record and packet lie as a `RecordWithPacket`.
+const _: () = assert!(
+    core::mem::offset_of!(Scratch, packet)
+        == core::mem::offset_of!(FoldedEvents, record) + size_of::<RawTracepoint>()
+        && size_of::<RecordWithPacket>() == size_of::<RawTracepoint>() + size_of::<Packet>()
+);
 
 /// Nesting levels of the record builders per CPU: process context, softirq, hardirq, NMI.
 const SCRATCH_LEVELS: u32 = 4;

@@ -6,7 +6,9 @@
 //! verbatim and submit. Three more keep the socket-owner map current from connection set-up and
 //! teardown only (connect, listen, accept, close, destroy), never from per-packet or per-send
 //! events. Decoding, naming and every decision that needs a table live in userspace. A record that
-//! does not fit in the ring buffer is counted in `LOST`, never dropped silently.
+//! does not fit in the ring buffer is counted in `LOST`, never dropped silently. With `--pcap`
+//! (`PCAP`), a record sent about a packet (a reset's segment, a dropped packet) carries the
+//! packet's first bytes ([`skb::copy_packet`]); without it, the verifier prunes that code.
 //!
 //! Where the kernel takes BTF tracepoints, `*_btf` twins of the reset, set-state and destroy
 //! programs serve those tracepoints instead: the same code (generic over [`read::Access`]) reading
@@ -93,6 +95,10 @@ static SEND_RESET_REASON_ARG: u8 = 0;
 /// the verifier drops the call where it is 0.
 #[unsafe(no_mangle)]
 static SOCKET_COOKIE_HELPER: u8 = 0;
+
+/// Set by userspace when `--pcap` is given: records about a packet carry its first bytes.
+#[unsafe(no_mangle)]
+static PCAP: u8 = 0;
 
 /// Set by userspace when `--pid` is given.
 #[unsafe(no_mangle)]

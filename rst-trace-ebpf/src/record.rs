@@ -10,18 +10,18 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use rst_trace_common::{
-    ArgsRecord, ConnectionKey, Endpoints, FoldKey, FoldedEvents, NO_SK_STATE, RAW_LEN,
-    RawTracepoint, RecordKind, facts,
+    ArgsRecord, ConnectionKey, Endpoints, FoldKey, FoldedEvents, NO_SK_STATE, Packet, RAW_LEN,
+    RawTracepoint, RecordKind, RecordWithPacket, facts,
 };
 
 use crate::read::{Access, Direct, Probe, copy_in, zero};
-use crate::skb::{Segment, segment_ends, segment_facts};
+use crate::skb::{Segment, copy_packet, segment_ends, segment_facts};
 use crate::sock::{
     SockHead, connection_key, local_end, netns_of_sock, queue_depth, socket_ends, socket_facts,
 };
 use crate::task::{current_cgroup_id, current_comm, now};
 use crate::{
-    CLOSED, EVENTS, FILTER_BY_PID, LOST, OWNERS, PIDS, RECORD_STACKS, STACKS, WAKEUP_BYTES,
+    CLOSED, EVENTS, FILTER_BY_PID, LOST, OWNERS, PCAP, PIDS, RECORD_STACKS, STACKS, WAKEUP_BYTES,
 };
 use crate::{filter, fold};
 
@@ -94,22 +94,26 @@ pub fn emit_with<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
     // SAFETY: this CPU's counter; a program that interrupts this one restores it before this
     // one resumes.
     let level = unsafe { *depth };
-    let Some(slot) = fold::SCRATCH.get_ptr_mut(level) else {
+    let Some(scratch) = fold::SCRATCH.get_ptr_mut(level) else {
         // Nested deeper than there are scratch values: never seen, but counted, not silent.
         count_lost();
         return;
     };
     // SAFETY: as above.
     unsafe { *depth = level + 1 };
-    build_and_send::<C, A, R>(ctx, kind, sk, skb, raw_kind, pid_tgid, slot);
+    // SAFETY: this CPU's scratch value of this nesting level.
+    let (slot, packet) = unsafe { (&raw mut (*scratch).folded, &raw mut (*scratch).packet) };
+    build_and_send::<C, A, R>(ctx, kind, sk, skb, raw_kind, pid_tgid, slot, packet);
     // SAFETY: as above.
     unsafe { *depth = level };
 }
 
 /// Builds the record in `slot`, then sends it, folds it or drops it (`--port`, `--netns`).
 /// Header and facts are laid out alike in both record types; `raw` is touched only when there
-/// is one.
+/// is one. With `--pcap`, a record sent about a packet carries it (read into `packet`, which
+/// follows `slot`'s record).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn build_and_send<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
     ctx: &C,
     kind: RecordKind,
@@ -118,6 +122,7 @@ fn build_and_send<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
     raw_kind: Raw,
     pid_tgid: u64,
     slot: *mut FoldedEvents,
+    packet: *mut Packet,
 ) {
     // SAFETY: this CPU's scratch value of this nesting level; nothing else writes it while
     // the program runs.
@@ -236,21 +241,45 @@ fn build_and_send<C: EbpfContext + StackIdContext, A: Access, R: 'static>(
     if !sent {
         return;
     }
+    // `--pcap`: the segment a reset answered, or the dropped packet, behind the record. Only
+    // for records sent one by one: a folded event writes no packet. A received reset has none.
+    // SAFETY: `packet` is this CPU's scratch packet.
+    let with_packet = global!(PCAP) != 0
+        && skb != 0
+        && kind != RecordKind::ResetReceived
+        && unsafe { copy_packet::<A>(skb, packet) };
+    let size = if with_packet {
+        if matches!(raw_kind, Raw::FromArgs(_)) {
+            // SAFETY: the scratch record's raw part, 8-byte aligned; sent whole with the packet.
+            unsafe { zero(&raw mut (*record).raw) };
+        }
+        size_of::<RecordWithPacket>()
+    } else {
+        size_of::<R>()
+    };
     // Wake the reader once per fill-up: when this record takes the data waiting past an
     // eighth of the buffer (a window of a few records, as other CPUs may write between this
     // query and the output). Waking on every record above the mark cost an interrupt per
     // record at storm rates, exactly when the reader is busy anyway; a wakeup per record below
     // it cost more than the record. Userspace also drains on a short timer, so quiet events
     // and a missed crossing still go out.
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA) + size_of::<R>() as u64 + 8;
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA) + size as u64 + 8;
     let mark = u64::from(global!(WAKEUP_BYTES));
     let flags = if waiting > mark && waiting <= mark + WAKEUP_WINDOW {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    // SAFETY: the scratch record is complete; `R` is the whole record or its first part.
-    if unsafe { EVENTS.output::<R>(&*record.cast::<R>(), flags) }.is_err() {
+    // SAFETY: the scratch record is complete; `R` is the whole record or its first part; with
+    // a packet, the record and the packet that follows it (see `fold::Scratch`).
+    let output = unsafe {
+        if with_packet {
+            EVENTS.output::<RecordWithPacket>(&*record.cast::<RecordWithPacket>(), flags)
+        } else {
+            EVENTS.output::<R>(&*record.cast::<R>(), flags)
+        }
+    };
+    if output.is_err() {
         count_lost();
     }
 }

@@ -2,7 +2,7 @@
 //! ([`Segment`]), the flags and namespace of a segment that found no socket, and a connection's
 //! two ends as the segment carries them, for records that have none of their own.
 
-use rst_trace_common::{Endpoints, SocketFacts, facts};
+use rst_trace_common::{Endpoints, PACKET_BYTES, Packet, SocketFacts, facts};
 
 use crate::read::{Access, copy_in, load};
 use crate::sock::{AF_INET, AF_INET6};
@@ -89,6 +89,33 @@ impl Segment {
         // SAFETY: 16 initialized bytes.
         (self.tcp_valid != 0)
             .then(|| unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(self.tcp) })
+    }
+}
+
+/// With `--pcap`: the packet's first [`PACKET_BYTES`] from its IP header on, in one probe read,
+/// and how many of them are the packet's linear data (userspace keeps no more). False when the
+/// skb has no IP header to start from. Reading past a short packet's end reads the buffer's
+/// unused room or its `skb_shared_info`, which follow the data in the same allocation.
+///
+/// # Safety
+/// `packet` must be valid for writes.
+#[inline(always)]
+pub unsafe fn copy_packet<A: Access>(skb: u64, packet: *mut Packet) -> bool {
+    let head = load::<A, u64>(skb, offset!(skb_head)).unwrap_or(0);
+    let network = load::<A, u16>(skb, offset!(skb_network_header)).unwrap_or(u16::MAX);
+    let tail = load::<A, u32>(skb, offset!(skb_tail)).unwrap_or(0);
+    if head == 0 || network == u16::MAX || tail <= u32::from(network) {
+        return false;
+    }
+    // SAFETY: per the caller; `bytes` has PACKET_BYTES bytes.
+    unsafe {
+        (*packet).linear_len = tail - u32::from(network);
+        (*packet)._pad = 0;
+        copy_in(
+            (&raw mut (*packet).bytes).cast(),
+            PACKET_BYTES,
+            head + u64::from(network),
+        )
     }
 }
 

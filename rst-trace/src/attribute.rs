@@ -316,6 +316,7 @@ impl Attributor {
             counter: decoded.counter,
             stack,
             folded: None,
+            packet: decoded.kernel.packet,
         });
         // Summary and metrics never print explanations: at storm rates the strings cost.
         let explanation = if self.explanations {

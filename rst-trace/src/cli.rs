@@ -154,6 +154,14 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
+    /// Also write the packet behind each event to FILE as pcapng (for Wireshark or tshark): the
+    /// segment a sent reset answered (IP and TCP headers, up to 64 bytes of payload) or the
+    /// packet a queue dropped, with a comment saying the event's kind, cause, process,
+    /// container and explanation. Received resets, active resets (SO_LINGER 0, timers) and
+    /// folded events have no packet. FILE is created or emptied.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+
     /// Colour in the text output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rst_trace_common::{
     Abort, ArgsRecord, COMM_LEN, Endpoints, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint, RecordKind,
-    facts,
+    RecordWithPacket, facts,
 };
 
 use crate::{
@@ -23,6 +23,7 @@ use crate::{
     kernel_enums::Reason,
     layout::{self, RecordFields, ResetLayout},
     names::KernelNames,
+    pcap::CapturedPacket,
     tracefs::EventFormat,
 };
 
@@ -90,6 +91,14 @@ impl Decoder {
     }
 
     pub fn decode(&self, bytes: &[u8]) -> anyhow::Result<Decoded> {
+        // With --pcap, a record about a packet is followed by it (a whole RecordWithPacket).
+        let packet = if bytes.len() >= size_of::<RecordWithPacket>() {
+            // SAFETY: plain old data, length checked, read unaligned as below.
+            let with = unsafe { bytes.as_ptr().cast::<RecordWithPacket>().read_unaligned() };
+            CapturedPacket::from_kernel(&with.packet)
+        } else {
+            None
+        };
         // BTF tracepoint programs send records without the raw part (ArgsRecord); they are read
         // as a whole record with that part zeroed.
         let record = if bytes.len() >= size_of::<RawTracepoint>() {
@@ -249,6 +258,7 @@ impl Decoder {
                 bytes_acked: facts.bytes_acked,
                 bytes_received: facts.bytes_received,
                 socket_ino: (facts.socket_ino != 0).then_some(facts.socket_ino),
+                packet,
                 peer_abort: peer_abort(&facts.peer_abort, header.ktime_ns).and_then(
                     |(abort, flags)| {
                         Some(PeerAbort {

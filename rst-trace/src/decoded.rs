@@ -8,6 +8,7 @@ use crate::{
     cause::Cause,
     event::{ClosedBy, Counter, Endpoint, EventKind, Family, Queue},
     kernel_enums::{Reason, TcpState},
+    pcap::CapturedPacket,
 };
 
 /// A task as the kernel programs recorded it.
@@ -55,6 +56,8 @@ pub struct KernelFacts {
     pub socket_ino: Option<u64>,
     /// For a received reset: the other end, on this host, aborted the connection just before.
     pub peer_abort: Option<PeerAbort>,
+    /// With `--pcap`: the segment a sent reset answered, or the packet a queue dropped.
+    pub packet: Option<CapturedPacket>,
 }
 
 /// The other end of a connection, on this host, closed it with a reset: what the kernel

@@ -16,6 +16,7 @@ use crate::{
     container::Container,
     decoded::Task,
     kernel_enums::{Reason, TcpState},
+    pcap::CapturedPacket,
 };
 
 /// What happened.
@@ -205,6 +206,9 @@ pub struct Event {
     /// For events the kernel counted instead of sending one by one (a storm): how many this
     /// event stands for, and when the first and last of them happened. Null for single events.
     pub folded: Option<Folded>,
+    /// With `--pcap`: the packet the event is about (not in the JSON; written to the pcapng).
+    #[serde(skip)]
+    pub packet: Option<CapturedPacket>,
 }
 
 /// Events of one kind, addresses, service port and process that the kernel counted in one
@@ -325,6 +329,7 @@ impl Event {
             counter: None,
             stack: None,
             folded: None,
+            packet: None,
         }
     }
 }

@@ -14,7 +14,8 @@
 //!   explain::event_line               the one line that says why
 //!                                     -> event::Event, the printed shape
 //! filter::Filter::keeps               --pid, --port, --comm, --cgroup, --container, --netns
-//! output, summary, metrics, backlog   the sinks
+//! output, summary, metrics, backlog,  the sinks
+//!   pcap
 //! ```
 //!
 //! Listener samples ([`listeners`]) enter at [`attribute::Attributor::listener_drop_event`] as a
@@ -45,6 +46,7 @@ pub mod loader;
 pub mod metrics;
 pub mod names;
 pub mod output;
+pub mod pcap;
 pub mod privileges;
 pub mod programs;
 pub mod run;

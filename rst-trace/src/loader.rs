@@ -42,6 +42,8 @@ pub struct LoadOptions {
     /// Events of one key sent per second before the rest are counted (`--fold-after`; 0:
     /// never fold).
     pub fold_after: u32,
+    /// Copy the packet behind each reset sent and each queue drop (`--pcap`).
+    pub pcap: bool,
 }
 
 /// Forwards the kernel programs' aya-log messages to the `log` crate.
@@ -106,6 +108,7 @@ impl Tracer {
         let filter_by_netns = u8::from(!netns.is_empty());
         let filter_by_pid = u8::from(!options.pids.is_empty());
         let record_stacks = u8::from(options.stacks);
+        let pcap = u8::from(options.pcap);
         // Wake userspace when the data waiting crosses an eighth of the ring buffer (it also
         // drains on a timer).
         let wakeup_bytes = options.ring_buffer_bytes / 8;
@@ -131,6 +134,7 @@ impl Tracer {
             .override_global("FILTER_BY_NETNS", &filter_by_netns, true)
             .override_global("FILTER_BY_CGROUP", &filter_by_cgroup, true)
             .override_global("RECORD_STACKS", &record_stacks, true)
+            .override_global("PCAP", &pcap, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("OFFSETS", &support.offsets, true)
             .override_global("QUEUE_DROP_REASONS", &support.queue_drop_reasons, true)

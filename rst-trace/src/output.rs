@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::{
     escape::for_terminal,
     event::{Event, EventKind},
+    pcap::PcapFile,
     summary::SummaryTable,
 };
 
@@ -217,11 +218,12 @@ fn join_columns(values: Vec<String>, columns: Columns, color: Option<&str>) -> S
 }
 
 /// Every place events go: the stream on stdout (text or JSON) or the summary table, an NDJSON
-/// file, and the metrics.
+/// file, the packets in a pcapng file, and the metrics.
 pub struct Outputs {
     pub stream: Option<Sink<Box<dyn Write>>>,
     pub file: Option<Sink<OutputFile>>,
     pub summary: Option<SummaryView>,
+    pub pcap: Option<PcapFile>,
 }
 
 /// `--output FILE`: NDJSON lines, buffered and written a batch at a time. A write that fails
@@ -308,6 +310,9 @@ impl Outputs {
         if let Some(file) = &mut self.file {
             file.write(event)?;
         }
+        if let Some(pcap) = &mut self.pcap {
+            pcap.write(event)?;
+        }
         match &mut self.stream {
             Some(stream) => stream.write(event),
             None => Ok(()),
@@ -317,6 +322,9 @@ impl Outputs {
     pub fn flush(&mut self) -> io::Result<()> {
         if let Some(file) = &mut self.file {
             file.flush()?;
+        }
+        if let Some(pcap) = &mut self.pcap {
+            pcap.flush()?;
         }
         match &mut self.stream {
             Some(stream) => stream.flush(),

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
+use rst_trace_common::NO_OFFSET;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -33,6 +34,7 @@ use crate::{
     loader::{Hook, LoadOptions, Tracer},
     metrics::{self, Metrics},
     output::{Format, OutputFile, Outputs, Sink, SummaryView},
+    pcap::PcapFile,
     privileges,
     sources::KernelSupport,
     stack::StackReader,
@@ -87,6 +89,15 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     // Before loading anything: a refused --output is a sentence, not a wait.
     let mut outputs = outputs(&args)?;
     let support = probe_kernel()?;
+    let skb = &support.offsets;
+    if args.pcap.is_some()
+        && [skb.skb_head, skb.skb_network_header, skb.skb_tail].contains(&NO_OFFSET)
+    {
+        bail!(
+            "--pcap cannot be used on this kernel: its BTF does not say where struct sk_buff \
+             keeps head, network_header and tail (see `rst-trace check`)"
+        );
+    }
     let options = LoadOptions {
         pids: args.filters.pids.clone(),
         ports: args.filters.ports.clone(),
@@ -96,6 +107,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         stacks: args.stack,
         classic_tracepoints: args.classic_tracepoints,
         fold_after: args.fold_after,
+        pcap: args.pcap.is_some(),
     };
     let mut tracer = Tracer::load(&support, &options)?;
     for source in &support.sources {
@@ -133,7 +145,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     };
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
     let mut attributor = Attributor::new(CgroupResolver::new());
-    if outputs.stream.is_none() && outputs.file.is_none() {
+    if outputs.stream.is_none() && outputs.file.is_none() && outputs.pcap.is_none() {
         attributor = attributor.without_explanations();
     }
     let filter = Filter::from_args(&args.filters);
@@ -333,10 +345,15 @@ fn outputs(args: &TraceArgs) -> anyhow::Result<Outputs> {
         )),
         None => None,
     };
+    let pcap = match &args.pcap {
+        Some(path) => Some(PcapFile::create(path)?),
+        None => None,
+    };
     Ok(Outputs {
         stream,
         file,
         summary,
+        pcap,
     })
 }
 
@@ -565,6 +582,7 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         stacks: false,
         classic_tracepoints: false,
         fold_after: crate::fold::DEFAULT_FOLD_AFTER,
+        pcap: false,
     };
     let tracer = Tracer::load(&support, &options);
     let (attached, failed, hooks) = match &tracer {

@@ -490,6 +490,12 @@ fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<Strin
         "transport_header",
         segment,
     );
+    resolve(
+        &mut o.skb_tail,
+        "sk_buff",
+        "tail",
+        "--pcap writes no packets",
+    );
     let netns = "resets with no socket have no network namespace";
     resolve(&mut o.skb_dev, "sk_buff", "dev", netns);
     resolve(&mut o.dev_nd_net, "net_device", "nd_net.net", netns);

@@ -153,6 +153,11 @@ const PACKAGES: &[Package] = &[
         why: "raw SYNs: the SYN flood of S12 and the bench's flood at a closed port",
     },
     Package {
+        name: "tshark",
+        users: &[User::Tests],
+        why: "the --pcap test reads rst-trace's pcapng with the real tshark",
+    },
+    Package {
         name: "prometheus",
         users: &[User::Tests],
         why: "a real Prometheus scrapes rst-trace; promtool tests the alerting rules in deploy/",
@@ -475,6 +480,7 @@ mod tests {
             "nftables",
             "nginx",
             "hping3",
+            "tshark",
             "prometheus",
             "busybox-static",
             "qemu-system-x86",

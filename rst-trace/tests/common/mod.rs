@@ -266,6 +266,93 @@ pub fn tracing_can_ask_for_cookies() -> bool {
         .any(|line| line.split_whitespace().nth(2) == Some("bpf_get_socket_ptr_cookie"))
 }
 
+/// The next sequence number `socket` will send, read in TCP_REPAIR mode (root only).
+pub fn send_sequence(socket: &Socket) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    const TCP_REPAIR: libc::c_int = 19;
+    const TCP_REPAIR_QUEUE: libc::c_int = 20;
+    const TCP_QUEUE_SEQ: libc::c_int = 21;
+    const TCP_SEND_QUEUE: libc::c_int = 2;
+    let fd = socket.as_raw_fd();
+    let set = |option: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt with a pointer to a local int.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                option,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            ret,
+            0,
+            "setsockopt {option}: {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    set(TCP_REPAIR, 1);
+    set(TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+    let mut seq: u32 = 0;
+    let mut len = size_of::<u32>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local u32.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            TCP_QUEUE_SEQ,
+            (&mut seq as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(ret, 0, "TCP_QUEUE_SEQ: {}", std::io::Error::last_os_error());
+    set(TCP_REPAIR, 0);
+    seq
+}
+
+/// S3 and S9 start alike: the server closed an idle keep-alive connection (its orphaned
+/// FIN_WAIT2 connection now lives on as a time-wait socket) while the client, which only ACKed
+/// the FIN, sits in CLOSE_WAIT holding the connection in its pool.
+pub fn idle_connection_closed_by_server(port: u16, listener: &Socket) -> (Socket, u16) {
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    drop(server);
+    // The client reads the FIN (EOF) once it has arrived.
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    assert_eq!(client.recv(&mut buf).expect("the server's FIN"), 0);
+    (client, client_port)
+}
+
+/// S9: a new SYN on the four-tuple of a connection the server closed (see
+/// [`idle_connection_closed_by_server`]) reaches the time-wait socket (a real TIME_WAIT answers
+/// everything with an ACK on 6.18, so the time-wait socket of the orphaned connection is the
+/// one that resets). It resets a SYN inside its receive window, which starts at the client's
+/// next sequence number: TCP_REPAIR reads it. hping3 crafts the SYN from the client's port.
+pub fn syn_into_time_wait(client: &Socket, client_port: u16, port: u16) {
+    let seq = send_sequence(client);
+    let status = std::process::Command::new("hping3")
+        .args(["-q", "-S", "-c", "1", "-k", "-M", &seq.to_string()])
+        .args([
+            "-s",
+            &client_port.to_string(),
+            "-p",
+            &port.to_string(),
+            "127.0.0.1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("hping3 (cargo xtask setup installs it)");
+    assert!(status.code().is_some(), "hping3 did not run");
+}
+
 /// The reason name rst-trace reports for resets sent: the kernel's name on 6.10+, null on older
 /// kernels whose tcp_send_reset has no reason field.
 pub fn sent_reason(name: &str) -> Value {
