@@ -15,6 +15,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod docker;
 pub mod netns;
 pub mod prometheus;
 use socket2::{Domain, Socket, Type};
