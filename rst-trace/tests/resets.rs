@@ -244,6 +244,92 @@ fn s4_linger_zero(programs: Programs) {
     tracer.stop();
 }
 
+/// The `container` object rst-trace prints for a container of the test's dockerd.
+fn docker_container(container: &docker::Container) -> Value {
+    json!({
+        "id": container.id,
+        "runtime": "docker",
+        "name": container.name,
+        "image": docker::IMAGE,
+        "pod_uid": null,
+        "pod": null,
+        "namespace": null,
+    })
+}
+
+/// S4 between two real Docker containers: `shop` serves, `cart` connects and closes with
+/// SO_LINGER {on, 0}. With `--network none` each container has only its own lo, so `cart` joins
+/// `shop`'s network namespace (`--network container:shop`, as a Kubernetes pod's containers
+/// share one): both ends are on 127.0.0.1 of that namespace, each in its own container (cgroup,
+/// PID namespace, process). The reset sent names `cart`, the reset received `shop`; a second
+/// tracer with `--container NAME` keeps only `cart`'s events.
+#[test]
+fn s4_between_two_real_docker_containers_names_both() {
+    let dockerd = docker::Dockerd::start("s4");
+    let port: u16 = 9400;
+    let suffix = std::process::id();
+    let (shop_name, cart_name) = (
+        format!("rst-s4-shop-{suffix}"),
+        format!("rst-s4-cart-{suffix}"),
+    );
+    let shop = dockerd.run(
+        &shop_name,
+        &["--network", "none"],
+        &["/rsttest", "serve", &port.to_string()],
+    );
+    let started = std::time::Instant::now();
+    while !docker::listens(shop.pid, port) {
+        assert!(started.elapsed().as_secs() < 10, "shop does not listen");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let netns = docker::netns_of(shop.pid).to_string();
+    let root = dockerd.data_root().to_string_lossy().into_owned();
+    let all = Tracer::start(&["--docker-root", &root, "--netns", &netns]);
+    let only_cart = Tracer::start(&["--docker-root", &root, "--container", &cart_name]);
+    let cart = dockerd.run(
+        &cart_name,
+        &["--network", &format!("container:{shop_name}")],
+        &["/rsttest", "linger", &port.to_string(), "1000"],
+    );
+    assert_eq!(docker::netns_of(cart.pid).to_string(), netns);
+
+    let sent = all.wait_for("cart's abortive close", |e| {
+        kind(e) == "reset_sent" && remote_port_of(e) == u64::from(port)
+    });
+    assert_eq!(sent["cause"], "linger_abort", "{sent}");
+    assert_eq!(sent["container"], docker_container(&cart), "{sent}");
+    assert_eq!(
+        pid_of(&sent),
+        u64::from(cart.pid),
+        "cart's host pid: {sent}"
+    );
+    assert_eq!(sent["process"]["ns_pid"], 1, "{sent}");
+    assert_eq!(sent["process"]["comm"], "rsttest");
+
+    let received = all.wait_for("shop's side of it", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(received["cause"], "linger_abort", "paired: {received}");
+    assert_eq!(received["container"], docker_container(&shop), "{received}");
+    assert_eq!(pid_of(&received), u64::from(shop.pid), "{received}");
+    assert_eq!(received["process"]["ns_pid"], 1, "{received}");
+    assert_eq!(remote_port_of(&received), local_port_of(&sent));
+
+    only_cart.wait_for("cart's reset through --container NAME", |e| {
+        kind(e) == "reset_sent" && remote_port_of(e) == u64::from(port)
+    });
+    all.stop();
+    let finished = only_cart.stop();
+    assert!(
+        finished
+            .events
+            .iter()
+            .all(|e| e["container"]["name"] == cart_name.as_str()),
+        "--container {cart_name} let others through: {:?}",
+        finished.events
+    );
+}
+
 #[test]
 fn s5_close_with_unread_data_sends_reset_from_the_server() {
     let Connection {
