@@ -171,7 +171,7 @@ impl Dockerd {
             .status()
             .expect("gcc (cargo xtask setup --for test installs gcc and libc6-dev)");
         assert!(status.success(), "gcc -static {}", source.display());
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
             .args(["-c", "."])
@@ -182,10 +182,11 @@ impl Dockerd {
             .arg("--host")
             .arg(format!("unix://{}", self.socket.display()))
             .args(["import", "-", IMAGE])
-            .stdin(tar.stdout.expect("tar's stdout"))
+            .stdin(tar.stdout.take().expect("tar's stdout"))
             .stdout(Stdio::null())
             .status()
             .expect("docker import");
+        assert!(tar.wait().expect("tar").success(), "tar of the rootfs");
         assert!(import.success(), "docker import:\n{}", self.log());
     }
 }
