@@ -330,6 +330,132 @@ fn s4_between_two_real_docker_containers_names_both() {
     );
 }
 
+/// A Kubernetes container without Kubernetes: a cgroup scope named as the kubelet names it in a
+/// burstable pod's slice, and the runtime's state file for its id, under a scratch root.
+struct FakePod {
+    id: String,
+    slice: std::path::PathBuf,
+    scope: std::path::PathBuf,
+}
+
+impl FakePod {
+    fn new(
+        uid: &str,
+        scope_prefix: &str,
+        id: String,
+        state_file: &std::path::Path,
+        annotations: Value,
+    ) -> Self {
+        let slice = cgroup2_root().join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+            uid.replace('-', "_")
+        ));
+        let scope = slice.join(format!("{scope_prefix}-{id}.scope"));
+        std::fs::create_dir_all(&scope).expect("the pod's cgroup scope");
+        std::fs::create_dir_all(state_file.parent().expect("a parent")).expect("state dir");
+        let spec = json!({"ociVersion": "1.0.2", "process": {"args": ["/app"]}, "annotations": annotations});
+        std::fs::write(state_file, spec.to_string()).expect("the runtime's config.json");
+        Self { id, slice, scope }
+    }
+
+    /// A refused connect to `port` from a process in this container; its pid.
+    fn refused_connect(&self, port: u16) -> u32 {
+        let client = ForkedClient::fork(port, ClientAction::RefusedConnects(1));
+        std::fs::write(self.scope.join("cgroup.procs"), client.pid.to_string())
+            .expect("move the client into the scope");
+        client.go_and_wait();
+        client.pid as u32
+    }
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.scope);
+        let _ = std::fs::remove_dir(&self.slice);
+    }
+}
+
+/// Pods named from containerd's and CRI-O's own state: rst-trace is pointed at scratch roots
+/// (`--containerd-state`, `--crio-root`) holding a config.json for each container, with the
+/// annotations each runtime writes; a process in each container's cgroup connects to a closed
+/// port, and its received reset names the pod, namespace, container and image.
+#[test]
+fn pods_are_named_from_containerd_and_crio_state() {
+    require_root();
+    let pid = std::process::id();
+    let scratch = std::path::PathBuf::from(format!("/tmp/rst-trace-pods-{pid}"));
+    let containerd_state = scratch.join("containerd");
+    let crio_root = scratch.join("storage");
+    let (web_uid, api_uid) = (
+        format!("0b3d5f7a-1c2e-4a6b-8d9f-{pid:012x}"),
+        format!("7e9a0c1d-3b5f-4d7e-9a1c-{pid:012x}"),
+    );
+    let web_id = format!("{:064x}", (u128::from(pid) << 8) | 1);
+    let api_id = format!("{:064x}", (u128::from(pid) << 8) | 2);
+    let web = FakePod::new(
+        &web_uid,
+        "cri-containerd",
+        web_id.clone(),
+        &containerd_state.join(format!(
+            "io.containerd.runtime.v2.task/k8s.io/{web_id}/config.json"
+        )),
+        json!({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": "web",
+            "io.kubernetes.cri.image-name": "registry.example/shop/web:1.4",
+            "io.kubernetes.cri.sandbox-name": "web-7d4f9c-x2x8q",
+            "io.kubernetes.cri.sandbox-namespace": "shop",
+            "io.kubernetes.cri.sandbox-uid": web_uid,
+        }),
+    );
+    let api = FakePod::new(
+        &api_uid,
+        "crio",
+        api_id.clone(),
+        &crio_root.join(format!("overlay-containers/{api_id}/userdata/config.json")),
+        json!({
+            "io.kubernetes.container.name": "api",
+            "io.kubernetes.cri-o.ImageName": "quay.io/acme/api:2",
+            "io.kubernetes.pod.name": "billing-0",
+            "io.kubernetes.pod.namespace": "pay",
+            "io.kubernetes.pod.uid": api_uid,
+        }),
+    );
+    let port = closed_port("127.0.0.1");
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--containerd-state",
+        &containerd_state.to_string_lossy(),
+        "--crio-root",
+        &crio_root.to_string_lossy(),
+    ]);
+    for (pod, expected) in [
+        (
+            &web,
+            json!({"id": web_id, "runtime": "containerd", "name": "web",
+                   "image": "registry.example/shop/web:1.4", "pod_uid": web_uid,
+                   "pod": "web-7d4f9c-x2x8q", "namespace": "shop"}),
+        ),
+        (
+            &api,
+            json!({"id": api_id, "runtime": "cri-o", "name": "api",
+                   "image": "quay.io/acme/api:2", "pod_uid": api_uid,
+                   "pod": "billing-0", "namespace": "pay"}),
+        ),
+    ] {
+        let client = pod.refused_connect(port);
+        let received = tracer.wait_for(&format!("{}'s refused connect", pod.id), |e| {
+            kind(e) == "reset_received" && pid_of(e) == u64::from(client)
+        });
+        assert_eq!(received["container"], expected, "{received}");
+        assert_eq!(received["cause"], "connection_refused");
+    }
+    tracer.stop();
+    drop((web, api));
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
 #[test]
 fn s5_close_with_unread_data_sends_reset_from_the_server() {
     let Connection {
