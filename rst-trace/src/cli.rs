@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::container_names::RuntimeRoots;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rst-trace",
@@ -100,6 +102,31 @@ pub struct RuntimeArgs {
     /// the same names from overlay-containers/ID/userdata/config.json.
     #[arg(long, value_name = "DIR")]
     pub crio_root: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// The roots named here, the runtimes' defaults for the rest. A root given explicitly must
+    /// be a directory: a mistyped `--docker-root` would otherwise silently name nothing.
+    pub fn roots(&self) -> anyhow::Result<RuntimeRoots> {
+        let defaults = RuntimeRoots::default();
+        let pick = |given: &Option<PathBuf>, flag: &str, default: PathBuf| match given {
+            Some(dir) if !dir.is_dir() => anyhow::bail!(
+                "{flag} {}: not a directory (it names where that runtime keeps its state)",
+                dir.display()
+            ),
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(default),
+        };
+        Ok(RuntimeRoots {
+            docker: pick(&self.docker_root, "--docker-root", defaults.docker)?,
+            containerd_state: pick(
+                &self.containerd_state,
+                "--containerd-state",
+                defaults.containerd_state,
+            )?,
+            crio: pick(&self.crio_root, "--crio-root", defaults.crio)?,
+        })
+    }
 }
 
 /// `rst-trace backlog`.
@@ -366,5 +393,33 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }
+    }
+
+    #[test]
+    fn roots_given_on_the_command_line_must_be_directories() {
+        let cli = Cli::try_parse_from([
+            "rst-trace",
+            "--docker-root",
+            "/tmp",
+            "--crio-root",
+            "/nonexistent/storage",
+        ])
+        .unwrap();
+        let error = cli.trace.runtimes.roots().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--crio-root /nonexistent/storage: not a directory (it names where that runtime keeps its state)"
+        );
+        let cli = Cli::try_parse_from(["rst-trace", "--docker-root", "/tmp"]).unwrap();
+        let roots = cli.trace.runtimes.roots().unwrap();
+        assert_eq!(roots.docker, std::path::Path::new("/tmp"));
+        assert_eq!(
+            roots.containerd_state,
+            std::path::Path::new(crate::container_names::DEFAULT_CONTAINERD_STATE)
+        );
+        assert_eq!(
+            roots.crio,
+            std::path::Path::new(crate::container_names::DEFAULT_CRIO_ROOT)
+        );
     }
 }

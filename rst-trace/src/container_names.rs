@@ -29,10 +29,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
 use serde::Deserialize;
 
-use crate::{cli::RuntimeArgs, container::Container};
+use crate::container::Container;
 
 /// Docker's default `--data-root`.
 pub const DEFAULT_DOCKER_ROOT: &str = "/var/lib/docker";
@@ -63,31 +62,6 @@ pub struct RuntimeRoots {
     pub containerd_state: PathBuf,
     /// CRI-O's storage root (holds `overlay-containers`).
     pub crio: PathBuf,
-}
-
-impl RuntimeRoots {
-    /// The roots the command line names, the defaults for the rest. A root given explicitly
-    /// must be a directory: a mistyped `--docker-root` would otherwise silently name nothing.
-    pub fn from_args(args: &RuntimeArgs) -> anyhow::Result<Self> {
-        let defaults = Self::default();
-        let pick = |given: &Option<PathBuf>, flag: &str, default: PathBuf| match given {
-            Some(dir) if !dir.is_dir() => bail!(
-                "{flag} {}: not a directory (it names where that runtime keeps its state)",
-                dir.display()
-            ),
-            Some(dir) => Ok(dir.clone()),
-            None => Ok(default),
-        };
-        Ok(Self {
-            docker: pick(&args.docker_root, "--docker-root", defaults.docker)?,
-            containerd_state: pick(
-                &args.containerd_state,
-                "--containerd-state",
-                defaults.containerd_state,
-            )?,
-            crio: pick(&args.crio_root, "--crio-root", defaults.crio)?,
-        })
-    }
 }
 
 impl Default for RuntimeRoots {
@@ -492,29 +466,6 @@ mod tests {
             },
         })
         .to_string()
-    }
-
-    #[test]
-    fn roots_given_on_the_command_line_must_be_directories() {
-        use clap::Parser as _;
-        let cli = crate::cli::Cli::try_parse_from([
-            "rst-trace",
-            "--docker-root",
-            "/tmp",
-            "--crio-root",
-            "/nonexistent/storage",
-        ])
-        .unwrap();
-        let error = RuntimeRoots::from_args(&cli.trace.runtimes).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "--crio-root /nonexistent/storage: not a directory (it names where that runtime keeps its state)"
-        );
-        let cli = crate::cli::Cli::try_parse_from(["rst-trace", "--docker-root", "/tmp"]).unwrap();
-        let roots = RuntimeRoots::from_args(&cli.trace.runtimes).unwrap();
-        assert_eq!(roots.docker, Path::new("/tmp"));
-        assert_eq!(roots.containerd_state, Path::new(DEFAULT_CONTAINERD_STATE));
-        assert_eq!(roots.crio, Path::new(DEFAULT_CRIO_ROOT));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::{
     backlog,
     cause::Cause,
     cli::{BacklogArgs, ColorChoice, TraceArgs},
-    container_names::{ContainerNames, RuntimeRoots},
+    container_names::ContainerNames,
     decode::{Decoder, WallClock},
     enrich::CgroupResolver,
     event::{Event, Folded},
@@ -87,7 +87,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     };
     // Before loading anything: a refused --output is a sentence, not a wait.
     let mut outputs = outputs(&args)?;
-    let runtime_roots = RuntimeRoots::from_args(&args.runtimes)?;
+    let runtime_roots = args.runtimes.roots()?;
     let support = probe_kernel()?;
     let options = LoadOptions {
         pids: args.filters.pids.clone(),
@@ -590,7 +590,7 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
 pub fn backlog(args: &BacklogArgs) -> anyhow::Result<()> {
     privileges::ensure_can_trace()?;
     let filter = Filter::from_args(&args.filters);
-    let names = ContainerNames::new(RuntimeRoots::from_args(&args.runtimes)?);
+    let names = ContainerNames::new(args.runtimes.roots()?);
     let mut out = io::stdout().lock();
     match backlog::run(
         args.interval,
