@@ -17,6 +17,7 @@ use foldhash::HashMap;
 use crate::{
     cause::{Cause, classify, fires_in_closing_process},
     container::Container,
+    container_names::ContainerNames,
     decoded::{Decoded, KernelFacts, Task},
     enrich::{CgroupResolver, SocketHolders, process_cgroup},
     event::{Counter, Endpoint, Event, EventKind, Folded, Process, ProcessSource, Queue},
@@ -74,6 +75,8 @@ pub struct Attributor {
     /// last listener sample: the namespace counter counts them too.
     reported_listen_overflows: HashMap<(u64, u16), u64>,
     cgroups: CgroupResolver,
+    /// Container and pod names from the runtimes' state files.
+    names: ContainerNames,
     sockets: SocketHolders,
     ns_pids: HashMap<u32, Option<u32>>,
     /// Resets sent in the last [`PAIRING_WINDOW`], by (sender's end, receiver's end), and their
@@ -94,6 +97,7 @@ impl Attributor {
         Self {
             reported_listen_overflows: HashMap::default(),
             cgroups,
+            names: ContainerNames::default(),
             sockets: SocketHolders::default(),
             ns_pids: HashMap::default(),
             recent_sent: HashMap::default(),
@@ -103,6 +107,12 @@ impl Attributor {
             waiting: HashMap::default(),
             explanations: true,
         }
+    }
+
+    /// Reads container names from these runtime roots instead of the defaults.
+    pub fn with_container_names(mut self, names: ContainerNames) -> Self {
+        self.names = names;
+        self
     }
 
     /// Leaves `explanation` empty, for outputs that never print it (summary, metrics).
@@ -283,6 +293,9 @@ impl Attributor {
                     id => self.cgroups.path(id),
                 };
                 container = cgroup.as_deref().and_then(Container::from_cgroup);
+                if let Some(container) = container.as_mut() {
+                    self.names.fill(container);
+                }
                 process = Some(Process {
                     pid: task.pid,
                     tid: task.tid,

@@ -15,6 +15,7 @@ use crate::{
     attribute::Attributor,
     cause::Cause,
     container::Container,
+    container_names::ContainerNames,
     enrich::CgroupResolver,
     escape::for_terminal,
     event::{Event, Process},
@@ -99,11 +100,12 @@ pub fn run(
     duration: Option<Duration>,
     json: bool,
     filter: &Filter,
+    names: ContainerNames,
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut watcher = Watcher::new();
-    let mut attributor = Attributor::new(CgroupResolver::new());
+    let mut attributor = Attributor::new(CgroupResolver::new()).with_container_names(names);
     let mut first = true;
     if !json {
         writeln!(
@@ -197,13 +199,7 @@ fn write_row(out: &mut impl io::Write, row: &BacklogRow) -> io::Result<()> {
     );
     let container = row.container.as_ref().map_or_else(
         || "no container".to_string(),
-        |c| {
-            format!(
-                "{} {}",
-                c.runtime,
-                c.id.chars().take(12).collect::<String>()
-            )
-        },
+        |c| format!("{} {}", c.runtime, c.label()),
     );
     // The process and container names are other users' choice: escaped as the line is made.
     let line = format!(

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::container_names::RuntimeRoots;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rst-trace",
@@ -27,7 +29,7 @@ pub enum Command {
     Check,
     /// Watch every listener in every network namespace and report those that drop
     /// connections (accept queue or SYN queue full), with the fix.
-    Backlog(BacklogArgs),
+    Backlog(Box<BacklogArgs>),
     /// Explain a cause: what it means, how it shows up in applications, what to change.
     Explain {
         /// A cause id, as in the `cause` field (`stale_connection_reuse`); omit to list them all.
@@ -70,13 +72,61 @@ pub struct FilterArgs {
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<String>,
 
-    /// Only events of containers whose id starts with this (repeatable).
-    #[arg(long = "container", value_name = "ID-PREFIX")]
+    /// Only events of this container (repeatable): an id prefix, its name (`web`), its
+    /// Kubernetes pod name, or `namespace/pod/container` as the text output shows it.
+    #[arg(long = "container", value_name = "ID-PREFIX|NAME")]
     pub containers: Vec<String>,
 
     /// Only events in this network namespace (inode, as `readlink /proc/PID/ns/net`; repeatable).
     #[arg(long = "netns", value_name = "INODE")]
     pub netns: Vec<u64>,
+}
+
+/// Where container runtimes keep their state: the names of containers and pods are read there
+/// (no API server is asked). Each defaults to the runtime's own default; a directory that does
+/// not exist there just means no names from that runtime.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RuntimeArgs {
+    /// Docker's data root (dockerd --data-root) [default: /var/lib/docker]: container names
+    /// and images from containers/ID/config.v2.json.
+    #[arg(long, value_name = "DIR")]
+    pub docker_root: Option<PathBuf>,
+
+    /// containerd's state directory (`state` in config.toml) [default: /run/containerd]:
+    /// Kubernetes pod, namespace and container names from the annotations in
+    /// io.containerd.runtime.v2.task/NAMESPACE/ID/config.json.
+    #[arg(long, value_name = "DIR")]
+    pub containerd_state: Option<PathBuf>,
+
+    /// CRI-O's storage root (`root` in storage.conf) [default: /var/lib/containers/storage]:
+    /// the same names from overlay-containers/ID/userdata/config.json.
+    #[arg(long, value_name = "DIR")]
+    pub crio_root: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// The roots named here, the runtimes' defaults for the rest. A root given explicitly must
+    /// be a directory: a mistyped `--docker-root` would otherwise silently name nothing.
+    pub fn roots(&self) -> anyhow::Result<RuntimeRoots> {
+        let defaults = RuntimeRoots::default();
+        let pick = |given: &Option<PathBuf>, flag: &str, default: PathBuf| match given {
+            Some(dir) if !dir.is_dir() => anyhow::bail!(
+                "{flag} {}: not a directory (it names where that runtime keeps its state)",
+                dir.display()
+            ),
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(default),
+        };
+        Ok(RuntimeRoots {
+            docker: pick(&self.docker_root, "--docker-root", defaults.docker)?,
+            containerd_state: pick(
+                &self.containerd_state,
+                "--containerd-state",
+                defaults.containerd_state,
+            )?,
+            crio: pick(&self.crio_root, "--crio-root", defaults.crio)?,
+        })
+    }
 }
 
 /// `rst-trace backlog`.
@@ -96,6 +146,9 @@ pub struct BacklogArgs {
 
     #[command(flatten)]
     pub filters: FilterArgs,
+
+    #[command(flatten)]
+    pub runtimes: RuntimeArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -106,6 +159,9 @@ pub struct TraceArgs {
 
     #[command(flatten)]
     pub filters: FilterArgs,
+
+    #[command(flatten)]
+    pub runtimes: RuntimeArgs,
 
     /// Stop after this many seconds (fractions allowed; 0.001 up to ten years).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
@@ -345,5 +401,33 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
         }
+    }
+
+    #[test]
+    fn roots_given_on_the_command_line_must_be_directories() {
+        let cli = Cli::try_parse_from([
+            "rst-trace",
+            "--docker-root",
+            "/tmp",
+            "--crio-root",
+            "/nonexistent/storage",
+        ])
+        .unwrap();
+        let error = cli.trace.runtimes.roots().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--crio-root /nonexistent/storage: not a directory (it names where that runtime keeps its state)"
+        );
+        let cli = Cli::try_parse_from(["rst-trace", "--docker-root", "/tmp"]).unwrap();
+        let roots = cli.trace.runtimes.roots().unwrap();
+        assert_eq!(roots.docker, std::path::Path::new("/tmp"));
+        assert_eq!(
+            roots.containerd_state,
+            std::path::Path::new(crate::container_names::DEFAULT_CONTAINERD_STATE)
+        );
+        assert_eq!(
+            roots.crio,
+            std::path::Path::new(crate::container_names::DEFAULT_CRIO_ROOT)
+        );
     }
 }

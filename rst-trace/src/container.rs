@@ -1,19 +1,42 @@
 //! Containers from cgroup paths: the id and runtime as docker, containerd (CRI), CRI-O, podman and
-//! systemd-nspawn name their cgroups, and the Kubernetes pod uid where the path carries one.
+//! systemd-nspawn name their cgroups, and the Kubernetes pod uid where the path carries one. The
+//! names people know them by come from the runtimes' own state ([`crate::container_names`]).
 
 use serde::Serialize;
 
+/// The JSON `container` object. Field order is the printed order; fields are added, never renamed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Container {
     /// The runtime's container id (64 hex digits for OCI runtimes, the machine name for nspawn).
     pub id: String,
     /// `docker`, `containerd`, `cri-o`, `podman` or `systemd-nspawn`.
     pub runtime: &'static str,
+    /// The container's name: docker's (`docker ps`), or the Kubernetes container name.
+    pub name: Option<String>,
+    /// The image the container was created from, as the runtime records it (`nginx:1.25`).
+    pub image: Option<String>,
     /// The Kubernetes pod uid, with dashes.
     pub pod_uid: Option<String>,
+    /// The Kubernetes pod name.
+    pub pod: Option<String>,
+    /// The Kubernetes namespace of the pod.
+    pub namespace: Option<String>,
 }
 
 impl Container {
+    /// A container known by id only.
+    pub fn new(id: impl Into<String>, runtime: &'static str) -> Self {
+        Self {
+            id: id.into(),
+            runtime,
+            name: None,
+            image: None,
+            pod_uid: None,
+            pod: None,
+            namespace: None,
+        }
+    }
+
     /// Reads the container out of a cgroup path such as
     /// `/system.slice/docker-<id>.scope` or
     /// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`.
@@ -30,6 +53,36 @@ impl Container {
         }
         None
     }
+
+    /// What the text output shows: `namespace/pod/name` for a Kubernetes container, the name
+    /// for others, and the short id (12 characters, as `docker ps` shows it) when the runtime's
+    /// state named nothing. Unescaped: sinks escape it.
+    pub fn label(&self) -> String {
+        match (&self.namespace, &self.pod, &self.name) {
+            (Some(namespace), Some(pod), Some(name)) => format!("{namespace}/{pod}/{name}"),
+            (Some(namespace), Some(pod), None) => format!("{namespace}/{pod}"),
+            (_, _, Some(name)) => name.clone(),
+            _ => self.short_id(),
+        }
+    }
+
+    /// The first 12 characters of the id, as `docker ps` shows it.
+    pub fn short_id(&self) -> String {
+        self.id.chars().take(12).collect()
+    }
+
+    /// Whether `--container WANTED` picks this container: an id prefix, its name (docker's may
+    /// be given with its leading `/`), its pod name, or the `namespace/pod/name` the text shows.
+    pub fn matches(&self, wanted: &str) -> bool {
+        if wanted.is_empty() {
+            return true;
+        }
+        let name = wanted.strip_prefix('/').unwrap_or(wanted);
+        self.id.starts_with(wanted)
+            || self.name.as_deref() == Some(name)
+            || self.pod.as_deref() == Some(wanted)
+            || (self.name.is_some() || self.pod.is_some()) && self.label() == wanted
+    }
 }
 
 /// Scope and directory names runtimes give a container's cgroup.
@@ -45,32 +98,20 @@ fn container_component(part: &str, in_pod: bool) -> Option<Container> {
         if let Some(id) = part.strip_prefix(prefix)
             && is_container_id(id)
         {
-            return Some(Container {
-                id: id.to_string(),
-                runtime,
-                pod_uid: None,
-            });
+            return Some(Container::new(id, runtime));
         }
     }
     // cgroupfs driver: /docker/<id>, /kubepods/burstable/pod<uid>/<id>.
     if is_container_id(part) {
         let runtime = if in_pod { "containerd" } else { "docker" };
-        return Some(Container {
-            id: part.to_string(),
-            runtime,
-            pod_uid: None,
-        });
+        return Some(Container::new(part, runtime));
     }
     // systemd-nspawn: /machine.slice/systemd-nspawn@<name>.service (or machine-<name>.scope).
     if let Some(name) = part
         .strip_prefix("systemd-nspawn@")
         .and_then(|rest| rest.strip_suffix(".service"))
     {
-        return Some(Container {
-            id: unescape_systemd(name),
-            runtime: "systemd-nspawn",
-            pod_uid: None,
-        });
+        return Some(Container::new(unescape_systemd(name), "systemd-nspawn"));
     }
     None
 }
@@ -190,5 +231,31 @@ mod tests {
             assert_eq!(container(path), None, "{path}");
         }
         assert_eq!(container("/system.slice/docker-notanid.scope"), None);
+    }
+
+    #[test]
+    fn the_text_label_and_the_filter_use_names() {
+        let mut docker = Container::new(ID, "docker");
+        assert_eq!(docker.label(), &ID[..12]);
+        assert!(docker.matches(&ID[..4]) && docker.matches(""));
+        assert!(!docker.matches("web"));
+        docker.name = Some("web".into());
+        assert_eq!(docker.label(), "web");
+        assert!(docker.matches("web") && docker.matches("/web") && docker.matches(&ID[..12]));
+        assert!(!docker.matches("we") && !docker.matches("/web/"));
+
+        let mut pod = Container::new(ID, "containerd");
+        pod.name = Some("nginx".into());
+        pod.pod = Some("web-7d4f".into());
+        pod.namespace = Some("shop".into());
+        assert_eq!(pod.label(), "shop/web-7d4f/nginx");
+        for wanted in ["nginx", "web-7d4f", "shop/web-7d4f/nginx"] {
+            assert!(pod.matches(wanted), "{wanted}");
+        }
+        assert!(!pod.matches("shop"));
+        // A pod sandbox has a pod but no container name.
+        pod.name = None;
+        assert_eq!(pod.label(), "shop/web-7d4f");
+        assert!(pod.matches("shop/web-7d4f"));
     }
 }

@@ -54,11 +54,10 @@ impl Filter {
                 })
             })
         }) && any(!self.containers.is_empty(), &|| {
-            event.container.as_ref().is_some_and(|c| {
-                self.containers
-                    .iter()
-                    .any(|prefix| c.id.starts_with(prefix.as_str()))
-            })
+            event
+                .container
+                .as_ref()
+                .is_some_and(|c| self.containers.iter().any(|wanted| c.matches(wanted)))
         }) && any(!self.netns.is_empty(), &|| {
             event.netns.is_some_and(|netns| self.netns.contains(&netns))
         })
@@ -93,11 +92,7 @@ mod tests {
             }),
             netns: Some(4026532000),
             cgroup: Some("/system.slice/docker-abcdef.scope".into()),
-            container: Some(Container {
-                id: "abcdef".into(),
-                runtime: "docker",
-                pod_uid: None,
-            }),
+            container: Some(Container::new("abcdef", "docker")),
             ..Event::for_test(EventKind::ResetReceived)
         }
     }

@@ -11,6 +11,7 @@
 //! attribute::Attributor::push         pairs both ends on this host, holds received resets briefly
 //!   cause::classify                   the cause, from the Decoded's variants and facts
 //!   process_task, enrich, container   the process (socket owner first), cgroup, container
+//!   container_names                   the container's and pod's names, from the runtime's state
 //!   explain::event_line               the one line that says why
 //!                                     -> event::Event, the printed shape
 //! filter::Filter::keeps               --pid, --port, --comm, --cgroup, --container, --netns
@@ -29,6 +30,7 @@ pub mod bench_reference;
 pub mod cause;
 pub mod cli;
 pub mod container;
+pub mod container_names;
 pub mod decode;
 pub mod decoded;
 pub mod enrich;

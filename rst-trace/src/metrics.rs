@@ -635,11 +635,7 @@ mod tests {
         metrics.observe(&sent);
         metrics.observe(&sent);
         let mut received = event(EventKind::ResetReceived, Some(Cause::PortClosed), "curl");
-        received.container = Some(Container {
-            id: "0123456789abcdef".repeat(4),
-            runtime: "docker",
-            pod_uid: None,
-        });
+        received.container = Some(Container::new("0123456789abcdef".repeat(4), "docker"));
         metrics.observe(&received);
         let mut idle = event(EventKind::ResetSent, None, "ignored");
         idle.process = None;

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use std::time::Instant;
 
 use crate::{
+    container::Container,
     escape::for_terminal,
     event::{Event, EventKind},
     pcap::PcapFile,
@@ -154,10 +155,7 @@ fn text_line(
         Some(process) => (process.pid.to_string(), process.comm.clone()),
         None => (dash(), dash()),
     };
-    let container = event
-        .container
-        .as_ref()
-        .map_or_else(dash, |c| c.id.chars().take(12).collect());
+    let container = event.container.as_ref().map_or_else(dash, Container::label);
     let kind_color = match event.kind {
         EventKind::ResetSent => "31",
         EventKind::ResetReceived => "33",
@@ -459,6 +457,25 @@ mod tests {
     }
 
     #[test]
+    fn json_container_has_every_field_in_order() {
+        let mut event = sample();
+        let mut container = Container::new("4f1c2b9a8e7d6c5b4a39", "containerd");
+        container.name = Some("nginx".into());
+        container.pod = Some("web-0".into());
+        container.namespace = Some("shop".into());
+        event.container = Some(container);
+        let mut sink = Sink::new(Format::Json, Vec::new());
+        sink.write(&event).unwrap();
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        assert!(
+            text.contains(
+                r#""container":{"id":"4f1c2b9a8e7d6c5b4a39","runtime":"containerd","name":"nginx","image":null,"pod_uid":null,"pod":"web-0","namespace":"shop"}"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn json_time_keeps_nine_digits() {
         let mut event = sample();
         event.time = jiff::Timestamp::from_nanosecond(1_763_777_647_000_000_000).unwrap();
@@ -499,12 +516,14 @@ mod tests {
         });
         sink.write(&received).unwrap();
         let mut in_container = received.clone();
-        in_container.container = Some(Container {
-            id: "4f1c2b9a8e7d6c5b4a39".into(),
-            runtime: "docker",
-            pod_uid: None,
-        });
+        in_container.container = Some(Container::new("4f1c2b9a8e7d6c5b4a39", "docker"));
         sink.write(&in_container).unwrap();
+        // Named by its runtime's state: the name instead of the id.
+        let mut named = in_container.clone();
+        if let Some(container) = named.container.as_mut() {
+            container.name = Some("web\x1b[2J".into());
+        }
+        sink.write(&named).unwrap();
         let text = String::from_utf8(sink.into_inner()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -517,6 +536,8 @@ mod tests {
                 "    -> curl (pid 77) connected to [::1]:9, where nothing listens",
                 "TIME            DIR  PID     COMM            CONTAINER    LOCAL                   REMOTE                  STATE       REASON                 CAUSE",
                 "02:14:07.123456 RECV 77      curl            4f1c2b9a8e7d [::1]:35340             [::1]:9                 SYN_SENT    -                      connection_refused",
+                "    -> curl (pid 77) connected to [::1]:9, where nothing listens",
+                r"02:14:07.123456 RECV 77      curl            web\x1b[2J   [::1]:35340             [::1]:9                 SYN_SENT    -                      connection_refused",
                 "    -> curl (pid 77) connected to [::1]:9, where nothing listens",
             ]
         );

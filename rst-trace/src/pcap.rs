@@ -194,7 +194,7 @@ impl PcapFile {
 }
 
 /// What rst-trace said about the event, on one line: `reset_sent port_closed; process curl
-/// (pid 4242); container docker 0123456789ab; nothing listens on 127.0.0.1:9 ...`. Escaped as
+/// (pid 4242); container docker shop (0123456789ab...); nothing listens on 127.0.0.1:9 ...`. Escaped as
 /// the text output is: process and container names are other users' choice.
 pub fn comment(event: &Event) -> String {
     let kind = match event.kind {
@@ -211,10 +211,19 @@ pub fn comment(event: &Event) -> String {
         None => text.push_str("; no process"),
     }
     if let Some(container) = &event.container {
-        text.push_str(&format!(
-            "; container {} {}",
-            container.runtime, container.id
-        ));
+        // The name the text output shows, and the id, which is what the runtime's tools take.
+        let label = container.label();
+        if label == container.short_id() {
+            text.push_str(&format!(
+                "; container {} {}",
+                container.runtime, container.id
+            ));
+        } else {
+            text.push_str(&format!(
+                "; container {} {label} ({})",
+                container.runtime, container.id
+            ));
+        }
     }
     if let Some(explanation) = &event.explanation {
         text.push_str("; ");
@@ -228,6 +237,7 @@ mod tests {
     use super::*;
     use crate::{
         cause::Cause,
+        container::Container,
         event::{EventKind, Process, ProcessSource},
     };
 
@@ -324,6 +334,31 @@ mod tests {
             comment(&event),
             "reset_sent data_after_close; process evil\\x1b[2Jname (pid 42); the server closed \
              it 2.0 s before"
+        );
+    }
+
+    #[test]
+    fn comment_names_the_container_and_keeps_its_id() {
+        let id = "3d8e21122ae42bd58abc96c80d19b8ff7cbd4b6151ba60eb698e54ff50bc88d9";
+        let mut named = Container::new(id, "docker");
+        named.name = Some("sh\x07op".to_string());
+        let event = Event {
+            cause: Some(Cause::AcceptQueueFull),
+            container: Some(named),
+            ..Event::for_test(EventKind::QueueDrop)
+        };
+        assert_eq!(
+            comment(&event),
+            format!("queue_drop accept_queue_full; no process; container docker sh\\x07op ({id})")
+        );
+        let event = Event {
+            cause: Some(Cause::AcceptQueueFull),
+            container: Some(Container::new(id, "docker")),
+            ..Event::for_test(EventKind::QueueDrop)
+        };
+        assert_eq!(
+            comment(&event),
+            format!("queue_drop accept_queue_full; no process; container docker {id}")
         );
     }
 

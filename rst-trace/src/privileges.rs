@@ -36,7 +36,7 @@ pub const KEPT_AFTER_ATTACH: [(Capability, &str); 4] = [
     ),
     (
         Capability::CAP_DAC_READ_SEARCH,
-        "/proc/PID/fd of other users' processes, and cgroups by id",
+        "/proc/PID/fd of other users' processes, cgroups by id, and the container runtimes' state files, for names",
     ),
 ];
 

@@ -26,6 +26,7 @@ use crate::{
     backlog,
     cause::Cause,
     cli::{BacklogArgs, ColorChoice, TraceArgs},
+    container_names::ContainerNames,
     decode::{Decoder, WallClock},
     enrich::CgroupResolver,
     event::{Event, Folded},
@@ -88,6 +89,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     };
     // Before loading anything: a refused --output is a sentence, not a wait.
     let mut outputs = outputs(&args)?;
+    let runtime_roots = args.runtimes.roots()?;
     let support = probe_kernel()?;
     let skb = &support.offsets;
     if args.pcap.is_some()
@@ -144,7 +146,8 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         None
     };
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
-    let mut attributor = Attributor::new(CgroupResolver::new());
+    let mut attributor = Attributor::new(CgroupResolver::new())
+        .with_container_names(ContainerNames::new(runtime_roots));
     if outputs.stream.is_none() && outputs.file.is_none() && outputs.pcap.is_none() {
         attributor = attributor.without_explanations();
     }
@@ -621,8 +624,16 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
 pub fn backlog(args: &BacklogArgs) -> anyhow::Result<()> {
     privileges::ensure_can_trace()?;
     let filter = Filter::from_args(&args.filters);
+    let names = ContainerNames::new(args.runtimes.roots()?);
     let mut out = io::stdout().lock();
-    match backlog::run(args.interval, args.duration, args.json, &filter, &mut out) {
+    match backlog::run(
+        args.interval,
+        args.duration,
+        args.json,
+        &filter,
+        names,
+        &mut out,
+    ) {
         Err(error)
             if error
                 .downcast_ref::<io::Error>()

@@ -1,7 +1,8 @@
-//! Queue drops through the real binary: S6 (accept queue full), S7 (the same inside a container
-//! built from namespaces and a cgroup scope named as docker names it) and S12 (SYN flood with
-//! syncookies off). Each runs in a network namespace of its own, so that the namespace's kernel
-//! counter moves only with this test's drops and the reported drops can be compared with it.
+//! Queue drops through the real binary: S6 (accept queue full), S7 (the same inside a container:
+//! a real Docker container, and one built from namespaces and a cgroup scope named as docker
+//! names it) and S12 (SYN flood with syncookies off). Each runs in a network namespace of its
+//! own, so that the namespace's kernel counter moves only with this test's drops and the
+//! reported drops can be compared with it.
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{cgroup::cgroup2_root, netns::TestNetns, *};
+use common::{docker::Dockerd, netns::TestNetns, *};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
@@ -245,6 +246,88 @@ fn s7_accept_queue_full_in_a_container_names_the_container_and_its_pids() {
         "pid 1 in its own PID namespace: {event}"
     );
     assert_eq!(event["process"]["comm"], "busybox");
+}
+
+/// S7 as it happens: a real Docker container (`--network none`, so its own network namespace)
+/// whose listener has backlog 1 and never accepts, and clients started with `docker exec` in
+/// the same container. The drops are named with the id `docker inspect` gives, the container's
+/// name and image (from dockerd's own state under its data root), the host pid and pid 1.
+#[test]
+fn s7_accept_queue_full_in_a_real_docker_container_names_it() {
+    let dockerd = Dockerd::start("s7");
+    let port: u16 = 8080;
+    let name = format!("rst-s7-shop-{}", std::process::id());
+    let container = dockerd.run(
+        &name,
+        &["--network", "none"],
+        &["/rsttest", "listen", &port.to_string(), "1"],
+    );
+    let netns = docker::netns_of(container.pid);
+    let started = Instant::now();
+    while !docker::listens(container.pid, port) {
+        assert!(started.elapsed() < Duration::from_secs(10), "no listener");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let data_root = dockerd.data_root();
+    let tracer = Tracer::start(&[
+        "--docker-root",
+        &data_root.to_string_lossy(),
+        "--netns",
+        &netns.to_string(),
+    ]);
+    // The tracer's first sample of the namespace (all counters 0) is its baseline.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(docker::tcp_ext_of(container.pid, "ListenOverflows"), 0);
+    // Six clients held for 1.5 s: two fill the queue, the others' SYNs (and their
+    // retransmissions) are dropped. `docker exec` returns when they are closed.
+    dockerd.docker(&[
+        "exec",
+        &container.id,
+        "/rsttest",
+        "connect",
+        &port.to_string(),
+        "6",
+        "1500",
+    ]);
+    assert!(docker::tcp_ext_of(container.pid, "ListenOverflows") >= 3);
+    thread::sleep(SAMPLE_SETTLE);
+    let overflows = docker::tcp_ext_of(container.pid, "ListenOverflows");
+
+    let finished = tracer.stop();
+    let (events, drops) = accept_queue_drops(&finished.events, netns, port);
+    assert!(
+        !events.is_empty(),
+        "no accept_queue_full event:\n{}",
+        finished.stderr
+    );
+    assert_eq!(
+        drops, overflows,
+        "drops reported = the container's ListenOverflows: {events:?}"
+    );
+    for event in &events {
+        assert_eq!(
+            event["container"],
+            serde_json::json!({
+                "id": container.id,
+                "runtime": "docker",
+                "name": name,
+                "image": common::docker::IMAGE,
+                "pod_uid": null,
+                "pod": null,
+                "namespace": null,
+            }),
+            "{event}"
+        );
+        assert_eq!(pid_of(event), u64::from(container.pid), "host pid: {event}");
+        assert_eq!(event["process"]["ns_pid"], 1, "pid 1 inside: {event}");
+        assert_eq!(event["process"]["comm"], "rsttest");
+        assert_eq!(event["queue"]["max"], 1);
+        assert_eq!(
+            event["cgroup"],
+            format!("/docker/{}", container.id).as_str(),
+            "the cgroupfs driver's path"
+        );
+    }
 }
 
 #[test]

@@ -180,6 +180,218 @@ fn s4_linger_zero(programs: Programs) {
     tracer.stop();
 }
 
+/// The `container` object rst-trace prints for a container of the test's dockerd.
+fn docker_container(container: &docker::Container) -> Value {
+    json!({
+        "id": container.id,
+        "runtime": "docker",
+        "name": container.name,
+        "image": docker::IMAGE,
+        "pod_uid": null,
+        "pod": null,
+        "namespace": null,
+    })
+}
+
+/// S4 between two real Docker containers: `shop` serves, `cart` connects and closes with
+/// SO_LINGER {on, 0}. With `--network none` each container has only its own lo, so `cart` joins
+/// `shop`'s network namespace (`--network container:shop`, as a Kubernetes pod's containers
+/// share one): both ends are on 127.0.0.1 of that namespace, each in its own container (cgroup,
+/// PID namespace, process). The reset sent names `cart`, the reset received `shop`; a second
+/// tracer with `--container NAME` keeps only `cart`'s events.
+#[test]
+fn s4_between_two_real_docker_containers_names_both() {
+    let dockerd = docker::Dockerd::start("s4");
+    let port: u16 = 9400;
+    let suffix = std::process::id();
+    let (shop_name, cart_name) = (
+        format!("rst-s4-shop-{suffix}"),
+        format!("rst-s4-cart-{suffix}"),
+    );
+    let shop = dockerd.run(
+        &shop_name,
+        &["--network", "none"],
+        &["/rsttest", "serve", &port.to_string()],
+    );
+    let started = std::time::Instant::now();
+    while !docker::listens(shop.pid, port) {
+        assert!(started.elapsed().as_secs() < 10, "shop does not listen");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let netns = docker::netns_of(shop.pid).to_string();
+    let root = dockerd.data_root().to_string_lossy().into_owned();
+    let all = Tracer::start(&["--docker-root", &root, "--netns", &netns]);
+    let only_cart = Tracer::start(&["--docker-root", &root, "--container", &cart_name]);
+    let cart = dockerd.run(
+        &cart_name,
+        &["--network", &format!("container:{shop_name}")],
+        &["/rsttest", "linger", &port.to_string(), "1000"],
+    );
+    assert_eq!(docker::netns_of(cart.pid).to_string(), netns);
+
+    let sent = all.wait_for("cart's abortive close", |e| {
+        kind(e) == "reset_sent" && remote_port_of(e) == u64::from(port)
+    });
+    assert_eq!(sent["cause"], "linger_abort", "{sent}");
+    assert_eq!(sent["container"], docker_container(&cart), "{sent}");
+    assert_eq!(
+        pid_of(&sent),
+        u64::from(cart.pid),
+        "cart's host pid: {sent}"
+    );
+    assert_eq!(sent["process"]["ns_pid"], 1, "{sent}");
+    assert_eq!(sent["process"]["comm"], "rsttest");
+
+    let received = all.wait_for("shop's side of it", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(received["cause"], "linger_abort", "paired: {received}");
+    assert_eq!(received["container"], docker_container(&shop), "{received}");
+    assert_eq!(pid_of(&received), u64::from(shop.pid), "{received}");
+    assert_eq!(received["process"]["ns_pid"], 1, "{received}");
+    assert_eq!(remote_port_of(&received), local_port_of(&sent));
+
+    only_cart.wait_for("cart's reset through --container NAME", |e| {
+        kind(e) == "reset_sent" && remote_port_of(e) == u64::from(port)
+    });
+    all.stop();
+    let finished = only_cart.stop();
+    assert!(
+        finished
+            .events
+            .iter()
+            .all(|e| e["container"]["name"] == cart_name.as_str()),
+        "--container {cart_name} let others through: {:?}",
+        finished.events
+    );
+}
+
+/// A Kubernetes container without Kubernetes: a cgroup scope named as the kubelet names it in a
+/// burstable pod's slice, and the runtime's state file for its id, under a scratch root.
+struct FakePod {
+    id: String,
+    slice: std::path::PathBuf,
+    scope: std::path::PathBuf,
+}
+
+impl FakePod {
+    fn new(
+        uid: &str,
+        scope_prefix: &str,
+        id: String,
+        state_file: &std::path::Path,
+        annotations: Value,
+    ) -> Self {
+        let slice = cgroup2_root().join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+            uid.replace('-', "_")
+        ));
+        let scope = slice.join(format!("{scope_prefix}-{id}.scope"));
+        std::fs::create_dir_all(&scope).expect("the pod's cgroup scope");
+        std::fs::create_dir_all(state_file.parent().expect("a parent")).expect("state dir");
+        let spec = json!({"ociVersion": "1.0.2", "process": {"args": ["/app"]}, "annotations": annotations});
+        std::fs::write(state_file, spec.to_string()).expect("the runtime's config.json");
+        Self { id, slice, scope }
+    }
+
+    /// A refused connect to `port` from a process in this container; its pid.
+    fn refused_connect(&self, port: u16) -> u32 {
+        let client = ForkedClient::fork(port, ClientAction::RefusedConnects(1));
+        std::fs::write(self.scope.join("cgroup.procs"), client.pid.to_string())
+            .expect("move the client into the scope");
+        client.go_and_wait();
+        client.pid as u32
+    }
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.scope);
+        let _ = std::fs::remove_dir(&self.slice);
+    }
+}
+
+/// Pods named from containerd's and CRI-O's own state: rst-trace is pointed at scratch roots
+/// (`--containerd-state`, `--crio-root`) holding a config.json for each container, with the
+/// annotations each runtime writes; a process in each container's cgroup connects to a closed
+/// port, and its received reset names the pod, namespace, container and image.
+#[test]
+fn pods_are_named_from_containerd_and_crio_state() {
+    require_root();
+    let pid = std::process::id();
+    let scratch = std::path::PathBuf::from(format!("/tmp/rst-trace-pods-{pid}"));
+    let containerd_state = scratch.join("containerd");
+    let crio_root = scratch.join("storage");
+    let (web_uid, api_uid) = (
+        format!("0b3d5f7a-1c2e-4a6b-8d9f-{pid:012x}"),
+        format!("7e9a0c1d-3b5f-4d7e-9a1c-{pid:012x}"),
+    );
+    let web_id = format!("{:064x}", (u128::from(pid) << 8) | 1);
+    let api_id = format!("{:064x}", (u128::from(pid) << 8) | 2);
+    let web = FakePod::new(
+        &web_uid,
+        "cri-containerd",
+        web_id.clone(),
+        &containerd_state.join(format!(
+            "io.containerd.runtime.v2.task/k8s.io/{web_id}/config.json"
+        )),
+        json!({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": "web",
+            "io.kubernetes.cri.image-name": "registry.example/shop/web:1.4",
+            "io.kubernetes.cri.sandbox-name": "web-7d4f9c-x2x8q",
+            "io.kubernetes.cri.sandbox-namespace": "shop",
+            "io.kubernetes.cri.sandbox-uid": web_uid,
+        }),
+    );
+    let api = FakePod::new(
+        &api_uid,
+        "crio",
+        api_id.clone(),
+        &crio_root.join(format!("overlay-containers/{api_id}/userdata/config.json")),
+        json!({
+            "io.kubernetes.container.name": "api",
+            "io.kubernetes.cri-o.ImageName": "quay.io/acme/api:2",
+            "io.kubernetes.pod.name": "billing-0",
+            "io.kubernetes.pod.namespace": "pay",
+            "io.kubernetes.pod.uid": api_uid,
+        }),
+    );
+    let port = closed_port("127.0.0.1");
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--containerd-state",
+        &containerd_state.to_string_lossy(),
+        "--crio-root",
+        &crio_root.to_string_lossy(),
+    ]);
+    for (pod, expected) in [
+        (
+            &web,
+            json!({"id": web_id, "runtime": "containerd", "name": "web",
+                   "image": "registry.example/shop/web:1.4", "pod_uid": web_uid,
+                   "pod": "web-7d4f9c-x2x8q", "namespace": "shop"}),
+        ),
+        (
+            &api,
+            json!({"id": api_id, "runtime": "cri-o", "name": "api",
+                   "image": "quay.io/acme/api:2", "pod_uid": api_uid,
+                   "pod": "billing-0", "namespace": "pay"}),
+        ),
+    ] {
+        let client = pod.refused_connect(port);
+        let received = tracer.wait_for(&format!("{}'s refused connect", pod.id), |e| {
+            kind(e) == "reset_received" && pid_of(e) == u64::from(client)
+        });
+        assert_eq!(received["container"], expected, "{received}");
+        assert_eq!(received["cause"], "connection_refused");
+    }
+    tracer.stop();
+    drop((web, api));
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
 #[test]
 fn s5_close_with_unread_data_sends_reset_from_the_server() {
     let Connection {

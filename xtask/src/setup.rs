@@ -167,7 +167,24 @@ const PACKAGES: &[Package] = &[
     Package {
         name: "busybox-static",
         users: &[User::Tests, User::VmTests],
-        why: "a test container's listener (busybox nc), and the VM's init and shell",
+        why: "the test containers' shell and tools, and the VM's init and shell",
+    },
+    // The tests start a private dockerd of their own (never the system's service) and build
+    // their image from a rootfs, since nothing can be pulled.
+    Package {
+        name: "docker.io",
+        users: &[User::Tests],
+        why: "S4 and S7 run between real Docker containers",
+    },
+    Package {
+        name: "gcc",
+        users: &[User::Tests],
+        why: "the test containers' static programs (gcc -static)",
+    },
+    Package {
+        name: "libc6-dev",
+        users: &[User::Tests],
+        why: "the static C library gcc -static links the test containers' programs with",
     },
     Package {
         name: "qemu-system-x86",
@@ -483,6 +500,9 @@ mod tests {
             "tshark",
             "prometheus",
             "busybox-static",
+            "docker.io",
+            "gcc",
+            "libc6-dev",
             "qemu-system-x86",
         ] {
             assert!(test.contains(&needed), "test needs {needed}: {test:?}");

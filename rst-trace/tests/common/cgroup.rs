@@ -8,18 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Where the cgroup2 hierarchy is mounted.
-pub fn cgroup2_root() -> PathBuf {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .expect("a cgroup2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified)")
-}
+use super::cgroup2_root;
 
 /// A cgroup of this test, `/rst-trace-test-<tag>-<pid>` below the root; removed when dropped
 /// (after its processes have exited).

@@ -16,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 pub mod cgroup;
+pub mod docker;
 pub mod netns;
 pub mod prometheus;
 use socket2::{Domain, Socket, Type};
@@ -189,6 +190,21 @@ impl Drop for Tracer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid hosts).
+pub fn cgroup2_root() -> std::path::PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mount_point = before.split_whitespace().nth(4)?;
+            (after.split_whitespace().next()? == "cgroup2")
+                .then(|| std::path::PathBuf::from(mount_point))
+        })
+        .expect("a cgroup2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified)")
 }
 
 /// A loopback port with nothing listening (bound once by us, then released).
