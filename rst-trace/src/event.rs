@@ -125,6 +125,9 @@ pub enum ProcessSource {
     Owner,
     /// The task that was running when the event fired.
     Context,
+    /// The process listening where the connection waits in the accept queue: nobody has
+    /// accepted it yet.
+    Listener,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -169,6 +172,28 @@ impl Serialize for ClosedBy {
     }
 }
 
+/// The listener that last listened where a connection was refused: who closed it, its
+/// container, and how long before the event. Printed as `pid`, `comm`, `container` and
+/// `seconds_ago` (to the millisecond).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastListener {
+    pub closer: Task,
+    pub container: Option<Container>,
+    pub ago: Duration,
+}
+
+impl Serialize for LastListener {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("LastListener", 4)?;
+        out.serialize_field("pid", &self.closer.pid)?;
+        out.serialize_field("comm", &self.closer.comm)?;
+        out.serialize_field("container", &self.container)?;
+        let seconds_ago = (self.ago.as_secs_f64() * 1000.0).round() / 1000.0;
+        out.serialize_field("seconds_ago", &seconds_ago)?;
+        out.end()
+    }
+}
+
 /// One event as the sinks print it, built by attribution from a [`crate::decoded::Decoded`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
@@ -205,6 +230,9 @@ pub struct Event {
     /// For events the kernel counted instead of sending one by one (a storm): how many this
     /// event stands for, and when the first and last of them happened. Null for single events.
     pub folded: Option<Folded>,
+    /// For refused connections (`port_closed`, `connection_refused`): the listener that last
+    /// listened there, closed before the event; null when none is known.
+    pub last_listener: Option<LastListener>,
 }
 
 /// Events of one kind, addresses, service port and process that the kernel counted in one
@@ -325,6 +353,7 @@ impl Event {
             counter: None,
             stack: None,
             folded: None,
+            last_listener: None,
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod fold;
 pub mod generate;
 pub mod kernel_btf;
 pub mod kernel_enums;
+pub mod last_listener;
 pub mod layout;
 pub mod listeners;
 pub mod loader;

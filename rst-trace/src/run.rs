@@ -130,7 +130,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         None
     };
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
-    let mut attributor = Attributor::new(CgroupResolver::new());
+    let mut attributor = Attributor::new(CgroupResolver::new()).with_listeners(tracer.listeners()?);
     if outputs.stream.is_none() && outputs.file.is_none() {
         attributor = attributor.without_explanations();
     }
