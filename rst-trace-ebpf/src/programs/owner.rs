@@ -115,7 +115,8 @@ fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
     }
 }
 
-/// listen(): this socket is now the last listener on its address.
+/// listen(): this socket is now the last listener on its address. The last close there is
+/// kept: a connection refused just before this listen() is explained after it.
 #[inline(always)]
 fn listened<A: Access>(sk: u64, owner: &Owner) {
     zeroed!(key: ListenerKey);
@@ -125,6 +126,11 @@ fn listened<A: Access>(sk: u64, owner: &Owner) {
         return;
     }
     zeroed!(record: ListenerRecord);
+    // SAFETY: the value is copied out at once.
+    if let Some(known) = unsafe { LISTENERS.get(key as &ListenerKey) } {
+        // SAFETY: both are valid `ListenerRecord`s.
+        unsafe { copy(record as *mut ListenerRecord, known) };
+    }
     record.sk = sk;
     // SAFETY: both are valid `Owner`s.
     unsafe { copy(&raw mut record.owner, owner) };
@@ -145,7 +151,8 @@ fn stopped_listening<A: Access>(sk: u64) {
     // SAFETY: the value is copied out at once.
     let known = unsafe { LISTENERS.get(key as &ListenerKey) };
     if let Some(known) = known {
-        if known.sk != sk && known.closed_ns == 0 {
+        // Listening: its last close came before its listen().
+        if known.sk != sk && known.closed_ns < known.owner.since_ns {
             return;
         }
         // SAFETY: both are valid `ListenerRecord`s.
