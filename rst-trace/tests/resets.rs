@@ -497,3 +497,114 @@ fn sockets_set_up_before_rst_trace_started_are_attributed_through_their_file() {
     assert_eq!(received["process"]["source"], "owner", "{received}");
     tracer.stop();
 }
+
+/// A listener in a process of its own (`python3`), bound to `0.0.0.0:port` with a backlog of
+/// 8, that never accepts; killed on drop.
+struct IdleListener {
+    child: std::process::Child,
+}
+
+impl IdleListener {
+    fn start(port: u16) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import socket, time\n\
+                     s = socket.socket()\n\
+                     s.bind(('0.0.0.0', {port}))\n\
+                     s.listen(8)\n\
+                     print('listening', flush=True)\n\
+                     time.sleep(60)\n"
+                ),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn python3 (the listener)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the listener says it listens");
+        assert_eq!(line.trim(), "listening");
+        Self { child }
+    }
+}
+
+impl Drop for IdleListener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_reset_on_a_connection_nobody_accepted_yet_names_the_listener() {
+    let port = closed_port("0.0.0.0");
+    // Started first: the listener's listen() is what names it.
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let listener = IdleListener::start(port);
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect("connect: the kernel completes the handshake");
+    // Queued, never accepted: abort it from the client.
+    client
+        .set_linger(Some(std::time::Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(client);
+
+    let received = tracer.wait_for("the queued connection's reset", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(received["state"], "ESTABLISHED", "{received}");
+    assert_eq!(
+        received["remote"],
+        json!({"addr": "127.0.0.1", "port": client_port})
+    );
+    assert_eq!(received["cause"], "linger_abort", "{received}");
+    assert_eq!(
+        received["process"],
+        json!({
+            "pid": listener.child.id(),
+            "tid": listener.child.id(),
+            "comm": "python3",
+            "source": "listener",
+            "ns_pid": null
+        }),
+        "bound to 0.0.0.0, listening where 127.0.0.1:{port} was reached: {received}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn a_short_lived_process_in_its_own_pid_namespace_keeps_its_ns_pid() {
+    let port = closed_port("127.0.0.1");
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    // bash is pid 1 of a new PID namespace; its connect is refused and it exits at once.
+    let status = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("unshare (util-linux) and bash");
+    assert!(!status.success(), "the connect is refused");
+
+    let received = tracer.wait_for("the refused connect's reset", |e| {
+        kind(e) == "reset_received" && remote_port_of(e) == u64::from(port)
+    });
+    assert_eq!(received["cause"], "connection_refused", "{received}");
+    assert_eq!(received["process"]["comm"], "bash", "{received}");
+    assert_eq!(
+        received["process"]["ns_pid"], 1,
+        "read by the kernel at connect(), not from /proc: {received}"
+    );
+    let pid = pid_of(&received);
+    assert!(pid > 1, "{received}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the process is gone: {received}"
+    );
+    tracer.stop();
+}
