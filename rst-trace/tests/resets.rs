@@ -97,6 +97,15 @@ fn tracer_on_port(port: u16, programs: Programs) -> Tracer {
     }
 }
 
+/// `127.0.0.1:80`, `[::1]:80`.
+fn endpoint(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
 fn s1_closed_port(ip: &str, family: &str, programs: Programs) {
     let port = closed_port(ip);
     let tracer = tracer_on_port(port, programs);
@@ -118,6 +127,16 @@ fn s1_closed_port(ip: &str, family: &str, programs: Programs) {
     assert_eq!(sent["cause"], "port_closed");
     assert_eq!(sent["process"], Value::Null, "nothing owns a closed port");
     assert_eq!(sent["netns"], host_netns());
+    assert_eq!(sent["last_listener"], Value::Null, "nothing listened there");
+    assert_eq!(
+        sent["explanation"],
+        format!(
+            "nothing listens on {}: the SYN from {} was refused (no process owns a closed port); \
+             nothing has listened there since rst-trace started",
+            endpoint(ip, port),
+            endpoint(ip, client_port)
+        )
+    );
 
     let received = tracer.wait_for("the RST reaching the client", |e| {
         kind(e) == "reset_received" && local_port_of(e) == u64::from(client_port)
@@ -580,8 +599,13 @@ fn a_reset_on_a_connection_nobody_accepted_yet_names_the_listener() {
 
 #[test]
 fn a_short_lived_process_in_its_own_pid_namespace_keeps_its_ns_pid() {
+    short_lived_process_in_a_pid_namespace(Programs::Btf);
+    short_lived_process_in_a_pid_namespace(Programs::Classic);
+}
+
+fn short_lived_process_in_a_pid_namespace(programs: Programs) {
     let port = closed_port("127.0.0.1");
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let tracer = tracer_on_port(port, programs);
     // bash is pid 1 of a new PID namespace; its connect is refused and it exits at once.
     let status = std::process::Command::new("unshare")
         .args(["--pid", "--fork", "bash", "-c"])
@@ -605,6 +629,71 @@ fn a_short_lived_process_in_its_own_pid_namespace_keeps_its_ns_pid() {
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the process is gone: {received}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn a_refused_connect_names_the_listener_that_closed_there() {
+    let port = closed_port("127.0.0.1");
+    let tracer = tracer_on_port(port, Programs::Btf);
+    // A dual-stack listener on [::]:port takes IPv4 connections too; it closes, then
+    // 127.0.0.1:port is refused.
+    let addr: std::net::SocketAddr = format!("[::]:{port}").parse().expect("addr");
+    let listener = Socket::new(Domain::IPV6, Type::STREAM, None).expect("socket");
+    listener.set_only_v6(false).expect("dual stack");
+    listener.bind(&addr.into()).expect("bind");
+    listener.listen(8).expect("listen");
+    drop(listener);
+    let closed = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect_err("nothing listens any more");
+    let asked = closed.elapsed().as_secs_f64();
+
+    // The thread that closed the listener, as the kernel names it.
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).expect("comm");
+    let sent = tracer.wait_for("the RST answering the SYN", |e| {
+        kind(e) == "reset_sent" && remote_port_of(e) == u64::from(client_port)
+    });
+    let received = tracer.wait_for("the RST reaching the client", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(sent["cause"], "port_closed", "{sent}");
+    assert_eq!(received["cause"], "connection_refused", "{received}");
+    for event in [&sent, &received] {
+        let last = &event["last_listener"];
+        assert_eq!(last["pid"], std::process::id(), "{event}");
+        assert_eq!(last["comm"], comm.trim_end(), "{event}");
+        assert_eq!(last["container"], Value::Null, "{event}");
+        let seconds_ago = last["seconds_ago"].as_f64().unwrap_or(-1.0);
+        assert!(
+            (0.15..=asked + 0.05).contains(&seconds_ago),
+            "closed 0.2 s to {asked:.3} s before: {event}"
+        );
+    }
+    let explanation = sent["explanation"].as_str().unwrap_or_default();
+    let (since, ago) = explanation.split_once(" ms ago: ").unwrap_or_default();
+    assert_eq!(
+        since.rsplit_once(' ').map(|(text, _)| text),
+        Some(
+            format!(
+                "nothing listens on 127.0.0.1:{port} since {} (pid {}) closed its listener",
+                comm.trim_end(),
+                std::process::id()
+            )
+            .as_str()
+        ),
+        "{sent}"
+    );
+    assert_eq!(
+        ago,
+        format!("the SYN from 127.0.0.1:{client_port} was refused (no process owns a closed port)"),
+        "{sent}"
     );
     tracer.stop();
 }

@@ -69,6 +69,12 @@ const VM_TESTS: &[VmTest] = &[
         binary: "storms",
         name: "storm_one_key_past_the_rate_folds_while_a_slow_key_beside_it_does_not",
     },
+    // A refused connect names the dual-stack listener that closed there: the kernel's record
+    // of listeners, written by 6.1's set-state program.
+    VmTest {
+        binary: "resets",
+        name: "a_refused_connect_names_the_listener_that_closed_there",
+    },
     // `rst-trace check` loads and attaches every source the 6.1 kernel offers.
     VmTest {
         binary: "cli",
