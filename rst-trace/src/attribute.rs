@@ -390,7 +390,12 @@ impl Attributor {
     /// For a refused connection: the listener that last listened where it went. A refused
     /// connect finds its listener in its own namespace when the refusal came from there
     /// (loopback) or from the namespace of the reset this host sent for it.
-    fn listener_history(&self, event: &Decoded, cause: Cause, peer: Option<&SentReset>) -> History {
+    fn listener_history(
+        &mut self,
+        event: &Decoded,
+        cause: Cause,
+        peer: Option<&SentReset>,
+    ) -> History {
         match cause {
             Cause::PortClosed => {
                 self.listeners
@@ -452,7 +457,9 @@ impl Attributor {
                 event.state,
                 Some(TcpState::Established | TcpState::CloseWait)
             )
-            && let Some(listener) = self.listeners.listener_of(event.netns, event.local)
+            && let Some(listener) =
+                self.listeners
+                    .listener_of(event.netns, event.local, event.ktime_ns)
         {
             return Attribution::Process(listener, ProcessSource::Listener);
         }

@@ -87,42 +87,79 @@ fn listening_at(record: &ListenerRecord, at_ns: u64) -> bool {
         && record.closed_ns < record.owner.since_ns
 }
 
-/// Reads the records behind one address.
+/// Addresses whose records are kept between lookups.
+const CACHED_ADDRESSES: usize = 1024;
+
+/// The records behind one address as read at `read_ns` (CLOCK_MONOTONIC).
+struct Read {
+    read_ns: u64,
+    records: Vec<ListenerRecord>,
+}
+
+/// Reads the records behind one address. A storm of refused connects to one port would read
+/// the same keys for every event: records read after an event happened already hold every
+/// close before it, so they answer for it without another read.
 pub struct Listeners {
     table: Option<Box<dyn ListenerTable + Send>>,
+    cache: std::collections::HashMap<(u64, Endpoint), Read>,
 }
 
 impl Listeners {
     /// No record to read (`rst-trace backlog`, tests): every answer is unknown.
     pub fn none() -> Self {
-        Self { table: None }
+        Self {
+            table: None,
+            cache: std::collections::HashMap::new(),
+        }
     }
 
     pub fn new(table: Box<dyn ListenerTable + Send>) -> Self {
-        Self { table: Some(table) }
+        Self {
+            table: Some(table),
+            cache: std::collections::HashMap::new(),
+        }
     }
 
-    fn records(&self, netns: u64, end: Endpoint) -> Option<Vec<ListenerRecord>> {
+    /// The records behind `end`, read at or after `at_ns`.
+    fn records(&mut self, netns: u64, end: Endpoint, at_ns: u64) -> Option<&[ListenerRecord]> {
         let table = self.table.as_ref()?;
-        let netns = u32::try_from(netns).ok()?;
+        let key_netns = u32::try_from(netns).ok()?;
         if end.port == 0 {
             return None;
         }
-        Some(
-            candidate_keys(netns, end)
+        let fresh = self
+            .cache
+            .get(&(netns, end))
+            .is_some_and(|read| read.read_ns >= at_ns);
+        if !fresh {
+            if self.cache.len() >= CACHED_ADDRESSES {
+                self.cache.clear();
+            }
+            // Taken before reading: a close after this instant may or may not be in the read.
+            let read_ns = monotonic_ns();
+            let records = candidate_keys(key_netns, end)
                 .iter()
                 .filter_map(|key| table.get(key))
-                .collect(),
-        )
+                .collect();
+            self.cache.insert((netns, end), Read { read_ns, records });
+        }
+        self.cache
+            .get(&(netns, end))
+            .map(|read| read.records.as_slice())
     }
 
     /// The last listener closed on `end` (in `netns`) before `at_ns`, for a connection refused
     /// there at `at_ns`.
-    pub fn closed_before(&self, netns: Option<u64>, end: Option<Endpoint>, at_ns: u64) -> History {
+    pub fn closed_before(
+        &mut self,
+        netns: Option<u64>,
+        end: Option<Endpoint>,
+        at_ns: u64,
+    ) -> History {
         let (Some(netns), Some(end)) = (netns, end) else {
             return History::Unknown;
         };
-        let Some(records) = self.records(netns, end) else {
+        let Some(records) = self.records(netns, end, at_ns) else {
             return History::Unknown;
         };
         records
@@ -141,15 +178,26 @@ impl Listeners {
             .map_or(History::NoneSinceStart, History::Closed)
     }
 
-    /// The process that listens on `end` (in `netns`): the owner of a connection no process has
-    /// accepted yet is the listener's.
-    pub fn listener_of(&self, netns: Option<u64>, end: Option<Endpoint>) -> Option<Task> {
-        let records = self.records(netns?, end?)?;
+    /// The process that listens on `end` (in `netns`) at `at_ns`: the owner of a connection no
+    /// process has accepted yet is the listener's.
+    pub fn listener_of(
+        &mut self,
+        netns: Option<u64>,
+        end: Option<Endpoint>,
+        at_ns: u64,
+    ) -> Option<Task> {
+        let records = self.records(netns?, end?, at_ns)?;
         records
             .iter()
             .filter(|record| record.closed_ns < record.owner.since_ns)
             .find_map(|record| Task::from_owner(&record.owner))
     }
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -297,7 +345,7 @@ mod tests {
             }
         }
         // Nothing to go by.
-        let table = listeners(&[("127.0.0.1:9001", record(7, 1, 5))]);
+        let mut table = listeners(&[("127.0.0.1:9001", record(7, 1, 5))]);
         assert_eq!(
             table.closed_before(None, Some(end("127.0.0.1:9001")), at),
             History::Unknown
@@ -318,17 +366,64 @@ mod tests {
 
     #[test]
     fn names_the_process_listening_on_an_address() {
-        let table = listeners(&[
+        let mut table = listeners(&[
             ("0.0.0.0:8080", record(7, 1, 0)),
             ("127.0.0.1:9001", record(8, 1, 5)),
         ]);
         let netns = Some(u64::from(NETNS));
-        let listener = table.listener_of(netns, Some(end("127.0.0.1:8080")));
+        let listener = table.listener_of(netns, Some(end("127.0.0.1:8080")), 2 * S);
         assert_eq!(
             listener.map(|task| (task.pid, task.comm)),
             Some((7, "server".to_string()))
         );
         // Closed: it holds no connection any more.
-        assert_eq!(table.listener_of(netns, Some(end("127.0.0.1:9001"))), None);
+        assert_eq!(
+            table.listener_of(netns, Some(end("127.0.0.1:9001")), 6 * S),
+            None
+        );
+    }
+
+    /// A table another party changes between lookups, as the kernel does.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<HashMap<ListenerKey, ListenerRecord>>>);
+
+    impl ListenerTable for Shared {
+        fn get(&self, key: &ListenerKey) -> Option<ListenerRecord> {
+            self.0.lock().unwrap().get(key).copied()
+        }
+    }
+
+    #[test]
+    fn a_read_answers_only_for_events_that_happened_before_it() {
+        let shared = Shared::default();
+        let mut listeners = Listeners::new(Box::new(shared.clone()));
+        let (netns, to) = (Some(u64::from(NETNS)), Some(end("127.0.0.1:9001")));
+        let before = monotonic_ns();
+        assert_eq!(
+            listeners.closed_before(netns, to, before),
+            History::NoneSinceStart
+        );
+        // A listener closes now; an event from before the read is still answered from it.
+        let closed_ns = monotonic_ns();
+        shared.0.lock().unwrap().insert(
+            key_of("127.0.0.1:9001"),
+            ListenerRecord {
+                closed_ns,
+                closer: owner(7, "server", closed_ns),
+                ..record(7, 0, 0)
+            },
+        );
+        assert_eq!(
+            listeners.closed_before(netns, to, before),
+            History::NoneSinceStart
+        );
+        // An event after it is read afresh.
+        let after = monotonic_ns();
+        let history = listeners.closed_before(netns, to, after);
+        assert_eq!(
+            closer_pid(history.clone()).map(|(pid, _)| pid),
+            Some(7),
+            "{history:?}"
+        );
     }
 }
