@@ -196,7 +196,9 @@ impl Decoder {
             tid: header.pid_tgid as u32,
             comm: comm(&header.comm),
             cgroup_id: header.cgroup_id,
-            ns_pid: None,
+            // The header has no room for it; the owner's, when the owner is running.
+            ns_pid: (facts.owner.tgid == tgid && facts.owner.ns_tgid != 0)
+                .then_some(facts.owner.ns_tgid),
         });
         let task = Task::from_owner;
         let closed_by = task(&facts.closed.closer).map(|closer| ClosedBy {
@@ -642,5 +644,15 @@ mod facts_tests {
         assert_eq!(facts.segment, Some(Segment(0x18)));
         assert_eq!(facts.tw_substate, Some(TcpState::FinWait2));
         assert!(facts.linger_zero && !facts.full_socket && !facts.has_socket_file);
+
+        // Fired in the owner's own context: the running task takes the owner's ns pid.
+        sent.header.pid_tgid = (10 << 32) | 11;
+        let event = decoder.decode(&bytes(&sent)).unwrap();
+        let context = event.kernel.context.as_ref().unwrap();
+        assert_eq!((context.pid, context.ns_pid), (10, Some(3)));
+        sent.header.pid_tgid = (12 << 32) | 12;
+        let event = decoder.decode(&bytes(&sent)).unwrap();
+        let context = event.kernel.context.as_ref().unwrap();
+        assert_eq!((context.pid, context.ns_pid), (12, None));
     }
 }
