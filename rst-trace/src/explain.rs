@@ -241,7 +241,9 @@ impl Cause {
             PortClosed => (
                 "A SYN arrived for a port with no listening socket, so this host answered with a \
                  reset. Nothing was listening: the service is down, restarting, listening on \
-                 another address or port, or not started in this network namespace.",
+                 another address or port, or not started in this network namespace. When a \
+                 listener there closed while rst-trace ran, the event names the process that \
+                 closed it and how long before (`last_listener`).",
                 &[
                     "ECONNREFUSED",
                     "Connection refused",
@@ -268,7 +270,8 @@ impl Cause {
             ),
             ConnectionRefused => (
                 "This host tried to connect and the peer answered the SYN with a reset: nothing \
-                 listens on that address and port.",
+                 listens on that address and port. When the peer is on this host and a listener \
+                 there closed while rst-trace ran, the event names that process (`last_listener`).",
                 &[
                     "ECONNREFUSED",
                     "Connection refused",
