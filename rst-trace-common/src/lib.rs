@@ -163,6 +163,9 @@ pub struct ListenerRecord {
     pub closer: Owner,
     /// CLOCK_MONOTONIC of the close; 0 while it listens.
     pub closed_ns: u64,
+    /// Bits from [`listener_flags`], as they were at listen().
+    pub flags: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Who closed a connection, and when: kept after the socket is gone so that a reset sent later for
@@ -293,6 +296,9 @@ pub struct KernelOffsets {
     pub pid_numbers: u32,
     pub upid_nr: u32,
     pub upid_size: u32,
+    /// Bit offset of `sock_common.skc_ipv6only` (a bitfield).
+    pub skc_ipv6only_bit: u32,
+    pub _pad: u32,
     pub states: TcpStates,
 }
 
@@ -423,6 +429,12 @@ pub enum RecordKind {
     ResetSentNoSocket = 4,
 }
 
+/// Bits of [`ListenerRecord::flags`].
+pub mod listener_flags {
+    /// An IPv6 listener with IPV6_V6ONLY: it never took IPv4 connections.
+    pub const IPV6_ONLY: u8 = 1;
+}
+
 /// Bits of [`SocketFacts::flags`].
 pub mod facts {
     /// The socket had SO_LINGER on with a zero timeout.
@@ -521,6 +533,8 @@ impl KernelOffsets {
         pid_numbers: NO_OFFSET,
         upid_nr: NO_OFFSET,
         upid_size: NO_OFFSET,
+        skc_ipv6only_bit: NO_OFFSET,
+        _pad: 0,
         states: TcpStates {
             established: NO_OFFSET,
             syn_sent: NO_OFFSET,
@@ -587,7 +601,7 @@ mod tests {
         );
         assert_eq!(core::mem::size_of::<Abort>(), 64);
         assert_eq!(core::mem::size_of::<ListenerKey>(), 24);
-        assert_eq!(core::mem::size_of::<ListenerRecord>(), 8 + 48 + 48 + 8);
+        assert_eq!(core::mem::size_of::<ListenerRecord>(), 8 + 48 + 48 + 8 + 8);
         assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 280 + RAW_LEN);
         assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 280);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);

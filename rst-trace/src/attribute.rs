@@ -955,6 +955,7 @@ mod tests {
                     owner: owner(5_000_004, "gunicorn", 1_000 * MS),
                     closer: owner(5_000_004, "gunicorn", 2_000 * MS),
                     closed_ns: 2_000 * MS,
+                    ..ListenerRecord::default()
                 },
             ),
         ]

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use rst_trace_common::{ListenerKey, ListenerRecord};
+use rst_trace_common::{ListenerKey, ListenerRecord, listener_flags};
 
 use crate::{decoded::Task, event::Endpoint};
 
@@ -137,9 +137,12 @@ impl Listeners {
             }
             // Taken before reading: a close after this instant may or may not be in the read.
             let read_ns = monotonic_ns();
+            // An IPv6-only listener never took the IPv4 connections its wildcard key covers.
+            let ipv4 = end.addr.is_ipv4();
             let records = candidate_keys(key_netns, end)
                 .iter()
                 .filter_map(|key| table.get(key))
+                .filter(|record| !(ipv4 && record.flags & listener_flags::IPV6_ONLY != 0))
                 .collect();
             self.cache.insert((netns, end), Read { read_ns, records });
         }
@@ -242,6 +245,14 @@ mod tests {
                 owner(pid, "server", closed_s * S)
             },
             closed_ns: closed_s * S,
+            ..ListenerRecord::default()
+        }
+    }
+
+    fn v6only(record: ListenerRecord) -> ListenerRecord {
+        ListenerRecord {
+            flags: listener_flags::IPV6_ONLY,
+            ..record
         }
     }
 
@@ -292,6 +303,18 @@ mod tests {
             (
                 "IPv6 to ::",
                 vec![("[::]:9001", record(9, 1, 4))],
+                "[::1]:9001",
+                Some((9, 4)),
+            ),
+            (
+                "IPv6-only :: takes no IPv4",
+                vec![("[::]:9001", v6only(record(9, 1, 4)))],
+                "127.0.0.1:9001",
+                None,
+            ),
+            (
+                "IPv6-only :: to IPv6",
+                vec![("[::]:9001", v6only(record(9, 1, 4)))],
                 "[::1]:9001",
                 Some((9, 4)),
             ),

@@ -502,6 +502,13 @@ fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<Strin
                 .to_string(),
         );
     }
+    match btf.member_bit_offset("sock_common", "skc_ipv6only") {
+        Ok(bit) => o.skc_ipv6only_bit = bit,
+        Err(error) => missing.push(format!(
+            "sock_common.skc_ipv6only ({error:#}): an IPv6-only listener may be named for a \
+             refused IPv4 connection"
+        )),
+    }
     match btf.enum_value("sock_flags", "SOCK_LINGER") {
         Some(bit) if bit < 64 => o.sock_linger_bit = bit as u32,
         _ => missing.push(format!("enum sock_flags has no SOCK_LINGER: {linger}")),

@@ -637,14 +637,30 @@ fn short_lived_process_in_a_pid_namespace(programs: Programs) {
 fn a_refused_connect_names_the_listener_that_closed_there() {
     let port = closed_port("127.0.0.1");
     let tracer = tracer_on_port(port, Programs::Btf);
+    let listen_on_any_ipv6 = |only_v6: bool| {
+        let addr: std::net::SocketAddr = format!("[::]:{port}").parse().expect("addr");
+        let listener = Socket::new(Domain::IPV6, Type::STREAM, None).expect("socket");
+        listener.set_only_v6(only_v6).expect("IPV6_V6ONLY");
+        listener.set_reuse_address(true).expect("SO_REUSEADDR");
+        listener.bind(&addr.into()).expect("bind");
+        listener.listen(8).expect("listen");
+        listener
+    };
+    // An IPv6-only listener on [::]:port never took IPv4 connections: when it has closed, a
+    // refused connect to 127.0.0.1:port names no listener.
+    drop(listen_on_any_ipv6(true));
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect_err("nothing listens");
+    let sent = tracer.wait_for("the RST answering the first SYN", |e| {
+        kind(e) == "reset_sent" && remote_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(sent["last_listener"], Value::Null, "{sent}");
+
     // A dual-stack listener on [::]:port takes IPv4 connections too; it closes, then
     // 127.0.0.1:port is refused.
-    let addr: std::net::SocketAddr = format!("[::]:{port}").parse().expect("addr");
-    let listener = Socket::new(Domain::IPV6, Type::STREAM, None).expect("socket");
-    listener.set_only_v6(false).expect("dual stack");
-    listener.bind(&addr.into()).expect("bind");
-    listener.listen(8).expect("listen");
-    drop(listener);
+    drop(listen_on_any_ipv6(false));
     let closed = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let (client, client_port) = bound_client("127.0.0.1");

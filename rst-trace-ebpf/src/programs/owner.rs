@@ -11,7 +11,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use rst_trace_common::{
-    Abort, ClosedConnection, ConnectionKey, ListenerKey, ListenerRecord, Owner, facts,
+    Abort, ClosedConnection, ConnectionKey, ListenerKey, ListenerRecord, NO_OFFSET, Owner, facts,
+    listener_flags,
 };
 
 use crate::read::{Access, Direct, Probe, copy, ctx_field, field, load, read};
@@ -134,6 +135,15 @@ fn listened<A: Access>(sk: u64, owner: &Owner) {
     record.sk = sk;
     // SAFETY: both are valid `Owner`s.
     unsafe { copy(&raw mut record.owner, owner) };
+    record.flags = 0;
+    let bit = offset!(skc_ipv6only_bit);
+    if key.family == AF_INET6
+        && bit != NO_OFFSET
+        // A bitfield: one byte read (probe read: rare, and any access kind may do it).
+        && field::<u8>(sk, bit / 8).is_some_and(|byte| byte & (1 << (bit % 8)) != 0)
+    {
+        record.flags |= listener_flags::IPV6_ONLY;
+    }
     let _ = LISTENERS.insert(key as &ListenerKey, record as &ListenerRecord, 0);
 }
 
