@@ -11,6 +11,8 @@
 //! attribute::Attributor::push         pairs both ends on this host, holds received resets briefly
 //!   cause::classify                   the cause, from the Decoded's variants and facts
 //!   process_task, enrich, container   the process (socket owner first), cgroup, container
+//!   last_listener                     who last listened where a connection was refused, and
+//!                                     whose listener holds a connection nobody accepted yet
 //!   explain::event_line               the one line that says why
 //!                                     -> event::Event, the printed shape
 //! filter::Filter::keeps               --pid, --port, --comm, --cgroup, --container, --netns
