@@ -153,6 +153,43 @@ pub struct Owner {
     /// CLOCK_MONOTONIC when it was recorded.
     pub since_ns: u64,
     pub comm: [u8; COMM_LEN],
+    /// The process id in its own (innermost) PID namespace, read from the task when it was
+    /// recorded: /proc may be gone by the time userspace looks. 0 when not read.
+    pub ns_tgid: u32,
+    pub _pad: u32,
+}
+
+/// A listening address: where a listener was bound, in its network namespace. The wildcard
+/// addresses (`0.0.0.0`, `::`) are keys of their own; userspace looks them up too.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns: u32,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// Host order.
+    pub port: u16,
+    /// IPv4 address in the first 4 bytes, or an IPv6 address.
+    pub addr: [u8; 16],
+}
+
+/// The last listener at a [`ListenerKey`]: who listened there and, once it stopped, who closed
+/// it and when. Written by the set-state program on every `LISTEN` transition, never filtered
+/// or folded, so that a refused connection can say who last listened where it went.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerRecord {
+    /// The listening socket's address, to tell its close from another socket's.
+    pub sk: u64,
+    /// The process that called listen(); `tgid` 0 when the listener predates rst-trace.
+    pub owner: Owner,
+    /// The process that closed it (`tgid` 0 while it listens).
+    pub closer: Owner,
+    /// CLOCK_MONOTONIC of the close; 0 while it listens.
+    pub closed_ns: u64,
+    /// Bits from [`listener_flags`], as they were at listen().
+    pub flags: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Who closed a connection, and when: kept after the socket is gone so that a reset sent later for
@@ -277,8 +314,16 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
-    /// Keeps the struct a multiple of 8 bytes (no hidden padding).
-    pub _pad: u32,
+    /// From a task to its process id in its own PID namespace:
+    /// `task->group_leader->thread_pid->numbers[level].nr` (`upid_size` is `sizeof(struct upid)`).
+    pub task_group_leader: u32,
+    pub task_thread_pid: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_nr: u32,
+    pub upid_size: u32,
+    /// Bit offset of `sock_common.skc_ipv6only` (a bitfield).
+    pub skc_ipv6only_bit: u32,
     pub states: TcpStates,
 }
 
@@ -410,6 +455,8 @@ pub const NO_SK_STATE: u8 = 0xff;
 
 /// Entries in the socket-owner map, and in the map of recently closed connections.
 pub const MAX_OWNED_SOCKETS: u32 = 32768;
+/// Listening addresses remembered (least recently used ones make room).
+pub const MAX_LISTENERS: u32 = 8192;
 pub const MAX_CLOSED_CONNECTIONS: u32 = 16384;
 
 /// What a record in the ring buffer describes.
@@ -425,6 +472,12 @@ pub enum RecordKind {
     /// A probe on `tcp_v4_send_reset`/`tcp_v6_send_reset` saw a reset sent with no socket
     /// (kernels before 6.10, whose tracepoint does not fire then). No tracepoint record follows.
     ResetSentNoSocket = 4,
+}
+
+/// Bits of [`ListenerRecord::flags`].
+pub mod listener_flags {
+    /// An IPv6 listener with IPV6_V6ONLY: it never took IPv4 connections.
+    pub const IPV6_ONLY: u8 = 1;
 }
 
 /// Bits of [`SocketFacts::flags`].
@@ -520,7 +573,13 @@ impl KernelOffsets {
         css_set_dfl_cgrp: NO_OFFSET,
         cgroup_kn: NO_OFFSET,
         kernfs_node_id: NO_OFFSET,
-        _pad: 0,
+        task_group_leader: NO_OFFSET,
+        task_thread_pid: NO_OFFSET,
+        pid_level: NO_OFFSET,
+        pid_numbers: NO_OFFSET,
+        upid_nr: NO_OFFSET,
+        upid_size: NO_OFFSET,
+        skc_ipv6only_bit: NO_OFFSET,
         states: TcpStates {
             established: NO_OFFSET,
             syn_sent: NO_OFFSET,
@@ -542,10 +601,10 @@ impl KernelOffsets {
 mod user {
     use super::{
         Abort, ClosedConnection, ConnectionKey, EventHeader, FoldCount, FoldKey, FoldedEvents,
-        KernelOffsets, Owner, RawTracepoint, RecordWithPacket,
+        KernelOffsets, ListenerKey, ListenerRecord, Owner, RawTracepoint, RecordWithPacket,
     };
 
-    // SAFETY (all eleven): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
+    // SAFETY (all thirteen): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
     // bit pattern is a valid value, and no hidden padding (`layouts_have_no_hidden_padding`).
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.
@@ -568,6 +627,10 @@ mod user {
     unsafe impl aya::Pod for FoldCount {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RecordWithPacket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenerRecord {}
 }
 
 #[cfg(test)]
@@ -577,23 +640,25 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<EventHeader>(), 48);
-        assert_eq!(core::mem::size_of::<Owner>(), 40);
+        assert_eq!(core::mem::size_of::<Owner>(), 48);
         assert_eq!(core::mem::size_of::<FoldCount>(), 24);
         assert_eq!(core::mem::size_of::<ConnectionKey>(), 48);
-        assert_eq!(core::mem::size_of::<ClosedConnection>(), 48);
+        assert_eq!(core::mem::size_of::<ClosedConnection>(), 56);
         assert_eq!(core::mem::size_of::<Endpoints>(), 40);
         assert_eq!(
             core::mem::size_of::<SocketFacts>(),
-            8 + 32 + 40 + 48 + 8 + 40 + 8 + 16 + 56
+            8 + 32 + 48 + 56 + 8 + 40 + 8 + 16 + 64
         );
-        assert_eq!(core::mem::size_of::<Abort>(), 56);
-        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 256 + RAW_LEN);
-        assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 256);
+        assert_eq!(core::mem::size_of::<Abort>(), 64);
+        assert_eq!(core::mem::size_of::<ListenerKey>(), 24);
+        assert_eq!(core::mem::size_of::<ListenerRecord>(), 8 + 48 + 48 + 8 + 8);
+        assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 280 + RAW_LEN);
+        assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 280);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);
         assert_eq!(core::mem::size_of::<FoldKey>(), 64);
         assert_eq!(
             core::mem::size_of::<FoldedEvents>(),
-            24 + 48 + 256 + RAW_LEN
+            24 + 48 + 280 + RAW_LEN
         );
         assert_eq!(core::mem::size_of::<Packet>(), 8 + PACKET_BYTES);
         assert_eq!(

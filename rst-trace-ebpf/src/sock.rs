@@ -6,7 +6,7 @@
 
 use aya_ebpf::helpers::generated;
 use rst_trace_common::{
-    ConnectionKey, Endpoints, NO_OFFSET, NO_SK_STATE, RecordKind, SocketFacts, facts,
+    ConnectionKey, Endpoints, ListenerKey, NO_OFFSET, NO_SK_STATE, RecordKind, SocketFacts, facts,
 };
 
 use crate::read::{Access, copy, copy_in, field, load, read_into};
@@ -238,6 +238,28 @@ pub fn connection_key<A: Access>(
     }
 }
 
+/// Where a listener listens (its namespace, family, bound address and port), written into
+/// `key`; false when the socket is not IPv4 or IPv6 or has no port yet. The port comes from
+/// `inet_sport`: closing a listener clears `skc_num` before the state change is traced.
+#[inline(always)]
+pub fn listener_key<A: Access>(sk: u64, head: &SockHead<A>, key: &mut ListenerKey) -> bool {
+    let Some(family) = head.field::<u16>(sk, offset!(skc_family)) else {
+        return false;
+    };
+    key.netns = netns_of_sock::<A>(sk);
+    key.family = family;
+    key.port = load::<A, u16>(tcp_sock::<A>(sk), offset!(inet_sport)).map_or(0, u16::from_be);
+    if key.port == 0 {
+        key.port = head.field::<u16>(sk, offset!(skc_num)).unwrap_or(0);
+    }
+    let read = match family {
+        AF_INET => head.ipv4(sk, offset!(skc_rcv_saddr), &mut key.addr),
+        AF_INET6 => read_into(sk, offset!(skc_v6_rcv_saddr), &mut key.addr, 16),
+        _ => false,
+    };
+    read && key.port != 0
+}
+
 /// The network namespace's inode number (`sk->__sk_common.skc_net->ns.inum`).
 #[inline(always)]
 pub fn netns_of_sock<A: Access>(sk: u64) -> u32 {
@@ -280,7 +302,7 @@ pub fn socket_ends<A: Access>(sk: u64, head: &SockHead<A>, full: bool, ends: &mu
 /// load against the pointer's type): through `bpf_skc_to_tcp_sock` for plain loads (NULL for a
 /// socket that is not a full TCP socket), as is for probe reads.
 #[inline(always)]
-fn tcp_sock<A: Access>(sk: u64) -> u64 {
+pub fn tcp_sock<A: Access>(sk: u64) -> u64 {
     if A::DIRECT {
         // SAFETY: `sk` is a typed socket pointer, as the helper requires.
         unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut core::ffi::c_void) as u64 }

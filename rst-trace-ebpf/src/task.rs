@@ -3,11 +3,15 @@
 //! userspace knows which is which.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated,
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+    generated,
 };
 use rst_trace_common::{NO_OFFSET, Owner};
 
-use crate::read::{Access, load};
+use crate::read::{Access, field, load, read};
+
+/// PID namespaces nest at most 32 deep (`MAX_PID_NS_LEVEL`).
+const MAX_PID_NS_LEVEL: u32 = 32;
 
 /// The running task as an owner or closer, stamped now, its cgroup noted for `--cgroup` (see
 /// [`crate::filter::note_owner`]); BTF programs read its name and cgroup with plain loads (see
@@ -25,10 +29,41 @@ pub fn current_owner<A: Access>() -> Owner {
         (*ptr).cgroup_id = current_cgroup_id::<A>();
         (*ptr).since_ns = now();
         current_comm::<A>(&mut (*ptr).comm);
+        (*ptr).ns_tgid = current_ns_tgid();
+        (*ptr)._pad = 0;
         let owner = owner.assume_init();
         crate::filter::note_owner(&owner);
         owner
     }
+}
+
+/// The running process's id in its own (innermost) PID namespace:
+/// `task->group_leader->thread_pid->numbers[level].nr`, what `NSpid` in /proc ends with. Read
+/// here because a short-lived process is gone from /proc by the time userspace looks. Probe
+/// reads for every program: the last step indexes an array by a value read at run time, which
+/// the verifier refuses as a plain load. 0 when an offset is unknown.
+#[inline(always)]
+pub fn current_ns_tgid() -> u32 {
+    let numbers = offset!(pid_numbers);
+    let upid_size = offset!(upid_size);
+    let nr = offset!(upid_nr);
+    if numbers == NO_OFFSET || upid_size == NO_OFFSET || nr == NO_OFFSET {
+        return 0;
+    }
+    // SAFETY: no preconditions; the task is only read through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(pid) = field::<u64>(task, offset!(task_group_leader))
+        .and_then(|leader| field::<u64>(leader, offset!(task_thread_pid)))
+        .filter(|pid| *pid != 0)
+    else {
+        return 0;
+    };
+    let Some(level) = field::<u32>(pid, offset!(pid_level)).filter(|l| *l <= MAX_PID_NS_LEVEL)
+    else {
+        return 0;
+    };
+    let at = u64::from(numbers) + u64::from(level) * u64::from(upid_size) + u64::from(nr);
+    read::<i32>(pid + at).map_or(0, |nr| nr as u32)
 }
 
 /// The running task's cgroup v2 id. BTF programs follow `task->cgroups->dfl_cgrp->kn->id`

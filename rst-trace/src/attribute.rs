@@ -20,9 +20,12 @@ use crate::{
     container_names::ContainerNames,
     decoded::{Decoded, KernelFacts, Task},
     enrich::{CgroupResolver, SocketHolders, process_cgroup},
-    event::{Counter, Endpoint, Event, EventKind, Folded, Process, ProcessSource, Queue},
+    event::{
+        Counter, Endpoint, Event, EventKind, Folded, LastListener, Process, ProcessSource, Queue,
+    },
     explain::{self, PeerReset},
     kernel_enums::TcpState,
+    last_listener::{History, Listeners},
     listeners::{DropKind, ListenerDrop},
 };
 
@@ -38,6 +41,8 @@ const NS_PID_CACHE: usize = 4096;
 /// received.
 struct SentReset {
     ktime_ns: u64,
+    /// The sender's network namespace: where a refused connection's listener was.
+    netns: Option<u64>,
     local: Endpoint,
     remote: Endpoint,
     cause: Cause,
@@ -90,6 +95,8 @@ pub struct Attributor {
     waiting: HashMap<Ends, u64>,
     /// Write the one-line explanations (off when no output prints them).
     explanations: bool,
+    /// The kernel's record of who listened where.
+    listeners: Listeners,
 }
 
 impl Attributor {
@@ -106,12 +113,20 @@ impl Attributor {
             first_seq: 0,
             waiting: HashMap::default(),
             explanations: true,
+            listeners: Listeners::none(),
         }
     }
 
     /// Reads container names from these runtime roots instead of the defaults.
     pub fn with_container_names(mut self, names: ContainerNames) -> Self {
         self.names = names;
+        self
+    }
+
+    /// Reads who listened where from `listeners` (the kernel's record), for refused and queued
+    /// connections.
+    pub fn with_listeners(mut self, listeners: Listeners) -> Self {
+        self.listeners = listeners;
         self
     }
 
@@ -284,22 +299,29 @@ impl Attributor {
         stack: Option<Vec<String>>,
     ) -> Box<Event> {
         let cause = classify(&decoded, peer.as_ref().map(|sent| sent.cause));
+        let history = self.listener_history(&decoded, cause, peer.as_ref());
+        let last_listener = match &history {
+            History::Closed(closed) => Some(LastListener {
+                container: self.cgroup_and_container(&closed.closer).1,
+                closer: closed.closer.clone(),
+                ago: Duration::from_nanos(decoded.ktime_ns.saturating_sub(closed.closed_ns)),
+            }),
+            _ => None,
+        };
 
         let (mut process, mut cgroup, mut container, mut nobody) = (None, None, None, None);
         match self.process_task(&decoded, cause) {
             Attribution::Process(task, source) => {
-                cgroup = match task.cgroup_id {
-                    0 => process_cgroup(task.pid),
-                    id => self.cgroups.path(id),
+                (cgroup, container) = self.cgroup_and_container(&task);
+                // The kernel's reading at the time, else /proc's now (gone with the process).
+                let ns_pid = match task.ns_pid {
+                    Some(ns_pid) => Some(ns_pid).filter(|ns_pid| *ns_pid != task.pid),
+                    None => self.ns_pid(task.pid),
                 };
-                container = cgroup.as_deref().and_then(Container::from_cgroup);
-                if let Some(container) = container.as_mut() {
-                    self.names.fill(container);
-                }
                 process = Some(Process {
                     pid: task.pid,
                     tid: task.tid,
-                    ns_pid: self.ns_pid(task.pid),
+                    ns_pid,
                     comm: task.comm,
                     source,
                 });
@@ -330,6 +352,7 @@ impl Attributor {
             stack,
             folded: None,
             packet: decoded.kernel.packet,
+            last_listener,
         });
         // Summary and metrics never print explanations: at storm rates the strings cost.
         let explanation = if self.explanations {
@@ -337,7 +360,8 @@ impl Attributor {
                 cause: sent.cause,
                 explanation: &sent.explanation,
             });
-            explain::event_line(&event, cause, peer, exchange_completed)
+            let none_since_start = history == History::NoneSinceStart;
+            explain::event_line(&event, cause, peer, exchange_completed, none_since_start)
         } else {
             String::new()
         };
@@ -353,6 +377,7 @@ impl Attributor {
         {
             self.remember_sent(SentReset {
                 ktime_ns: decoded.ktime_ns,
+                netns: decoded.netns,
                 local,
                 remote,
                 cause,
@@ -361,6 +386,46 @@ impl Attributor {
             });
         }
         event
+    }
+
+    /// The cgroup path and container of a process.
+    fn cgroup_and_container(&mut self, task: &Task) -> (Option<String>, Option<Container>) {
+        let cgroup = match task.cgroup_id {
+            0 => process_cgroup(task.pid),
+            id => self.cgroups.path(id),
+        };
+        let mut container = cgroup.as_deref().and_then(Container::from_cgroup);
+        if let Some(container) = container.as_mut() {
+            self.names.fill(container);
+        }
+        (cgroup, container)
+    }
+
+    /// For a refused connection: the listener that last listened where it went. A refused
+    /// connect finds its listener in its own namespace when the refusal came from there
+    /// (loopback) or from the namespace of the reset this host sent for it.
+    fn listener_history(
+        &mut self,
+        event: &Decoded,
+        cause: Cause,
+        peer: Option<&SentReset>,
+    ) -> History {
+        match cause {
+            Cause::PortClosed => {
+                self.listeners
+                    .closed_before(event.netns, event.local, event.ktime_ns)
+            }
+            Cause::ConnectionRefused => {
+                let netns = match peer {
+                    Some(sent) => sent.netns,
+                    None if event.remote.is_some_and(|end| end.addr.is_loopback()) => event.netns,
+                    None => None,
+                };
+                self.listeners
+                    .closed_before(netns, event.remote, event.ktime_ns)
+            }
+            _ => History::Unknown,
+        }
     }
 
     /// The process to name, and where it came from.
@@ -396,6 +461,21 @@ impl Attributor {
         {
             let source = source(&holder);
             return Attribution::Process(holder, source);
+        }
+        // Still in a listener's accept queue (a full socket nobody holds a file for): the
+        // connection is the listener's until a process accepts it.
+        if event.kind == EventKind::ResetReceived
+            && facts.full_socket
+            && !facts.has_socket_file
+            && matches!(
+                event.state,
+                Some(TcpState::Established | TcpState::CloseWait)
+            )
+            && let Some(listener) =
+                self.listeners
+                    .listener_of(event.netns, event.local, event.ktime_ns)
+        {
+            return Attribution::Process(listener, ProcessSource::Listener);
         }
         Attribution::Nobody(
             match (
@@ -583,6 +663,7 @@ mod tests {
             tid: pid,
             comm: comm.to_string(),
             cgroup_id: 1,
+            ns_pid: None,
         }
     }
 
@@ -852,6 +933,125 @@ mod tests {
         assert!(attributor.listener_drop_event(&sample(2)).is_some());
         attributor.push(overflow(2), None);
         assert!(attributor.listener_drop_event(&sample(1)).is_none());
+    }
+
+    /// The kernel's record of listeners: 127.0.0.1:8080 listened on by pid 5000003 since 1 s,
+    /// and 0.0.0.0:9001 listened on from 1 s to 2 s by pid 5000004, which closed it.
+    fn recorded_listeners() -> Listeners {
+        use rst_trace_common::{COMM_LEN, ListenerKey, ListenerRecord, Owner};
+        let owner = |tgid: u32, name: &str, since_ns: u64| {
+            let mut comm = [0u8; COMM_LEN];
+            comm[..name.len()].copy_from_slice(name.as_bytes());
+            Owner {
+                tgid,
+                pid: tgid,
+                cgroup_id: 1,
+                since_ns,
+                comm,
+                ns_tgid: 1,
+                _pad: 0,
+            }
+        };
+        let key = |text: &str| crate::last_listener::candidate_keys(7, end(text).unwrap())[0];
+        let table: std::collections::HashMap<ListenerKey, ListenerRecord> = [
+            (
+                key(SERVER),
+                ListenerRecord {
+                    sk: 1,
+                    owner: owner(5_000_003, "server", 1_000 * MS),
+                    ..ListenerRecord::default()
+                },
+            ),
+            (
+                key("0.0.0.0:9001"),
+                ListenerRecord {
+                    sk: 2,
+                    owner: owner(5_000_004, "gunicorn", 1_000 * MS),
+                    closer: owner(5_000_004, "gunicorn", 2_000 * MS),
+                    closed_ns: 2_000 * MS,
+                    ..ListenerRecord::default()
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        Listeners::new(Box::new(table))
+    }
+
+    #[test]
+    fn a_refused_connection_names_the_last_listener_there() {
+        let mut attributor =
+            Attributor::new(CgroupResolver::with_root(None)).with_listeners(recorded_listeners());
+        let syn = |at_ms, to: &str| Decoded {
+            netns: Some(7),
+            kernel: KernelFacts {
+                segment: Some(Segment(0x02)),
+                ..KernelFacts::default()
+            },
+            ..no_socket_sent(at_ms, to, CLIENT)
+        };
+        // Bound to 0.0.0.0, refused on 127.0.0.1, 3.2 s after its close.
+        attributor.push(syn(5_200, "127.0.0.1:9001"), None);
+        // Nothing ever listened on 9002.
+        attributor.push(syn(5_300, "127.0.0.1:9002"), None);
+        let out = attributor.release(6_000 * MS, false);
+        assert_eq!(out.len(), 2);
+        let last = out[0].last_listener.as_ref().expect("the closed listener");
+        assert_eq!(
+            (last.closer.pid, last.closer.comm.as_str(), last.ago),
+            (5_000_004, "gunicorn", Duration::from_millis(3_200))
+        );
+        assert_eq!(
+            out[0].explanation.as_deref(),
+            Some(
+                "nothing listens on 127.0.0.1:9001 since gunicorn (pid 5000004) closed its \
+                 listener 3.2 s ago: the SYN from 127.0.0.1:40000 was refused (no process owns a \
+                 closed port)"
+            )
+        );
+        assert_eq!(out[1].last_listener, None);
+        assert_eq!(
+            out[1].explanation.as_deref(),
+            Some(
+                "nothing listens on 127.0.0.1:9002: the SYN from 127.0.0.1:40000 was refused (no \
+                 process owns a closed port); nothing has listened there since rst-trace started"
+            )
+        );
+    }
+
+    #[test]
+    fn a_connection_nobody_accepted_yet_belongs_to_the_listener() {
+        let mut attributor =
+            Attributor::new(CgroupResolver::with_root(None)).with_listeners(recorded_listeners());
+        let queued = Decoded {
+            netns: Some(7),
+            kernel: KernelFacts {
+                full_socket: true,
+                has_socket_file: false,
+                ..KernelFacts::default()
+            },
+            ..received(3_000, TcpState::Established, SERVER, CLIENT)
+        };
+        attributor.push(queued.clone(), None);
+        let out = attributor.release(3_000 * MS, true);
+        let process = out[0].process.as_ref().expect("the listener's process");
+        assert_eq!(
+            (process.pid, process.comm.as_str(), process.source),
+            (5_000_003, "server", ProcessSource::Listener)
+        );
+        // The kernel read its pid in its namespace (1) at listen(); /proc is not asked.
+        assert_eq!(process.ns_pid, Some(1));
+        // Accepted (it has a file): no listener is named.
+        let accepted = Decoded {
+            kernel: KernelFacts {
+                has_socket_file: true,
+                ..queued.kernel.clone()
+            },
+            ..queued
+        };
+        attributor.push(accepted, None);
+        let out = attributor.release(3_000 * MS, true);
+        assert_eq!(out[0].process, None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rst_trace_common::{
-    Abort, ArgsRecord, COMM_LEN, Endpoints, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint, RecordKind,
+    Abort, ArgsRecord, COMM_LEN, Endpoints, NO_SK_STATE, RAW_LEN, RawTracepoint, RecordKind,
     RecordWithPacket, facts,
 };
 
@@ -206,15 +206,11 @@ impl Decoder {
             tid: header.pid_tgid as u32,
             comm: comm(&header.comm),
             cgroup_id: header.cgroup_id,
+            // The header has no room for it; the owner's, when the owner is running.
+            ns_pid: (facts.owner.tgid == tgid && facts.owner.ns_tgid != 0)
+                .then_some(facts.owner.ns_tgid),
         });
-        let task = |owner: &Owner| {
-            (owner.tgid != 0).then(|| Task {
-                pid: owner.tgid,
-                tid: owner.pid,
-                comm: comm(&owner.comm),
-                cgroup_id: owner.cgroup_id,
-            })
-        };
+        let task = Task::from_owner;
         let closed_by = task(&facts.closed.closer).map(|closer| ClosedBy {
             ago: Duration::from_nanos(header.ktime_ns.saturating_sub(facts.closed.closed_ns)),
             closer,
@@ -640,6 +636,8 @@ mod facts_tests {
             cgroup_id: 5,
             since_ns: 1,
             comm: comm16("nginx"),
+            ns_tgid: 3,
+            _pad: 0,
         };
         let closer = Owner {
             tgid: 20,
@@ -647,6 +645,8 @@ mod facts_tests {
             cgroup_id: 6,
             since_ns: 2,
             comm: comm16("app"),
+            ns_tgid: 0,
+            _pad: 0,
         };
         let mut sent = RawTracepoint {
             facts: SocketFacts {
@@ -677,17 +677,31 @@ mod facts_tests {
             facts
                 .owner
                 .as_ref()
-                .map(|o| (o.pid, o.tid, o.comm.as_str())),
-            Some((10, 11, "nginx"))
+                .map(|o| (o.pid, o.tid, o.comm.as_str(), o.ns_pid)),
+            Some((10, 11, "nginx", Some(3)))
         );
         let closed = facts.closed_by.as_ref().unwrap();
         assert_eq!(
-            (closed.closer.pid, closed.closer.comm.as_str()),
-            (20, "app")
+            (
+                closed.closer.pid,
+                closed.closer.comm.as_str(),
+                closed.closer.ns_pid
+            ),
+            (20, "app", None)
         );
         assert_eq!(closed.ago, Duration::from_secs(2));
         assert_eq!(facts.segment, Some(Segment(0x18)));
         assert_eq!(facts.tw_substate, Some(TcpState::FinWait2));
         assert!(facts.linger_zero && !facts.full_socket && !facts.has_socket_file);
+
+        // Fired in the owner's own context: the running task takes the owner's ns pid.
+        sent.header.pid_tgid = (10 << 32) | 11;
+        let event = decoder.decode(&bytes(&sent)).unwrap();
+        let context = event.kernel.context.as_ref().unwrap();
+        assert_eq!((context.pid, context.ns_pid), (10, Some(3)));
+        sent.header.pid_tgid = (12 << 32) | 12;
+        let event = decoder.decode(&bytes(&sent)).unwrap();
+        let context = event.kernel.context.as_ref().unwrap();
+        assert_eq!((context.pid, context.ns_pid), (12, None));
     }
 }

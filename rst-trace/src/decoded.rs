@@ -18,6 +18,22 @@ pub struct Task {
     pub tid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    /// The process id in its own PID namespace, as the kernel read it at the time (None: not
+    /// read; /proc is asked then).
+    pub ns_pid: Option<u32>,
+}
+
+impl Task {
+    /// The process a kernel program recorded; None when it recorded none.
+    pub fn from_owner(owner: &rst_trace_common::Owner) -> Option<Self> {
+        (owner.tgid != 0).then(|| Self {
+            pid: owner.tgid,
+            tid: owner.pid,
+            comm: crate::decode::comm(&owner.comm),
+            cgroup_id: owner.cgroup_id,
+            ns_pid: (owner.ns_tgid != 0).then_some(owner.ns_tgid),
+        })
+    }
 }
 
 /// TCP flags of a segment.

@@ -130,6 +130,7 @@ fn scan_socket_holders() -> HashMap<u64, Task> {
                 tid: pid,
                 comm: comm.clone(),
                 cgroup_id: 0,
+                ns_pid: None,
             });
         }
     }

@@ -126,6 +126,9 @@ pub enum ProcessSource {
     Owner,
     /// The task that was running when the event fired.
     Context,
+    /// The process listening where the connection waits in the accept queue: nobody has
+    /// accepted it yet.
+    Listener,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -164,6 +167,28 @@ impl Serialize for ClosedBy {
         let mut out = serializer.serialize_struct("ClosedBy", 3)?;
         out.serialize_field("pid", &self.closer.pid)?;
         out.serialize_field("comm", &self.closer.comm)?;
+        let seconds_ago = (self.ago.as_secs_f64() * 1000.0).round() / 1000.0;
+        out.serialize_field("seconds_ago", &seconds_ago)?;
+        out.end()
+    }
+}
+
+/// The listener that last listened where a connection was refused: who closed it, its
+/// container, and how long before the event. Printed as `pid`, `comm`, `container` and
+/// `seconds_ago` (to the millisecond).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastListener {
+    pub closer: Task,
+    pub container: Option<Container>,
+    pub ago: Duration,
+}
+
+impl Serialize for LastListener {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("LastListener", 4)?;
+        out.serialize_field("pid", &self.closer.pid)?;
+        out.serialize_field("comm", &self.closer.comm)?;
+        out.serialize_field("container", &self.container)?;
         let seconds_ago = (self.ago.as_secs_f64() * 1000.0).round() / 1000.0;
         out.serialize_field("seconds_ago", &seconds_ago)?;
         out.end()
@@ -209,6 +234,9 @@ pub struct Event {
     /// With `--pcap`: the packet the event is about (not in the JSON; written to the pcapng).
     #[serde(skip)]
     pub packet: Option<CapturedPacket>,
+    /// For refused connections (`port_closed`, `connection_refused`): the listener that last
+    /// listened there, closed before the event; null when none is known.
+    pub last_listener: Option<LastListener>,
 }
 
 /// Events of one kind, addresses, service port and process that the kernel counted in one
@@ -330,6 +358,7 @@ impl Event {
             stack: None,
             folded: None,
             packet: None,
+            last_listener: None,
         }
     }
 }

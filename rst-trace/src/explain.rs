@@ -60,13 +60,24 @@ pub struct PeerReset<'a> {
 }
 
 /// The one line printed under an event. `exchange_completed`: everything this host sent had been
-/// acknowledged before a received reset.
+/// acknowledged before a received reset. `no_listener_since_start`: for a refused connection,
+/// the kernel's record knows of no listener closed where it went since rst-trace started (the
+/// one it knows is in `event.last_listener`).
 pub fn event_line(
     event: &Event,
     cause: Cause,
     peer: Option<PeerReset<'_>>,
     exchange_completed: bool,
+    no_listener_since_start: bool,
 ) -> String {
+    let cause_line = |event: &Event, cause: Cause| {
+        let mut line = explain_cause(event, cause);
+        if no_listener_since_start && matches!(cause, Cause::PortClosed | Cause::ConnectionRefused)
+        {
+            line.push_str("; nothing has listened there since rst-trace started");
+        }
+        line
+    };
     let mut line = match peer {
         // Both ends are here and the sender's side explains the reset.
         Some(sent) if sent.cause == cause => {
@@ -76,7 +87,7 @@ pub fn event_line(
             )
         }
         // The refusal says it all: nothing listens there.
-        Some(_) if cause == Cause::ConnectionRefused => explain_cause(event, cause),
+        Some(_) if cause == Cause::ConnectionRefused => cause_line(event, cause),
         Some(sent) if cause == Cause::PeerAbort => {
             format!(
                 "the other end is on this host and reset the connection: {}",
@@ -85,10 +96,10 @@ pub fn event_line(
         }
         Some(sent) => format!(
             "{}; the other end is on this host: {}",
-            explain_cause(event, cause),
+            cause_line(event, cause),
             sent.explanation
         ),
-        None => explain_cause(event, cause),
+        None => cause_line(event, cause),
     };
     if event.kind == EventKind::ResetReceived && exchange_completed {
         // S13: a client that aborts after reading the response; the request itself completed.
@@ -112,17 +123,31 @@ fn explain_cause(event: &Event, cause: Cause) -> String {
             ago(closed.ago)
         )
     });
+    // Who last listened where a connection was refused, and when it stopped.
+    let since = event
+        .last_listener
+        .as_ref()
+        .map_or_else(String::new, |last| {
+            format!(
+                " since {} (pid {}) closed its listener {} ago",
+                last.closer.comm,
+                last.closer.pid,
+                ago(last.ago)
+            )
+        });
     match cause {
         Cause::PortClosed => format!(
-            "nothing listens on {local}: the SYN from {remote} was refused (no process owns a \
-             closed port)"
+            "nothing listens on {local}{since}: the SYN from {remote} was refused (no process \
+             owns a closed port)"
         ),
         Cause::HalfOpen => format!(
             "a segment from {remote} (not a SYN) arrived for a connection {local} does not know: \
              the peer believes it still exists"
         ),
         Cause::ConnectionRefused => {
-            format!("{process} connected to {remote}, where nothing listens (connection refused)")
+            format!(
+                "{process} connected to {remote}, where nothing listens{since} (connection refused)"
+            )
         }
         Cause::LingerAbort => {
             format!("{process} closed the connection with SO_LINGER {{on, 0}}, aborting it")
@@ -216,7 +241,9 @@ impl Cause {
             PortClosed => (
                 "A SYN arrived for a port with no listening socket, so this host answered with a \
                  reset. Nothing was listening: the service is down, restarting, listening on \
-                 another address or port, or not started in this network namespace.",
+                 another address or port, or not started in this network namespace. When a \
+                 listener there closed while rst-trace ran, the event names the process that \
+                 closed it and how long before (`last_listener`).",
                 &[
                     "ECONNREFUSED",
                     "Connection refused",
@@ -243,7 +270,8 @@ impl Cause {
             ),
             ConnectionRefused => (
                 "This host tried to connect and the peer answered the SYN with a reset: nothing \
-                 listens on that address and port.",
+                 listens on that address and port. When the peer is on this host and a listener \
+                 there closed while rst-trace ran, the event names that process (`last_listener`).",
                 &[
                     "ECONNREFUSED",
                     "Connection refused",

@@ -39,6 +39,15 @@ impl KernelBtf {
     /// Byte offset of `path` (members separated by dots, e.g. `__sk_common.skc_state`) inside
     /// `struct name`, looking through anonymous structs and unions as C does.
     pub fn member_offset(&self, name: &str, path: &str) -> anyhow::Result<u32> {
+        let offset_bits = self.member_bit_offset(name, path)?;
+        if !offset_bits.is_multiple_of(8) {
+            bail!("{name}.{path} is a bitfield");
+        }
+        Ok(offset_bits / 8)
+    }
+
+    /// Bit offset of `path` inside `struct name`, for bitfields (`sock_common.skc_ipv6only`).
+    pub fn member_bit_offset(&self, name: &str, path: &str) -> anyhow::Result<u32> {
         let mut current = self.named_struct(name)?;
         let mut offset_bits = 0u32;
         let mut parts = path.split('.').peekable();
@@ -54,10 +63,7 @@ impl KernelBtf {
                 };
             }
         }
-        if !offset_bits.is_multiple_of(8) {
-            bail!("{name}.{path} is a bitfield");
-        }
-        Ok(offset_bits / 8)
+        Ok(offset_bits)
     }
 
     /// `sizeof(struct name)`.

@@ -12,6 +12,8 @@
 //!   cause::classify                   the cause, from the Decoded's variants and facts
 //!   process_task, enrich, container   the process (socket owner first), cgroup, container
 //!   container_names                   the container's and pod's names, from the runtime's state
+//!   last_listener                     who last listened where a connection was refused, and
+//!                                     whose listener holds a connection nobody accepted yet
 //!   explain::event_line               the one line that says why
 //!                                     -> event::Event, the printed shape
 //! filter::Filter::keeps               --pid, --port, --comm, --cgroup, --container, --netns
@@ -42,6 +44,7 @@ pub mod fold;
 pub mod generate;
 pub mod kernel_btf;
 pub mod kernel_enums;
+pub mod last_listener;
 pub mod layout;
 pub mod listeners;
 pub mod loader;

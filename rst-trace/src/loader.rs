@@ -10,7 +10,10 @@ use aya::{
     },
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
-use rst_trace_common::{MAX_CGROUP_FILTER, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT_FILTER};
+use rst_trace_common::{
+    ListenerKey, ListenerRecord, MAX_CGROUP_FILTER, MAX_NETNS_FILTER, MAX_PID_FILTER,
+    MAX_PORT_FILTER,
+};
 
 use crate::{
     fold::{EpochMaps, FoldReader},
@@ -280,6 +283,16 @@ impl Tracer {
             .take_map("EVENTS")
             .ok_or_else(|| anyhow!("EVENTS map missing"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The kernel's record of the last listener on every address.
+    pub fn listeners(&mut self) -> anyhow::Result<crate::last_listener::Listeners> {
+        let map = self
+            .ebpf
+            .take_map("LISTENERS")
+            .ok_or_else(|| anyhow!("LISTENERS map missing"))?;
+        let table: HashMap<MapData, ListenerKey, ListenerRecord> = HashMap::try_from(map)?;
+        Ok(crate::last_listener::Listeners::new(Box::new(table)))
     }
 
     /// Kernel stacks of events (filled with `LoadOptions::stacks`).

@@ -385,7 +385,7 @@ mod tests {
     use crate::{
         cause::Cause,
         container::Container,
-        event::{Endpoint, EventKind, Family, Process, ProcessSource},
+        event::{Endpoint, EventKind, Family, LastListener, Process, ProcessSource},
     };
 
     fn sample() -> Event {
@@ -424,6 +424,17 @@ mod tests {
         });
         event.family = Some(Family::Ipv6);
         event.sock_cookie = Some(8);
+        event.last_listener = Some(LastListener {
+            closer: crate::decoded::Task {
+                pid: 4242,
+                tid: 4243,
+                comm: "gunicorn".into(),
+                cgroup_id: 1,
+                ns_pid: None,
+            },
+            container: None,
+            ago: std::time::Duration::from_millis(3_204),
+        });
         let mut sink = Sink::new(Format::Json, Vec::new());
         sink.write(&event).unwrap();
         let text = String::from_utf8(sink.into_inner()).unwrap();
@@ -451,7 +462,8 @@ mod tests {
                 "drops": null,
                 "counter": null,
                 "stack": null,
-                "folded": null
+                "folded": null,
+                "last_listener": {"pid": 4242, "comm": "gunicorn", "container": null, "seconds_ago": 3.204}
             })
         );
     }

@@ -147,7 +147,8 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     };
     let mut kernel_log = tracer.take_logger().and_then(|logger| poll(logger).ok());
     let mut attributor = Attributor::new(CgroupResolver::new())
-        .with_container_names(ContainerNames::new(runtime_roots));
+        .with_container_names(ContainerNames::new(runtime_roots))
+        .with_listeners(tracer.listeners()?);
     if outputs.stream.is_none() && outputs.file.is_none() && outputs.pcap.is_none() {
         attributor = attributor.without_explanations();
     }

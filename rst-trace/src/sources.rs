@@ -522,6 +522,36 @@ fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<Strin
              have no owner"
         )),
     }
+    // A process's id in its own PID namespace (all six, or /proc's NSpid, read later).
+    if let (Ok(leader), Ok(thread_pid), Ok(level), Ok(numbers), Ok(nr), Ok(upid_size)) = (
+        btf.checked_offset("task_struct", "group_leader"),
+        btf.checked_offset("task_struct", "thread_pid"),
+        btf.checked_offset("pid", "level"),
+        btf.member_offset("pid", "numbers"),
+        btf.checked_offset("upid", "nr"),
+        btf.struct_size("upid"),
+    ) {
+        o.task_group_leader = leader;
+        o.task_thread_pid = thread_pid;
+        o.pid_level = level;
+        // A flexible array member: it starts at the struct's end, which the check refuses.
+        o.pid_numbers = numbers;
+        o.upid_nr = nr;
+        o.upid_size = upid_size as u32;
+    } else {
+        missing.push(
+            "task_struct.thread_pid -> pid.numbers[level].nr: a short-lived process in a PID \
+             namespace has no ns_pid"
+                .to_string(),
+        );
+    }
+    match btf.member_bit_offset("sock_common", "skc_ipv6only") {
+        Ok(bit) => o.skc_ipv6only_bit = bit,
+        Err(error) => missing.push(format!(
+            "sock_common.skc_ipv6only ({error:#}): an IPv6-only listener may be named for a \
+             refused IPv4 connection"
+        )),
+    }
     match btf.enum_value("sock_flags", "SOCK_LINGER") {
         Some(bit) if bit < 64 => o.sock_linger_bit = bit as u32,
         _ => missing.push(format!("enum sock_flags has no SOCK_LINGER: {linger}")),

@@ -218,7 +218,7 @@ fn duration_ends_the_run_and_text_output_has_a_header() {
         explanation.trim(),
         format!(
             "-> nothing listens on 127.0.0.1:{port}: the SYN from {} was refused (no process \
-             owns a closed port)",
+             owns a closed port); nothing has listened there since rst-trace started",
             sent.split_whitespace().nth(5).unwrap_or_default()
         )
     );

@@ -333,7 +333,7 @@ fn finding1_a_hostile_process_name_is_escaped_in_text_lines_and_explanations() {
     );
     let expected_explanation = format!(
         "    -> {HOSTILE_ESCAPED} (pid {}) connected to 127.0.0.1:{port}, where nothing listens \
-         (connection refused)",
+         (connection refused); nothing has listened there since rst-trace started",
         client.pid
     );
     let text = String::from_utf8(stdout).expect("UTF-8 text");

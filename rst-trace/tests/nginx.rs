@@ -16,7 +16,7 @@ use std::{
 };
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const NGINX_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -284,6 +284,148 @@ fn s2_nginx_502_upstream_down_is_attributed_to_the_nginx_worker() {
         explanation.contains(&format!("127.0.0.1:{upstream_port}")),
         "the explanation names the upstream address: {received}"
     );
+    // No upstream ever listened there while rst-trace ran: said, and no listener named.
+    for event in [&sent, &received] {
+        assert_eq!(event["last_listener"], Value::Null, "{event}");
+        let explanation = event["explanation"].as_str().unwrap_or_default();
+        assert!(
+            explanation.ends_with("; nothing has listened there since rst-trace started"),
+            "{event}"
+        );
+    }
+
+    let finished = tracer.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    for event in &finished.events {
+        println!("s2 event: {event}");
+    }
+}
+
+/// A real upstream: `python3 -m http.server` on 127.0.0.1:`port`, killed on drop.
+struct Upstream {
+    child: Child,
+}
+
+impl Upstream {
+    fn start(port: u16) -> Self {
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn python3 (the upstream): {e}"));
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < NGINX_START_TIMEOUT,
+                "the upstream did not listen on 127.0.0.1:{port}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Self { child }
+    }
+
+    /// SIGTERM, and waits until it is gone: its listener closes as it exits.
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn s2_nginx_502_names_the_upstream_that_stopped_listening() {
+    let upstream_port = closed_port("127.0.0.1");
+    let port = closed_port("127.0.0.1");
+    let nginx = Nginx::start(
+        "s2-last",
+        &format!(
+            "upstream backend {{ server 127.0.0.1:{upstream_port}; }}\n\
+             server {{\n\
+             listen 127.0.0.1:{port};\n\
+             location / {{ proxy_pass http://backend; }}\n\
+             }}"
+        ),
+    );
+    nginx.wait_until_listening(port);
+    // Started before the upstream: its listen() and its close are both seen.
+    let tracer = Tracer::start(&[
+        "--port",
+        &upstream_port.to_string(),
+        "--port",
+        &port.to_string(),
+    ]);
+    let mut upstream = Upstream::start(upstream_port);
+    let upstream_pid = upstream.child.id();
+    let response = http_get_and_close(port);
+    assert!(
+        response.starts_with("HTTP/1.1 200 "),
+        "nginx proxies to the running upstream, got:\n{response}\nerror log:\n{}",
+        nginx.error_log()
+    );
+    upstream.stop();
+    let stopped = Instant::now();
+    thread::sleep(Duration::from_millis(300));
+
+    let response = http_get_and_close(port);
+    let asked = stopped.elapsed().as_secs_f64();
+    assert!(
+        response.starts_with("HTTP/1.1 502 "),
+        "nginx should answer 502 Bad Gateway, got:\n{response}\nerror log:\n{}",
+        nginx.error_log()
+    );
+
+    // (The test's own connects while waiting for the upstream to listen were refused too.)
+    let received = tracer.wait_for("the RST reaching nginx's upstream connect", |e| {
+        kind(e) == "reset_received"
+            && remote_port_of(e) == u64::from(upstream_port)
+            && e["cause"] == "connection_refused"
+            && pid_of(e) == u64::from(nginx.worker)
+    });
+    let sent = tracer.wait_for(
+        "the RST answering nginx's SYN to the stopped upstream",
+        |e| {
+            kind(e) == "reset_sent"
+                && local_port_of(e) == u64::from(upstream_port)
+                && remote_port_of(e) == local_port_of(&received)
+        },
+    );
+    assert_eq!(sent["cause"], "port_closed", "{sent}");
+    for event in [&sent, &received] {
+        let last = &event["last_listener"];
+        assert_eq!(last["pid"], upstream_pid, "the stopped upstream: {event}");
+        assert_eq!(last["comm"], "python3", "{event}");
+        assert_eq!(last["container"], Value::Null, "{event}");
+        let seconds_ago = last["seconds_ago"].as_f64().unwrap_or(-1.0);
+        assert!(
+            (0.25..=asked + 0.05).contains(&seconds_ago),
+            "closed between 0.25 s and {asked:.3} s before the refused connect: {event}"
+        );
+        let explanation = event["explanation"].as_str().unwrap_or_default();
+        assert!(
+            explanation.contains(&format!(
+                "nothing listens on 127.0.0.1:{upstream_port} since python3 (pid {upstream_pid}) \
+                 closed its listener "
+            )) || explanation.contains(&format!(
+                "where nothing listens since python3 (pid {upstream_pid}) closed its listener "
+            )),
+            "{event}"
+        );
+    }
 
     let finished = tracer.stop();
     assert!(finished.status.success(), "{}", finished.stderr);

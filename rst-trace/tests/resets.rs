@@ -33,6 +33,15 @@ fn tracer_on_port(port: u16, programs: Programs) -> Tracer {
     }
 }
 
+/// `127.0.0.1:80`, `[::1]:80`.
+fn endpoint(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
 fn s1_closed_port(ip: &str, family: &str, programs: Programs) {
     let port = closed_port(ip);
     let tracer = tracer_on_port(port, programs);
@@ -54,6 +63,16 @@ fn s1_closed_port(ip: &str, family: &str, programs: Programs) {
     assert_eq!(sent["cause"], "port_closed");
     assert_eq!(sent["process"], Value::Null, "nothing owns a closed port");
     assert_eq!(sent["netns"], host_netns());
+    assert_eq!(sent["last_listener"], Value::Null, "nothing listened there");
+    assert_eq!(
+        sent["explanation"],
+        format!(
+            "nothing listens on {}: the SYN from {} was refused (no process owns a closed port); \
+             nothing has listened there since rst-trace started",
+            endpoint(ip, port),
+            endpoint(ip, client_port)
+        )
+    );
 
     let received = tracer.wait_for("the RST reaching the client", |e| {
         kind(e) == "reset_received" && local_port_of(e) == u64::from(client_port)
@@ -625,5 +644,202 @@ fn sockets_set_up_before_rst_trace_started_are_attributed_through_their_file() {
         "the process holding the server socket: {received}"
     );
     assert_eq!(received["process"]["source"], "owner", "{received}");
+    tracer.stop();
+}
+
+/// A listener in a process of its own (`python3`), bound to `0.0.0.0:port` with a backlog of
+/// 8, that never accepts; killed on drop.
+struct IdleListener {
+    child: std::process::Child,
+}
+
+impl IdleListener {
+    fn start(port: u16) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import socket, time\n\
+                     s = socket.socket()\n\
+                     s.bind(('0.0.0.0', {port}))\n\
+                     s.listen(8)\n\
+                     print('listening', flush=True)\n\
+                     time.sleep(60)\n"
+                ),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn python3 (the listener)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the listener says it listens");
+        assert_eq!(line.trim(), "listening");
+        Self { child }
+    }
+}
+
+impl Drop for IdleListener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_reset_on_a_connection_nobody_accepted_yet_names_the_listener() {
+    let port = closed_port("0.0.0.0");
+    // Started first: the listener's listen() is what names it.
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let listener = IdleListener::start(port);
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect("connect: the kernel completes the handshake");
+    // Queued, never accepted: abort it from the client.
+    client
+        .set_linger(Some(std::time::Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(client);
+
+    let received = tracer.wait_for("the queued connection's reset", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(port)
+    });
+    assert_eq!(received["state"], "ESTABLISHED", "{received}");
+    assert_eq!(
+        received["remote"],
+        json!({"addr": "127.0.0.1", "port": client_port})
+    );
+    assert_eq!(received["cause"], "linger_abort", "{received}");
+    assert_eq!(
+        received["process"],
+        json!({
+            "pid": listener.child.id(),
+            "tid": listener.child.id(),
+            "comm": "python3",
+            "source": "listener",
+            "ns_pid": null
+        }),
+        "bound to 0.0.0.0, listening where 127.0.0.1:{port} was reached: {received}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn a_short_lived_process_in_its_own_pid_namespace_keeps_its_ns_pid() {
+    short_lived_process_in_a_pid_namespace(Programs::Btf);
+    short_lived_process_in_a_pid_namespace(Programs::Classic);
+}
+
+fn short_lived_process_in_a_pid_namespace(programs: Programs) {
+    let port = closed_port("127.0.0.1");
+    let tracer = tracer_on_port(port, programs);
+    // bash is pid 1 of a new PID namespace; its connect is refused and it exits at once.
+    let status = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("unshare (util-linux) and bash");
+    assert!(!status.success(), "the connect is refused");
+
+    let received = tracer.wait_for("the refused connect's reset", |e| {
+        kind(e) == "reset_received" && remote_port_of(e) == u64::from(port)
+    });
+    assert_eq!(received["cause"], "connection_refused", "{received}");
+    assert_eq!(received["process"]["comm"], "bash", "{received}");
+    assert_eq!(
+        received["process"]["ns_pid"], 1,
+        "read by the kernel at connect(), not from /proc: {received}"
+    );
+    let pid = pid_of(&received);
+    assert!(pid > 1, "{received}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the process is gone: {received}"
+    );
+    tracer.stop();
+}
+
+#[test]
+fn a_refused_connect_names_the_listener_that_closed_there() {
+    let port = closed_port("127.0.0.1");
+    let tracer = tracer_on_port(port, Programs::Btf);
+    let listen_on_any_ipv6 = |only_v6: bool| {
+        let addr: std::net::SocketAddr = format!("[::]:{port}").parse().expect("addr");
+        let listener = Socket::new(Domain::IPV6, Type::STREAM, None).expect("socket");
+        listener.set_only_v6(only_v6).expect("IPV6_V6ONLY");
+        listener.set_reuse_address(true).expect("SO_REUSEADDR");
+        listener.bind(&addr.into()).expect("bind");
+        listener.listen(8).expect("listen");
+        listener
+    };
+    // An IPv6-only listener on [::]:port never took IPv4 connections: when it has closed, a
+    // refused connect to 127.0.0.1:port names no listener.
+    drop(listen_on_any_ipv6(true));
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect_err("nothing listens");
+    let sent = tracer.wait_for("the RST answering the first SYN", |e| {
+        kind(e) == "reset_sent" && remote_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(sent["last_listener"], Value::Null, "{sent}");
+
+    // A dual-stack listener on [::]:port takes IPv4 connections too; it closes, then
+    // 127.0.0.1:port is refused.
+    drop(listen_on_any_ipv6(false));
+    let closed = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (client, client_port) = bound_client("127.0.0.1");
+    client
+        .connect(&sockaddr("127.0.0.1", port))
+        .expect_err("nothing listens any more");
+    let asked = closed.elapsed().as_secs_f64();
+
+    // The thread that closed the listener, as the kernel names it.
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).expect("comm");
+    let sent = tracer.wait_for("the RST answering the SYN", |e| {
+        kind(e) == "reset_sent" && remote_port_of(e) == u64::from(client_port)
+    });
+    let received = tracer.wait_for("the RST reaching the client", |e| {
+        kind(e) == "reset_received" && local_port_of(e) == u64::from(client_port)
+    });
+    assert_eq!(sent["cause"], "port_closed", "{sent}");
+    assert_eq!(received["cause"], "connection_refused", "{received}");
+    for event in [&sent, &received] {
+        let last = &event["last_listener"];
+        assert_eq!(last["pid"], std::process::id(), "{event}");
+        assert_eq!(last["comm"], comm.trim_end(), "{event}");
+        assert_eq!(last["container"], Value::Null, "{event}");
+        let seconds_ago = last["seconds_ago"].as_f64().unwrap_or(-1.0);
+        assert!(
+            (0.15..=asked + 0.05).contains(&seconds_ago),
+            "closed 0.2 s to {asked:.3} s before: {event}"
+        );
+    }
+    let explanation = sent["explanation"].as_str().unwrap_or_default();
+    let (since, ago) = explanation.split_once(" ms ago: ").unwrap_or_default();
+    assert_eq!(
+        since.rsplit_once(' ').map(|(text, _)| text),
+        Some(
+            format!(
+                "nothing listens on 127.0.0.1:{port} since {} (pid {}) closed its listener",
+                comm.trim_end(),
+                std::process::id()
+            )
+            .as_str()
+        ),
+        "{sent}"
+    );
+    assert_eq!(
+        ago,
+        format!("the SYN from 127.0.0.1:{client_port} was refused (no process owns a closed port)"),
+        "{sent}"
+    );
     tracer.stop();
 }

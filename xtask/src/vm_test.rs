@@ -95,6 +95,12 @@ const VM_TESTS: &[VmTest] = &[
         binary: "pcap",
         name: "pcap_holds_the_refused_syn_on_any_kernel",
     },
+    // A refused connect names the dual-stack listener that closed there: the kernel's record
+    // of listeners, written by 6.1's set-state program.
+    VmTest {
+        binary: "resets",
+        name: "a_refused_connect_names_the_listener_that_closed_there",
+    },
     // `rst-trace check` loads and attaches every source the kernel offers.
     VmTest {
         binary: "cli",

@@ -1,6 +1,8 @@
 //! The socket-owner bookkeeping, from connection set-up and teardown only: connect and listen
 //! give a socket its owner (`OWNERS`), accept gives the accepted socket its owner, close records
 //! who closed the connection (`CLOSED`) or aborted it (`ABORTS`), and destroy or a new passive child forgets an owner.
+//! Listen and a listener's close also update the last listener on its address (`LISTENERS`):
+//! these programs are never filtered or folded, so no listener's close is missed.
 //! `sock:inet_sock_set_state` and `tcp:tcp_destroy_sock` have BTF twins (`*_btf`).
 
 use aya_ebpf::{
@@ -8,12 +10,17 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use rst_trace_common::{Abort, ClosedConnection, ConnectionKey, facts};
+use rst_trace_common::{
+    Abort, ClosedConnection, ConnectionKey, ListenerKey, ListenerRecord, NO_OFFSET, Owner, facts,
+    listener_flags,
+};
 
-use crate::read::{Access, Direct, Probe, ctx_field, field, load, read};
-use crate::sock::{AF_INET, AF_INET6, SockHead, connection_key, linger_zero, netns_of_sock};
+use crate::read::{Access, Direct, Probe, copy, ctx_field, field, load, read};
+use crate::sock::{
+    AF_INET, AF_INET6, SockHead, connection_key, linger_zero, listener_key, netns_of_sock,
+};
 use crate::task::{current_owner, now};
-use crate::{ABORTS, CLOSED, OWNERS};
+use crate::{ABORTS, CLOSED, LISTENERS, OWNERS};
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -56,7 +63,14 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
     if new == offset!(states.syn_sent) || new == offset!(states.listen) {
         // connect() and listen() run in the process that owns the socket.
-        let _ = OWNERS.insert(sk, current_owner::<A>(), 0);
+        let owner = current_owner::<A>();
+        let _ = OWNERS.insert(sk, owner, 0);
+        if new == offset!(states.listen) {
+            listened::<A>(sk, &owner);
+        }
+    } else if old == offset!(states.listen) && new == offset!(states.close) {
+        // close() or shutdown() of a listener (or a listen() that failed), in its process.
+        stopped_listening::<A>(sk);
     } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
         // close() or shutdown() by the application, in its own context.
         zeroed!(key: ConnectionKey);
@@ -100,6 +114,71 @@ fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
         // A new accepted-to-be child; any owner recorded at this address is a dead socket's.
         let _ = OWNERS.remove(sk);
     }
+}
+
+/// listen(): this socket is now the last listener on its address. The last close there is
+/// kept: a connection refused just before this listen() is explained after it.
+#[inline(always)]
+fn listened<A: Access>(sk: u64, owner: &Owner) {
+    zeroed!(key: ListenerKey);
+    zeroed!(head: SockHead<A>);
+    head.fill(sk);
+    if !listener_key(sk, head, key) {
+        return;
+    }
+    zeroed!(record: ListenerRecord);
+    // SAFETY: the value is copied out at once.
+    if let Some(known) = unsafe { LISTENERS.get(key as &ListenerKey) } {
+        // SAFETY: both are valid `ListenerRecord`s.
+        unsafe { copy(record as *mut ListenerRecord, known) };
+    }
+    record.sk = sk;
+    // SAFETY: both are valid `Owner`s.
+    unsafe { copy(&raw mut record.owner, owner) };
+    record.flags = 0;
+    let bit = offset!(skc_ipv6only_bit);
+    if key.family == AF_INET6
+        && bit != NO_OFFSET
+        // A bitfield: one byte read (probe read: rare, and any access kind may do it).
+        && field::<u8>(sk, bit / 8).is_some_and(|byte| byte & (1 << (bit % 8)) != 0)
+    {
+        record.flags |= listener_flags::IPV6_ONLY;
+    }
+    let _ = LISTENERS.insert(key as &ListenerKey, record as &ListenerRecord, 0);
+}
+
+/// A listener closed: remember who closed it and when. A close of another socket on the same
+/// address while the recorded one still listens (an SO_REUSEPORT sibling) changes nothing.
+#[inline(always)]
+fn stopped_listening<A: Access>(sk: u64) {
+    zeroed!(key: ListenerKey);
+    zeroed!(head: SockHead<A>);
+    head.fill(sk);
+    if !listener_key(sk, head, key) {
+        return;
+    }
+    zeroed!(record: ListenerRecord);
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { LISTENERS.get(key as &ListenerKey) };
+    if let Some(known) = known {
+        // Listening: its last close came before its listen().
+        if known.sk != sk && known.closed_ns < known.owner.since_ns {
+            return;
+        }
+        // SAFETY: both are valid `ListenerRecord`s.
+        unsafe { copy(record as *mut ListenerRecord, known) };
+    } else {
+        // Its record was evicted, or it listened before rst-trace started (then it has no
+        // owner here either). SAFETY: the value is copied out at once.
+        if let Some(owner) = unsafe { OWNERS.get(sk) } {
+            // SAFETY: both are valid `Owner`s.
+            unsafe { copy(&raw mut record.owner, owner) };
+        }
+    }
+    record.sk = sk;
+    record.closer = current_owner::<A>();
+    record.closed_ns = now();
+    let _ = LISTENERS.insert(key as &ListenerKey, record as &ListenerRecord, 0);
 }
 
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
