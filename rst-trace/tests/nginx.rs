@@ -208,12 +208,13 @@ fn http_get_and_close(port: u16) -> String {
     response
 }
 
-#[test]
-fn s2_nginx_502_upstream_down_is_attributed_to_the_nginx_worker() {
+/// S2's set-up: nginx on a free loopback port proxying to `upstream_port` (nothing listens there
+/// yet), and a tracer of both ports.
+fn s2_proxy(name: &str) -> (Nginx, u16, u16, Tracer) {
     let upstream_port = closed_port("127.0.0.1");
     let port = closed_port("127.0.0.1");
     let nginx = Nginx::start(
-        "s2",
+        name,
         &format!(
             "upstream backend {{ server 127.0.0.1:{upstream_port}; }}\n\
              server {{\n\
@@ -229,6 +230,12 @@ fn s2_nginx_502_upstream_down_is_attributed_to_the_nginx_worker() {
         "--port",
         &port.to_string(),
     ]);
+    (nginx, port, upstream_port, tracer)
+}
+
+#[test]
+fn s2_nginx_502_upstream_down_is_attributed_to_the_nginx_worker() {
+    let (nginx, port, upstream_port, tracer) = s2_proxy("s2");
 
     let response = http_get_and_close(port);
     assert!(
@@ -349,26 +356,8 @@ impl Drop for Upstream {
 
 #[test]
 fn s2_nginx_502_names_the_upstream_that_stopped_listening() {
-    let upstream_port = closed_port("127.0.0.1");
-    let port = closed_port("127.0.0.1");
-    let nginx = Nginx::start(
-        "s2-last",
-        &format!(
-            "upstream backend {{ server 127.0.0.1:{upstream_port}; }}\n\
-             server {{\n\
-             listen 127.0.0.1:{port};\n\
-             location / {{ proxy_pass http://backend; }}\n\
-             }}"
-        ),
-    );
-    nginx.wait_until_listening(port);
-    // Started before the upstream: its listen() and its close are both seen.
-    let tracer = Tracer::start(&[
-        "--port",
-        &upstream_port.to_string(),
-        "--port",
-        &port.to_string(),
-    ]);
+    // The tracer starts before the upstream: its listen() and its close are both seen.
+    let (nginx, port, upstream_port, tracer) = s2_proxy("s2-last");
     let mut upstream = Upstream::start(upstream_port);
     let upstream_pid = upstream.child.id();
     let response = http_get_and_close(port);
