@@ -352,7 +352,7 @@ pub fn parse_sock_diag_datagram(
             }
             NetlinkPayload::Done(_) => return Ok(DumpProgress::Done),
             NetlinkPayload::Error(error) => {
-                return Err(anyhow!(error.to_io())
+                return Err(anyhow!(netlink_errno(error.raw_code()))
                     .context("the kernel refused the sock_diag dump of TCP sockets"));
             }
             _ => {}
@@ -363,6 +363,12 @@ pub fn parse_sock_diag_datagram(
         offset += length;
     }
     Ok(DumpProgress::More)
+}
+
+/// The error a netlink error message carries (a negative errno). Not `ErrorMessage::to_io`, whose
+/// `abs()` overflows on `i32::MIN`, which a reply can hold.
+fn netlink_errno(code: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(i32::try_from(code.unsigned_abs()).unwrap_or(i32::MAX))
 }
 
 /// Reads the counters rst-trace needs from the `/proc/net/netstat` format: pairs of lines, a
@@ -595,6 +601,20 @@ IpExt: InNoRoutes InTruncatedPkts InMcastPkts OutMcastPkts InBcastPkts OutBcastP
 IpExt: 0 0 0 0 0 0 1160 1160 0 0 0 0 0 20 0 0 0 0\n\
 MPTcpExt: MPCapableSYNRX MPCapableSYNTX MPCapableSYNACKRX MPCapableACKRX MPCapableFallbackACK MPCapableFallbackSYNACK MPCapableSYNTXDrop MPCapableSYNTXDisabled MPCapableEndpAttempt MPFallbackTokenInit MPTCPRetrans MPJoinNoTokenFound MPJoinSynRx MPJoinSynBackupRx MPJoinSynAckRx MPJoinSynAckBackupRx MPJoinSynAckHMacFailure MPJoinAckRx MPJoinAckHMacFailure MPJoinRejected MPJoinSynTx MPJoinSynTxCreatSkErr MPJoinSynTxBindErr MPJoinSynTxConnectErr DSSNotMatching DSSCorruptionFallback DSSCorruptionReset InfiniteMapTx InfiniteMapRx DSSNoMatchTCP DataCsumErr OFOQueueTail OFOQueue OFOMerge NoDSSInWindow DuplicateData AddAddr AddAddrTx AddAddrTxDrop EchoAdd EchoAddTx EchoAddTxDrop PortAdd AddAddrDrop MPJoinPortSynRx MPJoinPortSynAckRx MPJoinPortAckRx MismatchPortSynRx MismatchPortAckRx RmAddr RmAddrDrop RmAddrTx RmAddrTxDrop RmSubflow MPPrioTx MPPrioRx MPFailTx MPFailRx MPFastcloseTx MPFastcloseRx MPRstTx MPRstRx SubflowStale SubflowRecover SndWndShared RcvWndShared RcvWndConflictUpdate RcvWndConflict MPCurrEstab Blackhole MPCapableDataFallback MD5SigFallback DssFallback SimultConnectFallback FallbackFailed WinProbe\n\
 MPTcpExt: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+
+    /// An input the `sock_diag` fuzz target found (kept in `tests/fixtures/fuzz/sock_diag/`): an
+    /// error message whose code is `i32::MIN`. It is an error, not a panic.
+    #[test]
+    fn an_error_code_of_i32_min_is_an_error_not_a_panic() {
+        let input = crate::tracefs::tests::fuzz_input("sock_diag", "errno-i32-min");
+        let error = parse_sock_diag_datagram(&input, &mut Vec::new()).expect_err("an error");
+        assert!(
+            format!("{error:#}")
+                .starts_with("the kernel refused the sock_diag dump of TCP sockets"),
+            "{error:#}"
+        );
+        assert_eq!(netlink_errno(-13).raw_os_error(), Some(13));
+    }
 
     /// A netlink message: length, type, flags, sequence, port id, then the payload.
     fn netlink(kind: u16, payload: &[u8]) -> Vec<u8> {
