@@ -178,7 +178,7 @@ pub struct ListenerKey {
 /// or folded, so that a refused connection can say who last listened where it went.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenerRecord {
+pub struct ListenerHistory {
     /// The listening socket's address, to tell its close from another socket's.
     pub sk: u64,
     /// The process that called listen(); `tgid` 0 when the listener predates rst-trace.
@@ -456,7 +456,7 @@ pub const NO_SK_STATE: u8 = 0xff;
 /// Entries in the socket-owner map, and in the map of recently closed connections.
 pub const MAX_OWNED_SOCKETS: u32 = 32768;
 /// Listening addresses remembered (least recently used ones make room).
-pub const MAX_LISTENERS: u32 = 8192;
+pub const MAX_LISTENER_ADDRESSES: u32 = 8192;
 pub const MAX_CLOSED_CONNECTIONS: u32 = 16384;
 
 /// What a record in the ring buffer describes.
@@ -474,7 +474,7 @@ pub enum RecordKind {
     ResetSentNoSocket = 4,
 }
 
-/// Bits of [`ListenerRecord::flags`].
+/// Bits of [`ListenerHistory::flags`].
 pub mod listener_flags {
     /// An IPv6 listener with IPV6_V6ONLY: it never took IPv4 connections.
     pub const IPV6_ONLY: u8 = 1;
@@ -601,7 +601,7 @@ impl KernelOffsets {
 mod user {
     use super::{
         Abort, ClosedConnection, ConnectionKey, EventHeader, FoldCount, FoldKey, FoldedEvents,
-        KernelOffsets, ListenerKey, ListenerRecord, Owner, RawTracepoint, RecordWithPacket,
+        KernelOffsets, ListenerHistory, ListenerKey, Owner, RawTracepoint, RecordWithPacket,
     };
 
     // SAFETY (all thirteen): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
@@ -630,7 +630,7 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for ListenerKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for ListenerRecord {}
+    unsafe impl aya::Pod for ListenerHistory {}
 }
 
 #[cfg(test)]
@@ -651,7 +651,7 @@ mod tests {
         );
         assert_eq!(core::mem::size_of::<Abort>(), 64);
         assert_eq!(core::mem::size_of::<ListenerKey>(), 24);
-        assert_eq!(core::mem::size_of::<ListenerRecord>(), 8 + 48 + 48 + 8 + 8);
+        assert_eq!(core::mem::size_of::<ListenerHistory>(), 8 + 48 + 48 + 8 + 8);
         assert_eq!(core::mem::size_of::<RawTracepoint>(), 48 + 280 + RAW_LEN);
         assert_eq!(core::mem::size_of::<ArgsRecord>(), 48 + 280);
         assert_eq!(core::mem::size_of::<KernelOffsets>() % 8, 0);

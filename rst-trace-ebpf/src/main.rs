@@ -5,7 +5,7 @@
 //! found no socket), filter early, reserve a ring buffer record, copy the tracepoint's raw record
 //! verbatim and submit. Three more keep the socket-owner map current from connection set-up and
 //! teardown only (connect, listen, accept, close, destroy), never from per-packet or per-send
-//! events, and remember the last listener on each address (`LISTENERS`). Decoding, naming and
+//! events, and remember the last listener on each address (`LAST_LISTENERS`). Decoding, naming and
 //! every decision that needs a table live in userspace. A record that does not fit in the ring
 //! buffer is counted in `LOST`, never dropped silently. With `--pcap` (`PCAP`), a record sent
 //! about a packet (a reset's segment, a dropped packet) carries the packet's first bytes
@@ -29,9 +29,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use rst_trace_common::{
-    Abort, ClosedConnection, ConnectionKey, KernelOffsets, ListenerKey, ListenerRecord,
-    MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS, MAX_LISTENERS, MAX_OWNED_SOCKETS, MAX_PID_FILTER,
-    MAX_STACKS, Owner,
+    Abort, ClosedConnection, ConnectionKey, KernelOffsets, ListenerHistory, ListenerKey,
+    MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS, MAX_LISTENER_ADDRESSES, MAX_OWNED_SOCKETS,
+    MAX_PID_FILTER, MAX_STACKS, Owner,
 };
 
 #[macro_use]
@@ -73,10 +73,10 @@ static ABORTS: LruHashMap<ConnectionKey, Abort> =
     LruHashMap::with_max_entries(MAX_CLOSED_CONNECTIONS, 0);
 
 /// Listening address -> its last listener: who listened and who closed it when (see
-/// `ListenerRecord`). Userspace reads it for refused connections and queued ones.
+/// `ListenerHistory`). Userspace reads it for refused connections and queued ones.
 #[map]
-static LISTENERS: LruHashMap<ListenerKey, ListenerRecord> =
-    LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+static LAST_LISTENERS: LruHashMap<ListenerKey, ListenerHistory> =
+    LruHashMap::with_max_entries(MAX_LISTENER_ADDRESSES, 0);
 
 /// Kernel stacks of events, with `--stack`.
 #[map]

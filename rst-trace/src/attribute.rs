@@ -938,7 +938,7 @@ mod tests {
     /// The kernel's record of listeners: 127.0.0.1:8080 listened on by pid 5000003 since 1 s,
     /// and 0.0.0.0:9001 listened on from 1 s to 2 s by pid 5000004, which closed it.
     fn recorded_listeners() -> Listeners {
-        use rst_trace_common::{COMM_LEN, ListenerKey, ListenerRecord, Owner};
+        use rst_trace_common::{COMM_LEN, ListenerHistory, ListenerKey, Owner};
         let owner = |tgid: u32, name: &str, since_ns: u64| {
             let mut comm = [0u8; COMM_LEN];
             comm[..name.len()].copy_from_slice(name.as_bytes());
@@ -953,23 +953,23 @@ mod tests {
             }
         };
         let key = |text: &str| crate::last_listener::candidate_keys(7, end(text).unwrap())[0];
-        let table: std::collections::HashMap<ListenerKey, ListenerRecord> = [
+        let table: std::collections::HashMap<ListenerKey, ListenerHistory> = [
             (
                 key(SERVER),
-                ListenerRecord {
+                ListenerHistory {
                     sk: 1,
                     owner: owner(5_000_003, "server", 1_000 * MS),
-                    ..ListenerRecord::default()
+                    ..ListenerHistory::default()
                 },
             ),
             (
                 key("0.0.0.0:9001"),
-                ListenerRecord {
+                ListenerHistory {
                     sk: 2,
                     owner: owner(5_000_004, "gunicorn", 1_000 * MS),
                     closer: owner(5_000_004, "gunicorn", 2_000 * MS),
                     closed_ns: 2_000 * MS,
-                    ..ListenerRecord::default()
+                    ..ListenerHistory::default()
                 },
             ),
         ]

@@ -11,26 +11,26 @@
 use std::net::IpAddr;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use rst_trace_common::{ListenerKey, ListenerRecord, listener_flags};
+use rst_trace_common::{ListenerHistory, ListenerKey, listener_flags};
 
 use crate::{decoded::Task, event::Endpoint};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// Where listener records are read from: the kernel's `LISTENERS` map, or a table in tests.
+/// Where listener records are read from: the kernel's `LAST_LISTENERS` map, or a table in tests.
 pub trait ListenerTable {
-    fn get(&self, key: &ListenerKey) -> Option<ListenerRecord>;
+    fn get(&self, key: &ListenerKey) -> Option<ListenerHistory>;
 }
 
-impl ListenerTable for BpfHashMap<MapData, ListenerKey, ListenerRecord> {
-    fn get(&self, key: &ListenerKey) -> Option<ListenerRecord> {
+impl ListenerTable for BpfHashMap<MapData, ListenerKey, ListenerHistory> {
+    fn get(&self, key: &ListenerKey) -> Option<ListenerHistory> {
         BpfHashMap::get(self, key, 0).ok()
     }
 }
 
-impl ListenerTable for std::collections::HashMap<ListenerKey, ListenerRecord> {
-    fn get(&self, key: &ListenerKey) -> Option<ListenerRecord> {
+impl ListenerTable for std::collections::HashMap<ListenerKey, ListenerHistory> {
+    fn get(&self, key: &ListenerKey) -> Option<ListenerHistory> {
         std::collections::HashMap::get(self, key).copied()
     }
 }
@@ -81,7 +81,7 @@ pub fn candidate_keys(netns: u32, end: Endpoint) -> Vec<ListenerKey> {
 
 /// Whether the record's listener was listening at `at_ns`: it listened before then and its
 /// last close (kept across a new listen()) came before that listen.
-fn listening_at(record: &ListenerRecord, at_ns: u64) -> bool {
+fn listening_at(record: &ListenerHistory, at_ns: u64) -> bool {
     record.owner.since_ns != 0
         && record.owner.since_ns <= at_ns
         && record.closed_ns < record.owner.since_ns
@@ -93,7 +93,7 @@ const CACHED_ADDRESSES: usize = 1024;
 /// The records behind one address as read at `read_ns` (CLOCK_MONOTONIC).
 struct Read {
     read_ns: u64,
-    records: Vec<ListenerRecord>,
+    records: Vec<ListenerHistory>,
 }
 
 /// Reads the records behind one address. A storm of refused connects to one port would read
@@ -121,7 +121,7 @@ impl Listeners {
     }
 
     /// The records behind `end`, read at or after `at_ns`.
-    fn records(&mut self, netns: u64, end: Endpoint, at_ns: u64) -> Option<&[ListenerRecord]> {
+    fn records(&mut self, netns: u64, end: Endpoint, at_ns: u64) -> Option<&[ListenerHistory]> {
         let table = self.table.as_ref()?;
         let key_netns = u32::try_from(netns).ok()?;
         if end.port == 0 {
@@ -235,8 +235,8 @@ mod tests {
     }
 
     /// A listener that listened at `listened_s` and was closed at `closed_s` (0: still open).
-    fn record(pid: u32, listened_s: u64, closed_s: u64) -> ListenerRecord {
-        ListenerRecord {
+    fn record(pid: u32, listened_s: u64, closed_s: u64) -> ListenerHistory {
+        ListenerHistory {
             sk: 1,
             owner: owner(pid, "server", listened_s * S),
             closer: if closed_s == 0 {
@@ -245,19 +245,19 @@ mod tests {
                 owner(pid, "server", closed_s * S)
             },
             closed_ns: closed_s * S,
-            ..ListenerRecord::default()
+            ..ListenerHistory::default()
         }
     }
 
-    fn v6only(record: ListenerRecord) -> ListenerRecord {
-        ListenerRecord {
+    fn v6only(record: ListenerHistory) -> ListenerHistory {
+        ListenerHistory {
             flags: listener_flags::IPV6_ONLY,
             ..record
         }
     }
 
-    fn listeners(records: &[(&str, ListenerRecord)]) -> Listeners {
-        let table: HashMap<ListenerKey, ListenerRecord> = records
+    fn listeners(records: &[(&str, ListenerHistory)]) -> Listeners {
+        let table: HashMap<ListenerKey, ListenerHistory> = records
             .iter()
             .map(|(addr, record)| (key_of(addr), *record))
             .collect();
@@ -277,7 +277,7 @@ mod tests {
         // (case, records by address, refused address, closer's pid and close time in seconds)
         type Case<'a> = (
             &'a str,
-            Vec<(&'a str, ListenerRecord)>,
+            Vec<(&'a str, ListenerHistory)>,
             &'a str,
             Option<(u32, u64)>,
         );
@@ -350,7 +350,7 @@ mod tests {
                 "re-listened since",
                 vec![(
                     "127.0.0.1:9001",
-                    ListenerRecord {
+                    ListenerHistory {
                         owner: owner(10, "server", 12 * S),
                         ..record(7, 1, 5)
                     },
@@ -408,10 +408,10 @@ mod tests {
 
     /// A table another party changes between lookups, as the kernel does.
     #[derive(Clone, Default)]
-    struct Shared(std::sync::Arc<std::sync::Mutex<HashMap<ListenerKey, ListenerRecord>>>);
+    struct Shared(std::sync::Arc<std::sync::Mutex<HashMap<ListenerKey, ListenerHistory>>>);
 
     impl ListenerTable for Shared {
-        fn get(&self, key: &ListenerKey) -> Option<ListenerRecord> {
+        fn get(&self, key: &ListenerKey) -> Option<ListenerHistory> {
             self.0.lock().unwrap().get(key).copied()
         }
     }
@@ -430,7 +430,7 @@ mod tests {
         let closed_ns = monotonic_ns();
         shared.0.lock().unwrap().insert(
             key_of("127.0.0.1:9001"),
-            ListenerRecord {
+            ListenerHistory {
                 closed_ns,
                 closer: owner(7, "server", closed_ns),
                 ..record(7, 0, 0)

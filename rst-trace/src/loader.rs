@@ -11,7 +11,7 @@ use aya::{
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
 use rst_trace_common::{
-    ListenerKey, ListenerRecord, MAX_CGROUP_FILTER, MAX_NETNS_FILTER, MAX_PID_FILTER,
+    ListenerHistory, ListenerKey, MAX_CGROUP_FILTER, MAX_NETNS_FILTER, MAX_PID_FILTER,
     MAX_PORT_FILTER,
 };
 
@@ -289,9 +289,9 @@ impl Tracer {
     pub fn listeners(&mut self) -> anyhow::Result<crate::last_listener::Listeners> {
         let map = self
             .ebpf
-            .take_map("LISTENERS")
-            .ok_or_else(|| anyhow!("LISTENERS map missing"))?;
-        let table: HashMap<MapData, ListenerKey, ListenerRecord> = HashMap::try_from(map)?;
+            .take_map("LAST_LISTENERS")
+            .ok_or_else(|| anyhow!("LAST_LISTENERS map missing"))?;
+        let table: HashMap<MapData, ListenerKey, ListenerHistory> = HashMap::try_from(map)?;
         Ok(crate::last_listener::Listeners::new(Box::new(table)))
     }
 

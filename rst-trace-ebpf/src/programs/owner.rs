@@ -1,7 +1,7 @@
 //! The socket-owner bookkeeping, from connection set-up and teardown only: connect and listen
 //! give a socket its owner (`OWNERS`), accept gives the accepted socket its owner, close records
 //! who closed the connection (`CLOSED`) or aborted it (`ABORTS`), and destroy or a new passive child forgets an owner.
-//! Listen and a listener's close also update the last listener on its address (`LISTENERS`):
+//! Listen and a listener's close also update the last listener on its address (`LAST_LISTENERS`):
 //! these programs are never filtered or folded, so no listener's close is missed.
 //! `sock:inet_sock_set_state` and `tcp:tcp_destroy_sock` have BTF twins (`*_btf`).
 
@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use rst_trace_common::{
-    Abort, ClosedConnection, ConnectionKey, ListenerKey, ListenerRecord, NO_OFFSET, Owner, facts,
+    Abort, ClosedConnection, ConnectionKey, ListenerHistory, ListenerKey, NO_OFFSET, Owner, facts,
     listener_flags,
 };
 
@@ -20,7 +20,7 @@ use crate::sock::{
     AF_INET, AF_INET6, SockHead, connection_key, linger_zero, listener_key, netns_of_sock,
 };
 use crate::task::{current_owner, now};
-use crate::{ABORTS, CLOSED, LISTENERS, OWNERS};
+use crate::{ABORTS, CLOSED, LAST_LISTENERS, OWNERS};
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -126,11 +126,11 @@ fn listened<A: Access>(sk: u64, owner: &Owner) {
     if !listener_key(sk, head, key) {
         return;
     }
-    zeroed!(record: ListenerRecord);
+    zeroed!(record: ListenerHistory);
     // SAFETY: the value is copied out at once.
-    if let Some(known) = unsafe { LISTENERS.get(key as &ListenerKey) } {
-        // SAFETY: both are valid `ListenerRecord`s.
-        unsafe { copy(record as *mut ListenerRecord, known) };
+    if let Some(known) = unsafe { LAST_LISTENERS.get(key as &ListenerKey) } {
+        // SAFETY: both are valid `ListenerHistory`s.
+        unsafe { copy(record as *mut ListenerHistory, known) };
     }
     record.sk = sk;
     // SAFETY: both are valid `Owner`s.
@@ -144,7 +144,7 @@ fn listened<A: Access>(sk: u64, owner: &Owner) {
     {
         record.flags |= listener_flags::IPV6_ONLY;
     }
-    let _ = LISTENERS.insert(key as &ListenerKey, record as &ListenerRecord, 0);
+    let _ = LAST_LISTENERS.insert(key as &ListenerKey, record as &ListenerHistory, 0);
 }
 
 /// A listener closed: remember who closed it and when. A close of another socket on the same
@@ -157,16 +157,16 @@ fn stopped_listening<A: Access>(sk: u64) {
     if !listener_key(sk, head, key) {
         return;
     }
-    zeroed!(record: ListenerRecord);
+    zeroed!(record: ListenerHistory);
     // SAFETY: the value is copied out at once.
-    let known = unsafe { LISTENERS.get(key as &ListenerKey) };
+    let known = unsafe { LAST_LISTENERS.get(key as &ListenerKey) };
     if let Some(known) = known {
         // Listening: its last close came before its listen().
         if known.sk != sk && known.closed_ns < known.owner.since_ns {
             return;
         }
-        // SAFETY: both are valid `ListenerRecord`s.
-        unsafe { copy(record as *mut ListenerRecord, known) };
+        // SAFETY: both are valid `ListenerHistory`s.
+        unsafe { copy(record as *mut ListenerHistory, known) };
     } else {
         // Its record was evicted, or it listened before rst-trace started (then it has no
         // owner here either). SAFETY: the value is copied out at once.
@@ -178,7 +178,7 @@ fn stopped_listening<A: Access>(sk: u64) {
     record.sk = sk;
     record.closer = current_owner::<A>();
     record.closed_ns = now();
-    let _ = LISTENERS.insert(key as &ListenerKey, record as &ListenerRecord, 0);
+    let _ = LAST_LISTENERS.insert(key as &ListenerKey, record as &ListenerHistory, 0);
 }
 
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
