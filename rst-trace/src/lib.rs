@@ -40,6 +40,7 @@ pub mod generate;
 pub mod kernel_btf;
 pub mod kernel_enums;
 pub mod layout;
+pub mod listener_iter;
 pub mod listeners;
 pub mod loader;
 pub mod metrics;

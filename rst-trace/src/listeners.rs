@@ -114,6 +114,9 @@ pub struct ListenerQueue {
     pub syn_queue: u32,
     /// Socket inode, to find the owning process (`/proc/*/fd`).
     pub inode: u64,
+    /// The process holding the socket's file, when the listener iterator saw it (sampling
+    /// leaves it to be found from `inode`).
+    pub holder: Option<crate::decoded::Task>,
 }
 
 impl ListenerQueue {
@@ -196,6 +199,27 @@ pub fn sample(netns: &Netns) -> Result<Sample> {
         .map_err(|_| anyhow!("the thread reading network namespace {inode} panicked"))?
 }
 
+/// Reads only the counters of one namespace, entering it in a short-lived thread: for a
+/// namespace no process is in (made with `ip netns add`), whose `/proc/PID/net` nobody has.
+pub fn sample_counters(netns: &Netns) -> Result<NetnsCounters> {
+    let file = File::open(&netns.path)
+        .with_context(|| format!("cannot open network namespace {}", netns.path.display()))?;
+    let inode = netns.inode;
+    thread::Builder::new()
+        .name(format!("netns-{inode}"))
+        .spawn(move || -> Result<NetnsCounters> {
+            setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| {
+                format!("cannot enter network namespace {inode} (needs CAP_SYS_ADMIN)")
+            })?;
+            let netstat = fs::read_to_string("/proc/thread-self/net/netstat")
+                .context("cannot read /proc/thread-self/net/netstat")?;
+            parse_netstat(&netstat)
+        })
+        .context("cannot start a thread to read a network namespace")?
+        .join()
+        .map_err(|_| anyhow!("the thread reading network namespace {inode} panicked"))?
+}
+
 /// Reads the namespace the calling thread is in. /proc/thread-self/net follows the thread's
 /// namespace (/proc/self/net the main thread's), and /proc/sys/net follows the namespace of the
 /// thread that opens it; the netlink socket is created here, so it dumps this namespace.
@@ -234,6 +258,7 @@ pub fn listener_queues(netns: u64, sockets: &[InetResponseHeader]) -> Vec<Listen
             accept_max: s.send_queue,
             syn_queue: 0,
             inode: u64::from(s.inode),
+            holder: None,
         })
         .collect();
     for request in sockets.iter().filter(|s| s.state != TCP_LISTEN) {
@@ -654,6 +679,7 @@ MPTcpExt: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 
                 accept_max: 5,
                 syn_queue: 0,
                 inode: 77,
+                holder: None,
             }
         );
         let error = parse_sock_diag_datagram(&[1, 2, 3], &mut sockets).unwrap_err();
@@ -694,6 +720,7 @@ MPTcpExt: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 
             accept_max: accept.1,
             syn_queue,
             inode: u64::from(port) + 1000,
+            holder: None,
         }
     }
 

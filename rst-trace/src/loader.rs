@@ -12,6 +12,7 @@ use rst_trace_common::{KernelOffsets, MAX_NETNS_FILTER, MAX_PID_FILTER, MAX_PORT
 
 use crate::{
     fold::FoldReader,
+    listener_iter,
     sources::{KernelSupport, Role, Source},
 };
 
@@ -52,6 +53,9 @@ pub struct Tracer {
     /// How each attached tracepoint that has a BTF program is served: by that program (fields
     /// read with plain loads), or by the classic one and why the BTF program was not used.
     pub hooks: Vec<(String, Hook)>,
+    /// Whether the listener iterator loaded, or why not (then listener drops come from
+    /// sampling each network namespace).
+    pub listener_iter: Result<(), String>,
 }
 
 /// Which program serves a reset tracepoint.
@@ -153,6 +157,7 @@ impl Tracer {
                 .context("filling the --netns filter")?;
         }
 
+        let listener_iter = load_listener_iter(&mut ebpf, btf.as_ref(), &support.offsets);
         let mut attached = Vec::new();
         let mut failed = Vec::new();
         let mut hooks = Vec::new();
@@ -203,7 +208,13 @@ impl Tracer {
             attached,
             failed,
             hooks,
+            listener_iter,
         })
+    }
+
+    /// Starts a pass of the listener iterator (see [`crate::listener_iter`]).
+    pub fn listener_pass(&mut self) -> anyhow::Result<std::fs::File> {
+        listener_iter::start_pass(&mut self.ebpf)
     }
 
     /// The maps the programs count folded events in.
@@ -276,6 +287,48 @@ impl LostCounter {
             .get(&0, 0)
             .context("reading the lost-event counter")?;
         Ok(values.iter().sum())
+    }
+}
+
+/// Loads the listener iterator when this kernel's offsets let it run; why not otherwise.
+fn load_listener_iter(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    offsets: &KernelOffsets,
+) -> Result<(), String> {
+    listener_iter::usable(offsets)?;
+    let btf = btf.ok_or("the kernel has no BTF at /sys/kernel/btf/vmlinux")?;
+    listener_iter::load(ebpf, btf).map_err(|error| format!("{error:#}"))?;
+    // One pass proves the kernel runs it (the verifier accepted it; reading runs it).
+    listener_iter::start_pass(ebpf)
+        .and_then(listener_iter::read_pass)
+        .map(drop)
+        .map_err(|error| format!("{error:#}"))
+}
+
+/// Only the listener iterator, for `rst-trace backlog` (which reports nothing else).
+pub struct ListenerIterator {
+    ebpf: Ebpf,
+}
+
+impl ListenerIterator {
+    pub fn load(support: &KernelSupport) -> anyhow::Result<Self> {
+        raise_memlock_limit(support);
+        // The other programs' ring buffer is created with the object: the smallest one will do.
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &support.offsets, true)
+            .map_max_entries("EVENTS", 4096)
+            .load(EBPF_OBJECT)
+            .context("the kernel refused rst-trace's BPF maps")?;
+        let btf = aya::Btf::from_sys_fs().ok();
+        load_listener_iter(&mut ebpf, btf.as_ref(), &support.offsets)
+            .map_err(|why| anyhow!("the listener iterator is not available: {why}"))?;
+        Ok(Self { ebpf })
+    }
+
+    /// Starts a pass (see [`crate::listener_iter`]).
+    pub fn pass(&mut self) -> anyhow::Result<std::fs::File> {
+        listener_iter::start_pass(&mut self.ebpf)
     }
 }
 

@@ -113,6 +113,16 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
             .map_or("its events", |source| source.serves);
         eprintln!("rst-trace: warning: {name} is off ({serves} not available): {why}");
     }
+    for limit in privileges::proc_limits() {
+        eprintln!("rst-trace: note: {limit}");
+    }
+    if let Err(why) = &tracer.listener_iter {
+        eprintln!(
+            "rst-trace: note: the listener iterator is off ({why}); SYNs dropped at full queues \
+             are found by entering every network namespace each second, which needs \
+             CAP_SYS_ADMIN and costs more"
+        );
+    }
 
     let decoder = Decoder {
         send_reset: support.send_reset,
@@ -140,7 +150,16 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     if let Err(error) = privileges::drop_after_attach() {
         log::warn!("could not drop capabilities after attaching: {error:#}");
     }
-    let mut listener_drops = backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL);
+    // Listener drops: from the listener iterator, one pass a second, where the kernel takes it;
+    // else by sampling each network namespace.
+    let (listener_passes, mut listener_drops) = match &tracer.listener_iter {
+        Ok(()) => {
+            let (passes, drops) = backlog::spawn_iter_watcher();
+            (Some(passes), drops)
+        }
+        Err(_) => (None, backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL)),
+    };
+    let mut listener_tick = tokio::time::interval(LISTENER_SAMPLE_INTERVAL);
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -201,6 +220,17 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 // What the kernel counted instead of sending in the last second: a line per key.
                 let folded = folds.take().await?;
                 done = pipeline.write_folded(folded)?;
+            }
+            _ = listener_tick.tick(), if listener_passes.is_some() => {
+                if let Some(passes) = &listener_passes {
+                    match tracer.listener_pass() {
+                        Ok(file) => {
+                            // The watcher thread ends only with this loop.
+                            let _ = passes.send(file);
+                        }
+                        Err(error) => log::debug!("listener iterator pass: {error:#}"),
+                    }
+                }
             }
             _ = summary_tick.tick(), if args.summary.is_some() => {
                 if let Some(summary) = &mut pipeline.outputs.summary {
@@ -580,6 +610,31 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         };
         writeln!(out, "{source}\n    {status}")?;
     }
+    let listeners = match &tracer {
+        Ok(tracer) => match &tracer.listener_iter {
+            Ok(()) => "loaded, and a pass read every listener".to_string(),
+            Err(why) => format!(
+                "cannot be used: {why}; listener drops come from entering each network \
+                 namespace every second instead, which needs CAP_SYS_ADMIN"
+            ),
+        },
+        Err(_) => "not tried".to_string(),
+    };
+    writeln!(
+        out,
+        "iter:task_file (SYNs dropped at full accept and SYN queues, per listener, in every \
+         network namespace)\n    {listeners}"
+    )?;
+    let limits = privileges::proc_limits();
+    if limits.is_empty() {
+        writeln!(
+            out,
+            "/proc: every process's namespaces and open files can be read"
+        )?;
+    }
+    for limit in limits {
+        writeln!(out, "/proc: {limit}")?;
+    }
     Ok(tracer.is_ok())
 }
 
@@ -587,8 +642,23 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
 pub fn backlog(args: &BacklogArgs) -> anyhow::Result<()> {
     privileges::ensure_can_trace()?;
     let filter = Filter::from_args(&args.filters);
+    let support = KernelSupport::probe()?;
+    let source = match crate::loader::ListenerIterator::load(&support) {
+        Ok(iterator) => backlog::ListenerSource::Iterator(Box::new(iterator), Default::default()),
+        Err(error) => {
+            eprintln!("rst-trace: note: {error:#}; entering each network namespace instead");
+            backlog::ListenerSource::Sampling(Default::default())
+        }
+    };
     let mut out = io::stdout().lock();
-    match backlog::run(args.interval, args.duration, args.json, &filter, &mut out) {
+    match backlog::run(
+        source,
+        args.interval,
+        args.duration,
+        args.json,
+        &filter,
+        &mut out,
+    ) {
         Err(error)
             if error
                 .downcast_ref::<io::Error>()

@@ -15,6 +15,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod container;
 pub mod netns;
 pub mod prometheus;
 use socket2::{Domain, Socket, Type};
@@ -53,10 +54,16 @@ pub struct Finished {
 impl Tracer {
     /// Starts rst-trace with `--json` and `args`, and waits until its programs are attached.
     pub fn start(args: &[&str]) -> Self {
+        let mut command = Command::new(BINARY);
+        command.arg("--json").args(args);
+        Self::start_command(command)
+    }
+
+    /// Starts a prepared command line that runs rst-trace with `--json` (under `setpriv`, for
+    /// example), and waits until its programs are attached.
+    pub fn start_command(mut command: Command) -> Self {
         require_root();
-        let mut child = Command::new(BINARY)
-            .arg("--json")
-            .args(args)
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
