@@ -399,6 +399,10 @@ pub const NO_SK_STATE: u8 = 0xff;
 
 /// Entries in the socket-owner map, and in the map of recently closed connections.
 pub const MAX_OWNED_SOCKETS: u32 = 32768;
+
+/// TCP listeners the programs keep (`LISTENERS`), for the listener iterator's passes; a host
+/// with more has the rest found by nobody until some close (the map is full), so this is large.
+pub const MAX_LISTENERS: u32 = 65536;
 pub const MAX_CLOSED_CONNECTIONS: u32 = 16384;
 
 /// What a record in the ring buffer describes.

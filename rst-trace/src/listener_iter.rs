@@ -1,8 +1,16 @@
-//! Listener drops from the listener iterator: one pass over every open file on the host finds
-//! every TCP listener of every network namespace with its queues and its drop counter
-//! (`sk_drops`, which `tcp_listendrop` bumps for each SYN or final ACK the listener drops), and
-//! the process holding it. Nothing here enters a namespace or dumps a socket table each second:
-//! the cost of a pass grows with open files, not with namespaces times the established hash.
+//! Listener drops from the listener iterators: a pass finds every TCP listener of every network
+//! namespace with its queues and its drop counter (`sk_drops`, which `tcp_listendrop` bumps for
+//! each SYN or final ACK the listener drops), and the process holding it. Nothing here enters a
+//! namespace or dumps a socket table each second.
+//!
+//! The first pass walks every open file on the host (`iter/task_file`): it finds the listeners
+//! that were there before rst-trace and puts them in the kernel's `LISTENERS` map, which the
+//! owner programs keep from then on (`listen()` adds, close removes). Every later pass walks
+//! only that map (`iter/bpf_map_elem`, [`MapPasses`]), so its cost grows with listeners, not
+//! with open files, namespaces or the established hash. A pass over the map holds no socket
+//! file, so a process closing a listener during a pass still does the close's last release
+//! (and sends its resets) itself. Where the kernel refuses the map iterator, every pass walks
+//! the open files.
 //!
 //! `sk_drops` does not say which queue was full; the namespace's counters (`ListenOverflows`,
 //! `TCPReqQFullDrop` in `/proc/PID/net/netstat` of a process in that namespace) do. They are read
@@ -19,8 +27,10 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::{Context as _, anyhow};
-use aya::{Btf, Ebpf, programs::Iter};
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{Btf, Ebpf, maps::Map, programs::Iter};
 use rst_trace_common::{KernelOffsets, ListenerRecord, NO_OFFSET};
 
 use crate::{
@@ -30,6 +40,9 @@ use crate::{
 
 /// The iterator program's name in the kernel crate.
 pub const PROGRAM: &str = "listeners";
+/// The map iterator's program, and the map it walks.
+pub const MAP_PROGRAM: &str = "listener_map";
+const LISTENERS_MAP: &str = "LISTENERS";
 
 /// The offsets the iterator reads; with any missing, listener drops come from sampling.
 pub fn usable(offsets: &KernelOffsets) -> Result<(), String> {
@@ -86,6 +99,103 @@ pub fn start_pass(ebpf: &mut Ebpf) -> anyhow::Result<File> {
     let link = program.take_link(link)?;
     link.into_file()
         .context("cannot open the listener iterator")
+}
+
+/// Passes over the kernel's `LISTENERS` map: the map iterator's link, on which each pass opens
+/// a new iterator (one syscall; the walk runs as the file is read).
+pub struct MapPasses {
+    link: OwnedFd,
+}
+
+impl MapPasses {
+    /// Loads the map iterator (`iter/bpf_map_elem`, 5.8+) into `ebpf` and attaches it to
+    /// `LISTENERS`. aya 0.14 attaches iterators to no target, so the link is made here.
+    pub fn load(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<Self> {
+        let program: &mut Iter = ebpf
+            .program_mut(MAP_PROGRAM)
+            .ok_or_else(|| anyhow!("program {MAP_PROGRAM} missing from the object"))?
+            .try_into()?;
+        program
+            .load("bpf_map_elem", btf)
+            .context("the kernel refused the listener map iterator (iter/bpf_map_elem)")?;
+        // Both descriptors belong to `ebpf`, which outlives the link (the link holds its own
+        // references to the program and the map once made).
+        let program_fd = program.fd()?.as_fd().as_raw_fd();
+        let map_fd = match ebpf.map(LISTENERS_MAP) {
+            Some(Map::HashMap(data)) => data.fd().as_fd().as_raw_fd(),
+            _ => bail!("map {LISTENERS_MAP} missing from the object"),
+        };
+        let link = map_iter_link(program_fd, map_fd)
+            .context("cannot attach the listener map iterator to its map")?;
+        Ok(Self { link })
+    }
+
+    /// Starts one pass: the file to read it from.
+    pub fn start_pass(&self) -> anyhow::Result<File> {
+        /// `union bpf_attr` for BPF_ITER_CREATE.
+        #[repr(C)]
+        struct IterCreate {
+            link_fd: u32,
+            flags: u32,
+        }
+        let attr = IterCreate {
+            link_fd: self.link.as_raw_fd() as u32,
+            flags: 0,
+        };
+        let fd = bpf(BPF_ITER_CREATE, &attr).context("cannot open the listener map iterator")?;
+        Ok(File::from(fd))
+    }
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_TRACE_ITER: u32 = 28;
+
+/// BPF_LINK_CREATE of an `iter/bpf_map_elem` program for one map.
+fn map_iter_link(program_fd: RawFd, map_fd: RawFd) -> anyhow::Result<OwnedFd> {
+    /// `union bpf_attr`'s `link_create` with `iter_info`.
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        iter_info: u64,
+        iter_info_len: u32,
+        _pad: u32,
+    }
+    // `union bpf_iter_link_info`'s `map` (its first member in every kernel).
+    let map_fd = map_fd as u32;
+    let attr = LinkCreate {
+        prog_fd: program_fd as u32,
+        target_fd: 0,
+        attach_type: BPF_TRACE_ITER,
+        flags: 0,
+        iter_info: &raw const map_fd as u64,
+        iter_info_len: size_of::<u32>() as u32,
+        _pad: 0,
+    };
+    Ok(bpf(BPF_LINK_CREATE, &attr)?)
+}
+
+/// The bpf(2) system call for a command that returns a new descriptor.
+fn bpf<T>(command: libc::c_long, attr: &T) -> std::io::Result<OwnedFd> {
+    // SAFETY: `attr` is a `#[repr(C)]` prefix of `union bpf_attr` for `command`, valid for its
+    // size, which is passed; the kernel reads only that many bytes (any pointer inside points
+    // at a live local of the caller).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *const T,
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Reads a pass to its end: every listener once (a socket shared by several processes is

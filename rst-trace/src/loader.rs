@@ -56,6 +56,11 @@ pub struct Tracer {
     /// Whether the listener iterator loaded, or why not (then listener drops come from
     /// sampling each network namespace).
     pub listener_iter: Result<(), String>,
+    /// Passes over the kernel's listener map after the first (see [`crate::listener_iter`]), or
+    /// why every pass walks the open files instead.
+    pub listener_map: Result<listener_iter::MapPasses, String>,
+    /// Whether the first pass after attaching (over every open file) has run.
+    listeners_seeded: bool,
 }
 
 /// Which program serves a reset tracepoint.
@@ -158,6 +163,17 @@ impl Tracer {
         }
 
         let listener_iter = load_listener_iter(&mut ebpf, btf.as_ref(), &support.offsets);
+        let listener_map = match (&listener_iter, btf.as_ref()) {
+            (Ok(()), Some(btf)) => listener_iter::MapPasses::load(&mut ebpf, btf)
+                .and_then(|passes| {
+                    // One pass proves the kernel runs it.
+                    listener_iter::read_pass(passes.start_pass()?)?;
+                    Ok(passes)
+                })
+                .map_err(|error| format!("{error:#}")),
+            (Err(why), _) => Err(why.clone()),
+            (Ok(()), None) => Err("the kernel has no BTF at /sys/kernel/btf/vmlinux".to_string()),
+        };
         let mut attached = Vec::new();
         let mut failed = Vec::new();
         let mut hooks = Vec::new();
@@ -209,12 +225,24 @@ impl Tracer {
             failed,
             hooks,
             listener_iter,
+            listener_map,
+            listeners_seeded: false,
         })
     }
 
-    /// Starts a pass of the listener iterator (see [`crate::listener_iter`]).
+    /// Starts a pass of the listener iterator (see [`crate::listener_iter`]): the first, once
+    /// the owner programs are attached, over every open file (it puts the listeners that were
+    /// already there in the kernel's map); the later ones over that map where the kernel takes
+    /// the map iterator.
     pub fn listener_pass(&mut self) -> anyhow::Result<std::fs::File> {
-        listener_iter::start_pass(&mut self.ebpf)
+        match &self.listener_map {
+            Ok(passes) if self.listeners_seeded => passes.start_pass(),
+            _ => {
+                let file = listener_iter::start_pass(&mut self.ebpf)?;
+                self.listeners_seeded = true;
+                Ok(file)
+            }
+        }
     }
 
     /// The maps the programs count folded events in.

@@ -116,6 +116,14 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     for limit in privileges::proc_limits() {
         eprintln!("rst-trace: note: {limit}");
     }
+    if tracer.listener_iter.is_ok()
+        && let Err(why) = &tracer.listener_map
+    {
+        eprintln!(
+            "rst-trace: note: the listener map iterator is off ({why}); each second's listener \
+             pass walks every open file on the host instead"
+        );
+    }
     if let Err(why) = &tracer.listener_iter {
         eprintln!(
             "rst-trace: note: the listener iterator is off ({why}); SYNs dropped at full queues \
@@ -624,6 +632,26 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         out,
         "iter:task_file (SYNs dropped at full accept and SYN queues, per listener, in every \
          network namespace)\n    {listeners}"
+    )?;
+    let map = match &tracer {
+        Ok(tracer) => match (&tracer.listener_iter, &tracer.listener_map) {
+            (Ok(()), Ok(_)) => {
+                "loaded, and a pass read the listener map: after the first pass over every open \
+                 file, each second's pass walks only the listeners"
+                    .to_string()
+            }
+            (Ok(()), Err(why)) => format!(
+                "cannot be used: {why}; every second's pass walks every open file on the host \
+                 instead (it costs more with many open files)"
+            ),
+            (Err(_), _) => "not tried (the listener iterator is off)".to_string(),
+        },
+        Err(_) => "not tried".to_string(),
+    };
+    writeln!(
+        out,
+        "iter:bpf_map_elem (the listener map, walked each second in place of every open \
+         file)\n    {map}"
     )?;
     let limits = privileges::proc_limits();
     if limits.is_empty() {

@@ -13,7 +13,7 @@ use rst_trace_common::{Abort, ClosedConnection, ConnectionKey, facts};
 use crate::read::{Access, Direct, Probe, ctx_field, field, load, read};
 use crate::sock::{AF_INET, AF_INET6, SockHead, connection_key, linger_zero, netns_of_sock};
 use crate::task::{current_owner, now};
-use crate::{ABORTS, CLOSED, OWNERS};
+use crate::{ABORTS, CLOSED, LISTENERS, OWNERS};
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -56,7 +56,14 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
     if new == offset!(states.syn_sent) || new == offset!(states.listen) {
         // connect() and listen() run in the process that owns the socket.
-        let _ = OWNERS.insert(sk, current_owner::<A>(), 0);
+        let owner = current_owner::<A>();
+        let _ = OWNERS.insert(sk, owner, 0);
+        if new == offset!(states.listen) {
+            let _ = LISTENERS.insert(sk, owner, 0);
+        }
+    } else if old == offset!(states.listen) {
+        // close() or shutdown() of a listener: no pass may read it after it is freed.
+        let _ = LISTENERS.remove(sk);
     } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
         // close() or shutdown() by the application, in its own context.
         zeroed!(key: ConnectionKey);
@@ -106,6 +113,7 @@ fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     if let Some(sk) = ctx_field::<u64>(&ctx, offset!(destroy_sock_skaddr)) {
         let _ = OWNERS.remove(sk);
+        let _ = LISTENERS.remove(sk);
     }
     0
 }
@@ -116,6 +124,7 @@ pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     if sk != 0 {
         let _ = OWNERS.remove(sk);
+        let _ = LISTENERS.remove(sk);
     }
     0
 }
