@@ -27,24 +27,34 @@ use crate::{
 /// How often the namespace list is walked again (sampling known namespaces is cheaper).
 const RESCAN_NAMESPACES_EVERY: u32 = 5;
 
-/// Samples every network namespace each `interval` on a thread of its own (sock_diag needs a
-/// thread that enters each namespace) and sends the drops it finds. The thread ends when the
-/// receiver is dropped.
+/// Samples the network namespaces each `interval` on a thread of its own, which enters each
+/// namespace itself ([`listeners::Sampler`]: counters each tick, sockets only when a counter
+/// moved), and sends the drops it finds. The thread ends when the receiver is dropped.
 pub fn spawn_watcher(interval: Duration) -> mpsc::UnboundedReceiver<ListenerDrop> {
     let (sender, receiver) = mpsc::unbounded_channel();
     thread::spawn(move || {
+        let mut sampler = match listeners::Sampler::new() {
+            Ok(sampler) => sampler,
+            Err(error) => {
+                log::warn!("{error:#}: SYNs dropped at full queues are not reported");
+                return;
+            }
+        };
         let mut watcher = Watcher::new();
         let mut namespaces: Vec<Netns> = Vec::new();
         let mut warned = HashSet::new();
         for round in 0u32.. {
-            if round % RESCAN_NAMESPACES_EVERY == 0 {
+            let rescan = round % RESCAN_NAMESPACES_EVERY == 0;
+            if rescan {
                 namespaces = listeners::network_namespaces();
                 let alive: Vec<u64> = namespaces.iter().map(|ns| ns.inode).collect();
                 watcher.retain(|inode| alive.contains(&inode));
+                sampler.retain(|inode| alive.contains(&inode));
             }
             for netns in &namespaces {
-                let sample = match listeners::sample(netns) {
-                    Ok(sample) => sample,
+                let sample = match sampler.sample(netns, rescan) {
+                    Ok(Some(sample)) => sample,
+                    Ok(None) => continue,
                     // A namespace can vanish between listing and sampling; one that cannot be
                     // read at all (no sock_diag in this kernel) is said once.
                     Err(error) => {
