@@ -126,6 +126,35 @@ fn s6_accept_queue_full_names_the_listener_and_counts_every_drop() {
     drop(listener);
 }
 
+/// S6 with the listener opened after rst-trace started: no pass over open files ever saw it
+/// (the first runs at start-up); the listener map, filled from its listen(), finds it.
+#[test]
+fn s6_a_listener_opened_after_start_is_found_through_the_listener_map() {
+    require_root();
+    let netns = TestNetns::new("s6late");
+    let tracer = Tracer::start(&["--netns", &netns.inode().to_string()]);
+    assert!(
+        !tracer.stderr().contains("listener map iterator is off"),
+        "{}",
+        tracer.stderr()
+    );
+    // Past the first pass (over open files, at the first tick).
+    thread::sleep(Duration::from_millis(1500));
+    let (listener, port) = netns.run(|| listener("127.0.0.1", 1));
+    let events = overflow_accept_queue(&netns, port, tracer);
+    let event = &events[0];
+    assert_eq!(
+        (&event["queue"]["max"], &event["queue"]["len"]),
+        (&1.into(), &2.into())
+    );
+    assert_eq!(
+        pid_of(event),
+        u64::from(std::process::id()),
+        "the process that listened: {event}"
+    );
+    drop(listener);
+}
+
 #[test]
 fn s7_accept_queue_full_in_a_container_names_the_container_and_its_pids() {
     require_root();
