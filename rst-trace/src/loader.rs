@@ -334,9 +334,12 @@ fn load_listener_iter(
         .map_err(|error| format!("{error:#}"))
 }
 
-/// Only the listener iterator, for `rst-trace backlog` (which reports nothing else).
+/// Only the listener iterators, for `rst-trace backlog` (which reports nothing else), with the
+/// owner programs that keep the listener map where their BTF programs attach.
 pub struct ListenerIterator {
     ebpf: Ebpf,
+    map: Option<listener_iter::MapPasses>,
+    seeded: bool,
 }
 
 impl ListenerIterator {
@@ -351,13 +354,47 @@ impl ListenerIterator {
         let btf = aya::Btf::from_sys_fs().ok();
         load_listener_iter(&mut ebpf, btf.as_ref(), &support.offsets)
             .map_err(|why| anyhow!("the listener iterator is not available: {why}"))?;
-        Ok(Self { ebpf })
+        // Without the map, every pass walks the open files: it costs more, and works the same.
+        let map = keep_listener_map(&mut ebpf, btf.as_ref(), support).ok();
+        Ok(Self {
+            ebpf,
+            map,
+            seeded: false,
+        })
     }
 
-    /// Starts a pass (see [`crate::listener_iter`]).
+    /// Starts a pass (see [`crate::listener_iter`]): the first over every open file, the later
+    /// ones over the listener map where it is kept.
     pub fn pass(&mut self) -> anyhow::Result<std::fs::File> {
-        listener_iter::start_pass(&mut self.ebpf)
+        match &self.map {
+            Some(passes) if self.seeded => passes.start_pass(),
+            _ => {
+                let file = listener_iter::start_pass(&mut self.ebpf)?;
+                self.seeded = true;
+                Ok(file)
+            }
+        }
     }
+}
+
+/// Attaches the BTF programs of `sock:inet_sock_set_state` and `tcp:tcp_destroy_sock` (which
+/// add listeners to the map and remove them) and loads the map iterator.
+fn keep_listener_map(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    support: &KernelSupport,
+) -> anyhow::Result<listener_iter::MapPasses> {
+    let btf = btf.context("the kernel has no BTF at /sys/kernel/btf/vmlinux")?;
+    for event in ["inet_sock_set_state", "tcp_destroy_sock"] {
+        let program = support
+            .sources
+            .iter()
+            .filter(|source| source.event == event && source.status.is_ok())
+            .find_map(|source| btf_program(source, &support.offsets))
+            .with_context(|| format!("no BTF program serves {event} on this kernel"))?;
+        attach_btf(ebpf, Some(btf), program, event)?;
+    }
+    listener_iter::MapPasses::load(ebpf, btf)
 }
 
 /// The BTF tracepoint program that can serve `source` in place of its classic one, when this
