@@ -400,9 +400,10 @@ pub const NO_SK_STATE: u8 = 0xff;
 /// Entries in the socket-owner map, and in the map of recently closed connections.
 pub const MAX_OWNED_SOCKETS: u32 = 32768;
 
-/// TCP listeners the programs keep (`LISTENERS`), for the listener iterator's passes; a host
-/// with more has the rest found by nobody until some close (the map is full), so this is large.
-pub const MAX_LISTENERS: u32 = 65536;
+/// TCP listeners the programs keep (`LISTENERS`), for the listener iterator's passes: listeners
+/// past it are not watched until others close (the map is full). 32768 entries cost 3.6 MB of
+/// kernel memory (preallocated: kernels before 6.1 allow no other hash map in tracing programs).
+pub const MAX_LISTENERS: u32 = 32768;
 pub const MAX_CLOSED_CONNECTIONS: u32 = 16384;
 
 /// What a record in the ring buffer describes.
