@@ -324,7 +324,46 @@ pub struct KernelOffsets {
     pub upid_size: u32,
     /// Bit offset of `sock_common.skc_ipv6only` (a bitfield).
     pub skc_ipv6only_bit: u32,
+    // Listener queues, read by the listener iterator from every open socket file.
+    /// `file.f_inode` and `inode.i_mode`: tells a socket file from any other.
+    pub file_f_inode: u32,
+    pub inode_i_mode: u32,
+    /// `sock.sk_drops`: what `tcp_listendrop` bumps for every SYN or final ACK a listener drops.
+    pub sk_drops: u32,
+    /// `inet_connection_sock.icsk_accept_queue.qlen`: the listener's SYN queue length.
+    pub icsk_accept_queue_qlen: u32,
+    /// `task_struct.tgid`: the process holding the file, as the init PID namespace numbers it.
+    pub task_tgid: u32,
+    /// Keeps the struct a multiple of 8 bytes (no hidden padding).
+    pub _pad: u32,
     pub states: TcpStates,
+}
+
+/// One TCP listening socket as the listener iterator (`iter/task_file`) finds it behind an open
+/// file: written with `bpf_seq_write`, read by userspace from the iterator's file once a second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerRecord {
+    /// Inode of the socket's file: the listener's identity across passes.
+    pub socket_ino: u64,
+    /// `sk_drops`: SYNs and final ACKs this listener dropped since it was created.
+    pub drops: u32,
+    pub netns: u32,
+    /// The process holding the file (one of them, when several share it).
+    pub tgid: u32,
+    /// Connections waiting for `accept()` (`sk_ack_backlog`).
+    pub accept_len: u32,
+    /// The backlog in force (`sk_max_ack_backlog`).
+    pub accept_max: u32,
+    /// Request sockets in the SYN queue.
+    pub syn_queue: u32,
+    pub family: u16,
+    /// Local port, host order.
+    pub port: u16,
+    pub _pad: u32,
+    /// Local address: 4 bytes for IPv4, 16 for IPv6.
+    pub addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
 }
 
 /// Keys folded at most per epoch (the folded maps are drained and emptied every second); an
@@ -457,6 +496,11 @@ pub const NO_SK_STATE: u8 = 0xff;
 pub const MAX_OWNED_SOCKETS: u32 = 32768;
 /// Listening addresses remembered (least recently used ones make room).
 pub const MAX_LISTENER_ADDRESSES: u32 = 8192;
+
+/// TCP listeners the programs keep (`LISTENERS`), for the listener iterator's passes: listeners
+/// past it are not watched until others close (the map is full). 32768 entries cost 3.6 MB of
+/// kernel memory (preallocated: kernels before 6.1 allow no other hash map in tracing programs).
+pub const MAX_LISTENERS: u32 = 32768;
 pub const MAX_CLOSED_CONNECTIONS: u32 = 16384;
 
 /// What a record in the ring buffer describes.
@@ -560,6 +604,11 @@ impl KernelOffsets {
         skb_tail: NO_OFFSET,
         skb_dev: NO_OFFSET,
         dev_nd_net: NO_OFFSET,
+        file_f_inode: NO_OFFSET,
+        inode_i_mode: NO_OFFSET,
+        sk_drops: NO_OFFSET,
+        icsk_accept_queue_qlen: NO_OFFSET,
+        task_tgid: NO_OFFSET,
         task_files: NO_OFFSET,
         files_fdt: NO_OFFSET,
         fdt_fd: NO_OFFSET,
@@ -580,6 +629,7 @@ impl KernelOffsets {
         upid_nr: NO_OFFSET,
         upid_size: NO_OFFSET,
         skc_ipv6only_bit: NO_OFFSET,
+        _pad: 0,
         states: TcpStates {
             established: NO_OFFSET,
             syn_sent: NO_OFFSET,
@@ -601,16 +651,19 @@ impl KernelOffsets {
 mod user {
     use super::{
         Abort, ClosedConnection, ConnectionKey, EventHeader, FoldCount, FoldKey, FoldedEvents,
-        KernelOffsets, ListenerHistory, ListenerKey, Owner, RawTracepoint, RecordWithPacket,
+        KernelOffsets, ListenerHistory, ListenerKey, ListenerRecord, Owner, RawTracepoint,
+        RecordWithPacket,
     };
 
-    // SAFETY (all thirteen): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
+    // SAFETY (all fourteen): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
     // bit pattern is a valid value, and no hidden padding (`layouts_have_no_hidden_padding`).
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RawTracepoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: repr(C), integer fields only, no padding (72 bytes, 8-aligned).
+    unsafe impl aya::Pod for ListenerRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ConnectionKey {}
     // SAFETY: as above.

@@ -30,8 +30,8 @@ use aya_ebpf::{
 };
 use rst_trace_common::{
     Abort, ClosedConnection, ConnectionKey, KernelOffsets, ListenerHistory, ListenerKey,
-    MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS, MAX_LISTENER_ADDRESSES, MAX_OWNED_SOCKETS,
-    MAX_PID_FILTER, MAX_STACKS, Owner,
+    MAX_CLOSED_CONNECTIONS, MAX_DROP_REASONS, MAX_LISTENER_ADDRESSES, MAX_LISTENERS,
+    MAX_OWNED_SOCKETS, MAX_PID_FILTER, MAX_STACKS, Owner,
 };
 
 #[macro_use]
@@ -60,6 +60,14 @@ static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PID_FILTER, 0);
 /// Socket address -> the process that connected, listened or accepted it.
 #[map]
 static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(MAX_OWNED_SOCKETS, 0);
+
+/// TCP listener (socket address) -> the process that listened, or that held its file when the
+/// first listener pass found it: what each later pass walks (`iter/bpf_map_elem`), so that a
+/// pass costs as many steps as there are listeners, not open files. Not LRU: a listener must
+/// not be pushed out by others; entries go when the listener closes or is destroyed, or when a
+/// pass finds the socket is no listener any more.
+#[map]
+static LISTENERS: HashMap<u64, Owner> = HashMap::with_max_entries(MAX_LISTENERS, 0);
 
 /// Connection -> who closed it and when, kept after the socket is gone.
 #[map]

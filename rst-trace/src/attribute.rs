@@ -243,6 +243,7 @@ impl Attributor {
             }),
             sampled_cause: Some(cause),
             kernel: KernelFacts {
+                owner: listener.holder.clone(),
                 socket_ino: (listener.inode != 0).then_some(listener.inode),
                 full_socket: true,
                 has_socket_file: true,
@@ -892,6 +893,7 @@ mod tests {
             accept_max: 4,
             syn_queue: 0,
             inode: 0,
+            holder: None,
         };
         let sample = |drops| ListenerDrop {
             kind: DropKind::AcceptQueueFull,

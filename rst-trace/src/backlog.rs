@@ -1,6 +1,7 @@
-//! Listener drops no tracepoint shows (SYNs dropped at a full accept or SYN queue), found by
-//! sampling every network namespace ([`crate::listeners`]): a background watcher for the main
-//! trace, and the `rst-trace backlog` command's per-listener report.
+//! Listener drops no tracepoint shows (SYNs dropped at a full accept or SYN queue): from the
+//! listener iterator ([`crate::listener_iter`]) where the kernel takes it, else by sampling every
+//! network namespace ([`crate::listeners`]). A background watcher for the main trace, and the
+//! `rst-trace backlog` command's per-listener report.
 
 use std::{
     collections::HashSet,
@@ -20,30 +21,41 @@ use crate::{
     escape::for_terminal,
     event::{Event, Process},
     filter::Filter,
+    listener_iter::{self, IterWatcher},
     listeners::{self, DropKind, ListenerDrop, Netns, Watcher},
 };
 
 /// How often the namespace list is walked again (sampling known namespaces is cheaper).
 const RESCAN_NAMESPACES_EVERY: u32 = 5;
 
-/// Samples every network namespace each `interval` on a thread of its own (sock_diag needs a
-/// thread that enters each namespace) and sends the drops it finds. The thread ends when the
-/// receiver is dropped.
+/// Samples the network namespaces each `interval` on a thread of its own, which enters each
+/// namespace itself ([`listeners::Sampler`]: counters each tick, sockets only when a counter
+/// moved), and sends the drops it finds. The thread ends when the receiver is dropped.
 pub fn spawn_watcher(interval: Duration) -> mpsc::UnboundedReceiver<ListenerDrop> {
     let (sender, receiver) = mpsc::unbounded_channel();
     thread::spawn(move || {
+        let mut sampler = match listeners::Sampler::new() {
+            Ok(sampler) => sampler,
+            Err(error) => {
+                log::warn!("{error:#}: SYNs dropped at full queues are not reported");
+                return;
+            }
+        };
         let mut watcher = Watcher::new();
         let mut namespaces: Vec<Netns> = Vec::new();
         let mut warned = HashSet::new();
         for round in 0u32.. {
-            if round % RESCAN_NAMESPACES_EVERY == 0 {
+            let rescan = round % RESCAN_NAMESPACES_EVERY == 0;
+            if rescan {
                 namespaces = listeners::network_namespaces();
                 let alive: Vec<u64> = namespaces.iter().map(|ns| ns.inode).collect();
                 watcher.retain(|inode| alive.contains(&inode));
+                sampler.retain(|inode| alive.contains(&inode));
             }
             for netns in &namespaces {
-                let sample = match listeners::sample(netns) {
-                    Ok(sample) => sample,
+                let sample = match sampler.sample(netns, rescan) {
+                    Ok(Some(sample)) => sample,
+                    Ok(None) => continue,
                     // A namespace can vanish between listing and sampling; one that cannot be
                     // read at all (no sock_diag in this kernel) is said once.
                     Err(error) => {
@@ -67,6 +79,40 @@ pub fn spawn_watcher(interval: Duration) -> mpsc::UnboundedReceiver<ListenerDrop
         }
     });
     receiver
+}
+
+/// Turns passes of the listener iterator into drops on a thread of its own (reading a pass runs
+/// the walk, and a namespace's counters may have to be looked for in /proc): the caller sends
+/// each pass's file, one a second. The thread ends when either side is dropped.
+pub fn spawn_iter_watcher() -> (
+    std::sync::mpsc::Sender<std::fs::File>,
+    mpsc::UnboundedReceiver<ListenerDrop>,
+) {
+    let (passes, incoming) = std::sync::mpsc::channel::<std::fs::File>();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    thread::spawn(move || {
+        let mut watcher = IterWatcher::new();
+        let mut warned = false;
+        while let Ok(file) = incoming.recv() {
+            let pass = match listener_iter::read_pass(file) {
+                Ok(pass) => pass,
+                Err(error) => {
+                    if !warned {
+                        log::warn!("{error:#}: SYNs dropped at full queues may go unreported");
+                        warned = true;
+                    }
+                    continue;
+                }
+            };
+            log::debug!("listener iterator pass: {} listeners", pass.len());
+            for drop in watcher.observe(pass) {
+                if sender.send(drop).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (passes, receiver)
 }
 
 /// A row of `rst-trace backlog`.
@@ -94,8 +140,63 @@ pub struct QueueView {
     pub max: u32,
 }
 
+/// Where `rst-trace backlog` finds listeners: the listener iterator where the kernel takes it,
+/// else sampling every network namespace.
+pub enum ListenerSource {
+    // Boxed: the loaded object is large beside a watcher.
+    Iterator(Box<crate::loader::ListenerIterator>, IterWatcher),
+    Sampling(Watcher),
+}
+
+impl ListenerSource {
+    /// The drops since the previous call, with each namespace's somaxconn where known; an error
+    /// when nothing at all could be seen.
+    fn drops(&mut self) -> anyhow::Result<Vec<(ListenerDrop, Option<u32>)>> {
+        match self {
+            Self::Iterator(iterator, watcher) => {
+                let pass = listener_iter::read_pass(iterator.pass()?)?;
+                Ok(watcher
+                    .observe(pass)
+                    .into_iter()
+                    .map(|d| (d, None))
+                    .collect())
+            }
+            Self::Sampling(watcher) => {
+                let mut drops = Vec::new();
+                let mut seen = 0;
+                let mut why = None;
+                for netns in listeners::network_namespaces() {
+                    let sample = match listeners::sample(&netns) {
+                        Ok(sample) => sample,
+                        Err(error) => {
+                            why.get_or_insert(error);
+                            continue;
+                        }
+                    };
+                    seen += 1;
+                    let somaxconn = sample.somaxconn;
+                    drops.extend(watcher.observe(sample).into_iter().map(|d| (d, somaxconn)));
+                }
+                if seen == 0 {
+                    let why = why.map_or_else(
+                        || "no network namespace found in /proc".to_string(),
+                        |error| format!("{error:#}"),
+                    );
+                    anyhow::bail!(
+                        "rst-trace backlog can see no listener: the listener iterator needs \
+                         CAP_BPF and CAP_PERFMON, sampling needs CAP_SYS_ADMIN to enter each \
+                         network namespace ({why})"
+                    );
+                }
+                Ok(drops)
+            }
+        }
+    }
+}
+
 /// `rst-trace backlog`: every `interval`, each listener on the host that dropped connections.
 pub fn run(
+    mut source: ListenerSource,
     interval: Duration,
     duration: Option<Duration>,
     json: bool,
@@ -104,32 +205,29 @@ pub fn run(
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut watcher = Watcher::new();
     let mut attributor = Attributor::new(CgroupResolver::new()).with_container_names(names);
     let mut first = true;
     if !json {
+        let how = match source {
+            ListenerSource::Iterator(..) => "with the listener iterator",
+            ListenerSource::Sampling(_) => "by entering each network namespace",
+        };
         writeln!(
             out,
-            "rst-trace backlog: sampling every listener in every network namespace every {:.1} s \
-             (Ctrl-C to stop)",
+            "rst-trace backlog: reading every listener in every network namespace every {:.1} s \
+             {how} (Ctrl-C to stop)",
             interval.as_secs_f64()
         )?;
         out.flush()?;
     }
     loop {
         let mut rows = Vec::new();
-        for netns in listeners::network_namespaces() {
-            let Ok(sample) = listeners::sample(&netns) else {
+        for (drop, somaxconn) in source.drops()? {
+            let Some(event) = attributor.listener_drop_event(&drop) else {
                 continue;
             };
-            let somaxconn = sample.somaxconn;
-            for drop in watcher.observe(sample) {
-                let Some(event) = attributor.listener_drop_event(&drop) else {
-                    continue;
-                };
-                if filter.keeps(&event) {
-                    rows.push(row(&drop, event, somaxconn));
-                }
+            if filter.keeps(&event) {
+                rows.push(row(&drop, event, somaxconn));
             }
         }
         if !first {

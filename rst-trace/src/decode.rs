@@ -13,7 +13,7 @@ use std::time::Duration;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rst_trace_common::{
-    Abort, ArgsRecord, COMM_LEN, Endpoints, NO_SK_STATE, RAW_LEN, RawTracepoint, RecordKind,
+    Abort, ArgsRecord, COMM_LEN, Endpoints, NO_SK_STATE, Owner, RAW_LEN, RawTracepoint, RecordKind,
     RecordWithPacket, facts,
 };
 
@@ -201,7 +201,13 @@ impl Decoder {
             .or(Some(facts.sk_cookie))
             .filter(|cookie| *cookie != 0);
         let tgid = (header.pid_tgid >> 32) as u32;
-        let context = (tgid != 0).then(|| Task {
+        // rst-trace itself is never the process behind a reset it reports: when the running
+        // task, or the one that closed the connection, is rst-trace, the kernel released the
+        // socket in our context (the listener iterator held the file at the moment its process
+        // closed it) or a softirq interrupted us. Its own sockets (the metrics server's) carry
+        // their owner, which is kept.
+        let own_pid = own_pid();
+        let context = (tgid != 0 && tgid != own_pid).then(|| Task {
             pid: tgid,
             tid: header.pid_tgid as u32,
             comm: comm(&header.comm),
@@ -211,7 +217,14 @@ impl Decoder {
                 .then_some(facts.owner.ns_tgid),
         });
         let task = Task::from_owner;
-        let closed_by = task(&facts.closed.closer).map(|closer| ClosedBy {
+        let not_us = |owner: &Owner| {
+            if owner.tgid == own_pid {
+                None
+            } else {
+                task(owner)
+            }
+        };
+        let closed_by = not_us(&facts.closed.closer).map(|closer| ClosedBy {
             ago: Duration::from_nanos(header.ktime_ns.saturating_sub(facts.closed.closed_ns)),
             closer,
         });
@@ -258,7 +271,7 @@ impl Decoder {
                 peer_abort: peer_abort(&facts.peer_abort, header.ktime_ns).and_then(
                     |(abort, flags)| {
                         Some(PeerAbort {
-                            closer: task(&abort.closer)?,
+                            closer: not_us(&abort.closer)?,
                             linger_zero: flags & facts::LINGER_ZERO != 0,
                             has_socket_file: flags & facts::HAS_SOCKET_FILE != 0,
                         })
@@ -299,6 +312,12 @@ fn segment_ends(ends: &Endpoints) -> (Option<SocketAddr>, Option<SocketAddr>) {
         .filter(|_| ends.remote_port != 0)
         .map(|addr| SocketAddr::new(addr, ends.remote_port));
     (local, remote)
+}
+
+/// This process's id, read once.
+fn own_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 pub(crate) fn comm(bytes: &[u8; COMM_LEN]) -> String {
@@ -703,5 +722,58 @@ mod facts_tests {
         let event = decoder.decode(&bytes(&sent)).unwrap();
         let context = event.kernel.context.as_ref().unwrap();
         assert_eq!((context.pid, context.ns_pid), (12, None));
+    }
+
+    /// A reset whose socket was released in rst-trace's own context (its listener pass held the
+    /// file when the process closed it) names neither rst-trace as the running task nor as the
+    /// closer; the socket's recorded owner stays.
+    #[test]
+    fn rst_trace_itself_is_never_the_context_or_the_closer() {
+        let send = fixture("6.18", "tcp__tcp_send_reset");
+        let set_state = fixture("6.18", "sock__inet_sock_set_state");
+        let decoder = Decoder {
+            send_reset: Some(ResetLayout::from_format(&send).unwrap()),
+            receive_reset: None,
+            drop_reason: None,
+            names: KernelNames::from_kernel(Some(&send), Some(&set_state), None),
+            clock: WallClock::with_offset(0),
+        };
+        let us = std::process::id();
+        let ours = Owner {
+            tgid: us,
+            pid: us,
+            cgroup_id: 1,
+            since_ns: 1,
+            comm: comm16("rst-trace"),
+            ns_tgid: 0,
+            _pad: 0,
+        };
+        let app = Owner {
+            comm: comm16("app"),
+            tgid: 30,
+            pid: 31,
+            ..ours
+        };
+        let sent = RawTracepoint {
+            facts: SocketFacts {
+                sk_state: 7,
+                owner: app,
+                closed: ClosedConnection {
+                    closer: ours,
+                    closed_ns: 1,
+                },
+                ..SocketFacts::default()
+            },
+            ..record(
+                RecordKind::ResetSent,
+                (u64::from(us) << 32) | u64::from(us),
+                "rst-trace",
+                [0; RAW_LEN],
+            )
+        };
+        let event = decoder.decode(&bytes(&sent)).unwrap();
+        assert_eq!(event.kernel.context, None);
+        assert!(event.kernel.closed_by.is_none());
+        assert_eq!(event.kernel.owner.as_ref().map(|o| o.pid), Some(30));
     }
 }

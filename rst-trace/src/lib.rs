@@ -46,6 +46,7 @@ pub mod kernel_btf;
 pub mod kernel_enums;
 pub mod last_listener;
 pub mod layout;
+pub mod listener_iter;
 pub mod listeners;
 pub mod loader;
 pub mod metrics;

@@ -114,6 +114,9 @@ pub struct ListenerQueue {
     pub syn_queue: u32,
     /// Socket inode, to find the owning process (`/proc/*/fd`).
     pub inode: u64,
+    /// The process holding the socket's file, when the listener iterator saw it (sampling
+    /// leaves it to be found from `inode`).
+    pub holder: Option<crate::decoded::Task>,
 }
 
 impl ListenerQueue {
@@ -196,16 +199,130 @@ pub fn sample(netns: &Netns) -> Result<Sample> {
         .map_err(|_| anyhow!("the thread reading network namespace {inode} panicked"))?
 }
 
+/// Sampling made cheap for a long-lived thread (the fallback where the kernel refuses the
+/// listener iterator): the thread enters each namespace itself and comes back (no thread per
+/// namespace per tick), reads the counters, and dumps listeners only when a counter moved or
+/// the namespace is new, request sockets (which walk the host-wide established hash) only when
+/// `TCPReqQFullDrop` moved. Namespaces whose last dump found no listener are passed over until
+/// the next rescan.
+pub struct Sampler {
+    home: File,
+    /// Per namespace: the counters and whether it had listeners, at its last sample.
+    last: std::collections::HashMap<u64, (NetnsCounters, bool)>,
+}
+
+impl Sampler {
+    /// For the calling thread, which must be one that may leave its namespace (not the main
+    /// thread of a process others share namespaces with: setns changes only this thread).
+    pub fn new() -> Result<Self> {
+        let home = File::open("/proc/thread-self/ns/net")
+            .context("cannot open /proc/thread-self/ns/net")?;
+        Ok(Self {
+            home,
+            last: std::collections::HashMap::new(),
+        })
+    }
+
+    /// The sample to observe for `netns`, or None when nothing there can have dropped since
+    /// its last sample. `rescan`: also namespaces that had no listener.
+    pub fn sample(&mut self, netns: &Netns, rescan: bool) -> Result<Option<Sample>> {
+        let last = self.last.get(&netns.inode).copied();
+        if let Some((_, false)) = last
+            && !rescan
+        {
+            return Ok(None);
+        }
+        let file = File::open(&netns.path).with_context(|| {
+            format!(
+                "cannot open network namespace {} at {}",
+                netns.inode,
+                netns.path.display()
+            )
+        })?;
+        if file.metadata().map(|m| m.ino()).unwrap_or_default() != netns.inode {
+            bail!("network namespace {} is gone", netns.inode);
+        }
+        setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| {
+            format!(
+                "cannot enter network namespace {}: rst-trace needs CAP_SYS_ADMIN",
+                netns.inode
+            )
+        })?;
+        let sample = self.sample_here(netns.inode, last);
+        // Back home whatever happened: the next namespace's path may be relative to it.
+        setns(&self.home, CloneFlags::CLONE_NEWNET)
+            .context("cannot go back to rst-trace's own network namespace")?;
+        let sample = sample?;
+        if let Some(sample) = &sample {
+            self.last
+                .insert(netns.inode, (sample.counters, !sample.listeners.is_empty()));
+        }
+        Ok(sample)
+    }
+
+    fn sample_here(
+        &self,
+        netns: u64,
+        last: Option<(NetnsCounters, bool)>,
+    ) -> Result<Option<Sample>> {
+        let counters = counters_current()?;
+        let requests = match last {
+            Some((before, _)) if before == counters => return Ok(None),
+            Some((before, _)) => counters.req_q_full_drop != before.req_q_full_drop,
+            // First sample: the baseline, listeners only.
+            None => false,
+        };
+        sample_current_with(netns, counters, requests).map(Some)
+    }
+
+    /// Forgets namespaces that no longer exist.
+    pub fn retain(&mut self, alive: impl Fn(u64) -> bool) {
+        self.last.retain(|netns, _| alive(*netns));
+    }
+}
+
+/// Reads only the counters of one namespace, entering it in a short-lived thread: for a
+/// namespace no process is in (made with `ip netns add`), whose `/proc/PID/net` nobody has.
+pub fn sample_counters(netns: &Netns) -> Result<NetnsCounters> {
+    let file = File::open(&netns.path)
+        .with_context(|| format!("cannot open network namespace {}", netns.path.display()))?;
+    let inode = netns.inode;
+    thread::Builder::new()
+        .name(format!("netns-{inode}"))
+        .spawn(move || -> Result<NetnsCounters> {
+            setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| {
+                format!("cannot enter network namespace {inode} (needs CAP_SYS_ADMIN)")
+            })?;
+            let netstat = fs::read_to_string("/proc/thread-self/net/netstat")
+                .context("cannot read /proc/thread-self/net/netstat")?;
+            parse_netstat(&netstat)
+        })
+        .context("cannot start a thread to read a network namespace")?
+        .join()
+        .map_err(|_| anyhow!("the thread reading network namespace {inode} panicked"))?
+}
+
 /// Reads the namespace the calling thread is in. /proc/thread-self/net follows the thread's
 /// namespace (/proc/self/net the main thread's), and /proc/sys/net follows the namespace of the
 /// thread that opens it; the netlink socket is created here, so it dumps this namespace.
 fn sample_current(netns: u64) -> Result<Sample> {
+    let counters = counters_current()?;
+    sample_current_with(netns, counters, true)
+}
+
+/// The calling thread's namespace's counters.
+fn counters_current() -> Result<NetnsCounters> {
     let netstat = fs::read_to_string("/proc/thread-self/net/netstat")
         .context("cannot read /proc/thread-self/net/netstat (is /proc mounted?)")?;
-    let counters = parse_netstat(&netstat)?;
+    parse_netstat(&netstat)
+}
+
+/// [`sample_current`] with the counters already read; request sockets (SYN queues) only when
+/// `requests`.
+fn sample_current_with(netns: u64, counters: NetnsCounters, requests: bool) -> Result<Sample> {
     let mut sockets = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        sockets.extend(dump_tcp(family)?);
+        sockets.extend(dump_tcp(family, requests)?);
     }
     Ok(Sample {
         netns,
@@ -234,6 +351,7 @@ pub fn listener_queues(netns: u64, sockets: &[InetResponseHeader]) -> Vec<Listen
             accept_max: s.send_queue,
             syn_queue: 0,
             inode: u64::from(s.inode),
+            holder: None,
         })
         .collect();
     for request in sockets.iter().filter(|s| s.state != TCP_LISTEN) {
@@ -274,7 +392,7 @@ fn owning_listener(listeners: &[ListenerQueue], local: SocketAddr) -> Option<usi
 
 /// Dumps the TCP listeners and request sockets of one address family in the calling thread's
 /// network namespace.
-fn dump_tcp(family: u8) -> Result<Vec<InetResponseHeader>> {
+fn dump_tcp(family: u8, requests: bool) -> Result<Vec<InetResponseHeader>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)
         .context("cannot open a netlink sock_diag socket (is the kernel built with INET_DIAG?)")?;
     socket
@@ -298,7 +416,13 @@ fn dump_tcp(family: u8) -> Result<Vec<InetResponseHeader>> {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
-            states: StateFlags::LISTEN | StateFlags::from_bits_retain(1 << TCP_NEW_SYN_RECV),
+            // Request sockets live in the established hash, which a dump walks whole (every
+            // bucket, host-wide); listeners alone take only the listening hash.
+            states: if requests {
+                StateFlags::LISTEN | StateFlags::from_bits_retain(1 << TCP_NEW_SYN_RECV)
+            } else {
+                StateFlags::LISTEN
+            },
             socket_id,
         })
         .into(),
@@ -674,6 +798,7 @@ MPTcpExt: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 
                 accept_max: 5,
                 syn_queue: 0,
                 inode: 77,
+                holder: None,
             }
         );
         let error = parse_sock_diag_datagram(&[1, 2, 3], &mut sockets).unwrap_err();
@@ -714,6 +839,7 @@ MPTcpExt: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 
             accept_max: accept.1,
             syn_queue,
             inode: u64::from(port) + 1000,
+            holder: None,
         }
     }
 

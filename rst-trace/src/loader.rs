@@ -11,12 +11,13 @@ use aya::{
     programs::{BtfTracePoint, KProbe, TracePoint},
 };
 use rst_trace_common::{
-    ListenerHistory, ListenerKey, MAX_CGROUP_FILTER, MAX_NETNS_FILTER, MAX_PID_FILTER,
-    MAX_PORT_FILTER,
+    KernelOffsets, ListenerHistory, ListenerKey, MAX_CGROUP_FILTER, MAX_NETNS_FILTER,
+    MAX_PID_FILTER, MAX_PORT_FILTER,
 };
 
 use crate::{
     fold::{EpochMaps, FoldReader},
+    listener_iter,
     programs::BtfKernel,
     sources::{KernelSupport, Role, Source},
 };
@@ -63,6 +64,14 @@ pub struct Tracer {
     /// How each attached tracepoint that has a BTF program is served: by that program (fields
     /// read with plain loads), or by the classic one and why the BTF program was not used.
     pub hooks: Vec<(String, Hook)>,
+    /// Whether the listener iterator loaded, or why not (then listener drops come from
+    /// sampling each network namespace).
+    pub listener_iter: Result<(), String>,
+    /// Passes over the kernel's listener map after the first (see [`crate::listener_iter`]), or
+    /// why every pass walks the open files instead.
+    pub listener_map: Result<listener_iter::MapPasses, String>,
+    /// Whether the first pass after attaching (over every open file) has run.
+    listeners_seeded: bool,
 }
 
 /// Which program serves a reset tracepoint.
@@ -192,6 +201,18 @@ impl Tracer {
             }
         }
 
+        let listener_iter = load_listener_iter(&mut ebpf, btf.as_ref(), &support.offsets);
+        let listener_map = match (&listener_iter, btf.as_ref()) {
+            (Ok(()), Some(btf)) => listener_iter::MapPasses::load(&mut ebpf, btf)
+                .and_then(|passes| {
+                    // One pass proves the kernel runs it.
+                    listener_iter::read_pass(passes.start_pass()?)?;
+                    Ok(passes)
+                })
+                .map_err(|error| format!("{error:#}")),
+            (Err(why), _) => Err(why.clone()),
+            (Ok(()), None) => Err("the kernel has no BTF at /sys/kernel/btf/vmlinux".to_string()),
+        };
         let mut attached = Vec::new();
         let mut failed = Vec::new();
         let mut hooks = Vec::new();
@@ -254,7 +275,25 @@ impl Tracer {
             attached,
             failed,
             hooks,
+            listener_iter,
+            listener_map,
+            listeners_seeded: false,
         })
+    }
+
+    /// Starts a pass of the listener iterator (see [`crate::listener_iter`]): the first, once
+    /// the owner programs are attached, over every open file (it puts the listeners that were
+    /// already there in the kernel's map); the later ones over that map where the kernel takes
+    /// the map iterator.
+    pub fn listener_pass(&mut self) -> anyhow::Result<std::fs::File> {
+        match &self.listener_map {
+            Ok(passes) if self.listeners_seeded => passes.start_pass(),
+            _ => {
+                let file = listener_iter::start_pass(&mut self.ebpf)?;
+                self.listeners_seeded = true;
+                Ok(file)
+            }
+        }
     }
 
     /// The maps the programs count folded events in.
@@ -376,6 +415,98 @@ fn cgroup_directories(paths: &[String]) -> Result<Vec<std::fs::File>, String> {
             })
         })
         .collect()
+}
+
+/// Loads the listener iterator when this kernel's offsets let it run; why not otherwise.
+fn load_listener_iter(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    offsets: &KernelOffsets,
+) -> Result<(), String> {
+    listener_iter::usable(offsets)?;
+    let btf = btf.ok_or("the kernel has no BTF at /sys/kernel/btf/vmlinux")?;
+    listener_iter::load(ebpf, btf).map_err(|error| format!("{error:#}"))?;
+    // One pass proves the kernel runs it (the verifier accepted it; reading runs it).
+    listener_iter::start_pass(ebpf)
+        .and_then(listener_iter::read_pass)
+        .map(drop)
+        .map_err(|error| format!("{error:#}"))
+}
+
+/// Only the listener iterators, for `rst-trace backlog` (which reports nothing else), with the
+/// owner programs that keep the listener map where their BTF programs attach.
+pub struct ListenerIterator {
+    ebpf: Ebpf,
+    map: Option<listener_iter::MapPasses>,
+    seeded: bool,
+}
+
+impl ListenerIterator {
+    pub fn load(support: &KernelSupport) -> anyhow::Result<Self> {
+        raise_memlock_limit(support);
+        // The other programs' ring buffer is created with the object: the smallest one will do.
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &support.offsets, true)
+            .map_max_entries("EVENTS", 4096)
+            .load(EBPF_OBJECT)
+            .context("the kernel refused rst-trace's BPF maps")?;
+        let btf = aya::Btf::from_sys_fs().ok();
+        load_listener_iter(&mut ebpf, btf.as_ref(), &support.offsets)
+            .map_err(|why| anyhow!("the listener iterator is not available: {why}"))?;
+        // Without the map, every pass walks the open files: it costs more, and works the same.
+        let map = keep_listener_map(&mut ebpf, btf.as_ref(), support).ok();
+        Ok(Self {
+            ebpf,
+            map,
+            seeded: false,
+        })
+    }
+
+    /// Starts a pass (see [`crate::listener_iter`]): the first over every open file, the later
+    /// ones over the listener map where it is kept.
+    pub fn pass(&mut self) -> anyhow::Result<std::fs::File> {
+        match &self.map {
+            Some(passes) if self.seeded => passes.start_pass(),
+            _ => {
+                let file = listener_iter::start_pass(&mut self.ebpf)?;
+                self.seeded = true;
+                Ok(file)
+            }
+        }
+    }
+}
+
+/// Attaches the BTF programs of `sock:inet_sock_set_state` and `tcp:tcp_destroy_sock` (which
+/// add listeners to the map and remove them) and loads the map iterator.
+fn keep_listener_map(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    support: &KernelSupport,
+) -> anyhow::Result<listener_iter::MapPasses> {
+    let btf = btf.context("the kernel has no BTF at /sys/kernel/btf/vmlinux")?;
+    for event in ["inet_sock_set_state", "tcp_destroy_sock"] {
+        let program = support
+            .sources
+            .iter()
+            .filter(|source| source.event == event && source.status.is_ok())
+            .find_map(|source| btf_program(source, support))
+            .with_context(|| format!("no BTF program serves {event} on this kernel"))?;
+        attach_btf(ebpf, Some(btf), program, event)?;
+    }
+    listener_iter::MapPasses::load(ebpf, btf)
+}
+
+/// The BTF tracepoint program that can serve `source` in place of its classic one, when this
+/// kernel lets it run (the program table, [`crate::programs`], says which).
+fn btf_program(source: &Source, support: &KernelSupport) -> Option<&'static str> {
+    let kernel = BtfKernel {
+        offsets: &support.offsets,
+        socket_cookie_helper: support.socket_cookie_helper,
+    };
+    source
+        .btf_twin
+        .filter(|twin| (twin.usable)(&kernel).is_ok())
+        .map(|twin| twin.program)
 }
 
 /// Loads and attaches a BTF tracepoint program; any failure (no BTF, a kernel before 5.5, a

@@ -28,7 +28,7 @@ pub const KEPT_AFTER_ATTACH: [(Capability, &str); 4] = [
     ),
     (
         Capability::CAP_SYS_ADMIN,
-        "setns() into each network namespace to sample listener queues",
+        "setns() into each network namespace to sample listener queues where the kernel refuses the listener iterator",
     ),
     (
         Capability::CAP_SYS_PTRACE,
@@ -81,4 +81,31 @@ pub fn drop_after_attach() -> anyhow::Result<()> {
     caps::set(None, CapSet::Permitted, &keep).context("reducing the permitted capabilities")?;
     nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
     Ok(())
+}
+
+/// What this process cannot see in /proc, each with the capability it lacks and what is lost;
+/// empty when it sees everything. Root's processes may hold capabilities this one lacks, and
+/// reading their namespace links and file tables then takes CAP_SYS_PTRACE; other users'
+/// `/proc/PID/fd` also takes CAP_DAC_READ_SEARCH.
+pub fn proc_limits() -> Vec<String> {
+    let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    let mut limits = Vec::new();
+    if !has(Capability::CAP_SYS_PTRACE) {
+        limits.push(
+            "without CAP_SYS_PTRACE the network namespaces of more privileged processes \
+             (/proc/PID/ns/net) cannot be read: listener drops there are pinned on a queue by \
+             each listener's own counter (sk_drops) rather than the namespace's ListenOverflows \
+             and TCPReqQFullDrop"
+                .to_string(),
+        );
+    }
+    if !has(Capability::CAP_SYS_PTRACE) || !has(Capability::CAP_DAC_READ_SEARCH) {
+        limits.push(
+            "without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH the open files of other users' \
+             processes (/proc/PID/fd) cannot be read: resets on their connections opened before \
+             rst-trace started name no process"
+                .to_string(),
+        );
+    }
+    limits
 }

@@ -128,6 +128,24 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
             .map_or("its events", |source| source.serves);
         eprintln!("rst-trace: warning: {name} is off ({serves} not available): {why}");
     }
+    for limit in privileges::proc_limits() {
+        eprintln!("rst-trace: note: {limit}");
+    }
+    if tracer.listener_iter.is_ok()
+        && let Err(why) = &tracer.listener_map
+    {
+        eprintln!(
+            "rst-trace: note: the listener map iterator is off ({why}); each second's listener \
+             pass walks every open file on the host instead"
+        );
+    }
+    if let Err(why) = &tracer.listener_iter {
+        eprintln!(
+            "rst-trace: note: the listener iterator is off ({why}); SYNs dropped at full queues \
+             are found by entering every network namespace each second, which needs \
+             CAP_SYS_ADMIN and costs more"
+        );
+    }
 
     let decoder = Decoder {
         send_reset: support.send_reset,
@@ -158,7 +176,16 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
     if let Err(error) = privileges::drop_after_attach() {
         log::warn!("could not drop capabilities after attaching: {error:#}");
     }
-    let mut listener_drops = backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL);
+    // Listener drops: from the listener iterator, one pass a second, where the kernel takes it;
+    // else by sampling each network namespace.
+    let (listener_passes, mut listener_drops) = match &tracer.listener_iter {
+        Ok(()) => {
+            let (passes, drops) = backlog::spawn_iter_watcher();
+            (Some(passes), drops)
+        }
+        Err(_) => (None, backlog::spawn_watcher(LISTENER_SAMPLE_INTERVAL)),
+    };
+    let mut listener_tick = tokio::time::interval(LISTENER_SAMPLE_INTERVAL);
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -220,6 +247,17 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
                 // With `--fold-after 0` the kernel counts nothing, so there is nothing to take.
                 let folded = folds.take().await?;
                 done = pipeline.write_folded(folded)?;
+            }
+            _ = listener_tick.tick(), if listener_passes.is_some() => {
+                if let Some(passes) = &listener_passes {
+                    match tracer.listener_pass() {
+                        Ok(file) => {
+                            // The watcher thread ends only with this loop.
+                            let _ = passes.send(file);
+                        }
+                        Err(error) => log::debug!("listener iterator pass: {error:#}"),
+                    }
+                }
             }
             _ = summary_tick.tick(), if args.summary.is_some() => {
                 if let Some(summary) = &mut pipeline.outputs.summary {
@@ -618,6 +656,51 @@ pub fn check(out: &mut impl io::Write) -> anyhow::Result<bool> {
         };
         writeln!(out, "{source}\n    {status}")?;
     }
+    let listeners = match &tracer {
+        Ok(tracer) => match &tracer.listener_iter {
+            Ok(()) => "loaded, and a pass read every listener".to_string(),
+            Err(why) => format!(
+                "cannot be used: {why}; listener drops come from entering each network \
+                 namespace every second instead, which needs CAP_SYS_ADMIN"
+            ),
+        },
+        Err(_) => "not tried".to_string(),
+    };
+    writeln!(
+        out,
+        "iter:task_file (SYNs dropped at full accept and SYN queues, per listener, in every \
+         network namespace)\n    {listeners}"
+    )?;
+    let map = match &tracer {
+        Ok(tracer) => match (&tracer.listener_iter, &tracer.listener_map) {
+            (Ok(()), Ok(_)) => {
+                "loaded, and a pass read the listener map: after the first pass over every open \
+                 file, each second's pass walks only the listeners"
+                    .to_string()
+            }
+            (Ok(()), Err(why)) => format!(
+                "cannot be used: {why}; every second's pass walks every open file on the host \
+                 instead (it costs more with many open files)"
+            ),
+            (Err(_), _) => "not tried (the listener iterator is off)".to_string(),
+        },
+        Err(_) => "not tried".to_string(),
+    };
+    writeln!(
+        out,
+        "iter:bpf_map_elem (the listener map, walked each second in place of every open \
+         file)\n    {map}"
+    )?;
+    let limits = privileges::proc_limits();
+    if limits.is_empty() {
+        writeln!(
+            out,
+            "/proc: every process's namespaces and open files can be read"
+        )?;
+    }
+    for limit in limits {
+        writeln!(out, "/proc: {limit}")?;
+    }
     Ok(tracer.is_ok())
 }
 
@@ -626,8 +709,17 @@ pub fn backlog(args: &BacklogArgs) -> anyhow::Result<()> {
     privileges::ensure_can_trace()?;
     let filter = Filter::from_args(&args.filters);
     let names = ContainerNames::new(args.runtimes.roots()?);
+    let support = KernelSupport::probe()?;
+    let source = match crate::loader::ListenerIterator::load(&support) {
+        Ok(iterator) => backlog::ListenerSource::Iterator(Box::new(iterator), Default::default()),
+        Err(error) => {
+            eprintln!("rst-trace: note: {error:#}; entering each network namespace instead");
+            backlog::ListenerSource::Sampling(Default::default())
+        }
+    };
     let mut out = io::stdout().lock();
     match backlog::run(
+        source,
         args.interval,
         args.duration,
         args.json,

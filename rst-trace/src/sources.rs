@@ -496,6 +496,17 @@ fn resolve_optional_offsets(btf: &KernelBtf, o: &mut KernelOffsets) -> Vec<Strin
         "tail",
         "--pcap writes no packets",
     );
+    let listeners = "listener drops come from sampling each network namespace";
+    resolve(&mut o.file_f_inode, "file", "f_inode", listeners);
+    resolve(&mut o.inode_i_mode, "inode", "i_mode", listeners);
+    resolve(&mut o.sk_drops, "sock", "sk_drops", listeners);
+    resolve(
+        &mut o.icsk_accept_queue_qlen,
+        "inet_connection_sock",
+        "icsk_accept_queue.qlen",
+        listeners,
+    );
+    resolve(&mut o.task_tgid, "task_struct", "tgid", listeners);
     let netns = "resets with no socket have no network namespace";
     resolve(&mut o.skb_dev, "sk_buff", "dev", netns);
     resolve(&mut o.dev_nd_net, "net_device", "nd_net.net", netns);

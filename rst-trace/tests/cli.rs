@@ -91,6 +91,25 @@ fn check_lists_each_source_and_attaches_it() {
         "{stdout}"
     );
     assert!(stdout.contains("BTF: /sys/kernel/btf/vmlinux"), "{stdout}");
+    // Listener drops: both iterators load and run a pass (6.18 here, 6.1 in the VM stage).
+    for (iterator, status) in [
+        ("iter:task_file (", "loaded, and a pass read every listener"),
+        (
+            "iter:bpf_map_elem (",
+            "loaded, and a pass read the listener map: after the first pass over every open file, \
+             each second's pass walks only the listeners",
+        ),
+    ] {
+        let index = lines
+            .iter()
+            .position(|line| line.starts_with(iterator))
+            .unwrap_or_else(|| panic!("{iterator} not listed: {stdout}"));
+        assert_eq!(
+            lines.get(index + 1).map(|l| l.trim()),
+            Some(status),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]

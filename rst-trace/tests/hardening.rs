@@ -436,7 +436,7 @@ fn finding1_a_hostile_listener_owner_is_escaped_in_backlog_rows() {
         "--netns",
         &inode,
     ]);
-    backlog.wait_for("rst-trace backlog: sampling", Running::stdout);
+    backlog.wait_for("rst-trace backlog: reading every listener", Running::stdout);
     // The first sample is the baseline.
     thread::sleep(Duration::from_millis(1500));
     let clients = connect_many(

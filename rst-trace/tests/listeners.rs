@@ -189,3 +189,57 @@ fn s12_syn_queue_full_without_syncookies_is_pinned_on_the_listener() {
     assert_eq!(report.note, None);
     drop((clients, listener));
 }
+
+/// The sampling fallback's cheap path: a namespace whose counters did not move is not dumped;
+/// when `TCPReqQFullDrop` moves, its request sockets are, and the drops add up to the counter.
+#[test]
+fn s12_sampler_dumps_only_when_a_counter_moved() {
+    let test_netns = TestNetns::new("lq-cheap");
+    test_netns.sysctl("net.ipv4.tcp_syncookies", "0");
+    let netns = test_netns.netns();
+    let (listener, local) = test_netns.run(|| listen("0.0.0.0:0", 3, true));
+    let target = SocketAddr::from(([127, 0, 0, 1], local.port()));
+    let mut clients = test_netns.run(|| connect(target, 4));
+    // The sampler enters namespaces on the thread it lives on: a thread of its own here.
+    let (baseline, unchanged, after) = thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let mut sampler = Sampler::new().unwrap();
+                // The handshakes run in softirq after connect() returns.
+                thread::sleep(Duration::from_millis(100));
+                let baseline = sampler.sample(&netns, true).unwrap();
+                let unchanged = sampler.sample(&netns, false).unwrap();
+                clients.extend(test_netns.run(|| connect(target, 3)));
+                thread::sleep(Duration::from_millis(100));
+                let after = sampler.sample(&netns, false).unwrap();
+                (baseline, unchanged, after)
+            })
+            .join()
+            .unwrap()
+    });
+    let baseline = baseline.expect("a new namespace is sampled");
+    let ours = our_listener(&baseline, local);
+    assert_eq!(
+        ours.syn_queue, 0,
+        "the baseline dumps listeners only, not request sockets: {ours:?}"
+    );
+    assert_eq!(unchanged, None, "no counter moved, so nothing was dumped");
+    let after = after.expect("TCPReqQFullDrop moved");
+    let delta = after.counters.req_q_full_drop - baseline.counters.req_q_full_drop;
+    assert_eq!(delta, 3, "{:?} -> {:?}", baseline.counters, after.counters);
+    assert_eq!(
+        our_listener(&after, local).syn_queue,
+        4,
+        "request sockets dumped once the counter moved"
+    );
+    let mut watcher = Watcher::new();
+    assert_eq!(watcher.observe(baseline), []);
+    let drops = watcher.observe(after);
+    let [report] = drops.as_slice() else {
+        panic!("expected one drop report: {drops:#?}");
+    };
+    assert_eq!(report.kind, DropKind::SynQueueFull);
+    assert_eq!(report.listener.local, local);
+    assert_eq!((report.drops, report.counter_delta), (3, 3));
+    drop((clients, listener));
+}

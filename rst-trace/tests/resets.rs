@@ -449,7 +449,11 @@ fn s5_close_with_unread_data_sends_reset_from_the_server() {
 
 #[test]
 fn s8_closing_a_listener_resets_every_queued_connection() {
-    let (listener, port) = listener("127.0.0.1", 8);
+    // The listener lives in a forked process of its own: this test binary runs tests in
+    // parallel threads that fork and spawn, and a child that inherited the listener's
+    // descriptor would hold it past our close(), so that the resets fired in that child.
+    let owner = ForkedClient::fork(0, ClientAction::ListenAndClose { backlog: 8 });
+    let port = owner.port();
     let tracer = Tracer::start(&["--port", &port.to_string()]);
     let clients: Vec<(Socket, u16)> = (0..3)
         .map(|_| {
@@ -461,7 +465,7 @@ fn s8_closing_a_listener_resets_every_queued_connection() {
         })
         .collect();
     // The handshakes completed in the kernel; nobody accepted. Closing the listener resets them.
-    drop(listener);
+    owner.go_and_wait();
 
     for (_, client_port) in &clients {
         let sent = tracer.wait_for("a queued connection's reset", |e| {
@@ -472,9 +476,8 @@ fn s8_closing_a_listener_resets_every_queued_connection() {
         assert_eq!(sent["reason"], sent_reason("TCP_STATE"));
         assert_eq!(sent["state"], "CLOSE");
         assert_eq!(
-            sent["process"]["pid"],
-            std::process::id(),
-            "fired in close() of the listener"
+            sent["process"]["pid"], owner.pid,
+            "fired in close() of the listener: {sent}"
         );
         let received = tracer.wait_for("the queued client's reset", |e| {
             kind(e) == "reset_received" && local_port_of(e) == u64::from(*client_port)

@@ -80,6 +80,13 @@ enum Task {
         /// temporary directory and no timing is judged (CI's smoke run).
         #[arg(long)]
         quick: bool,
+        /// Run only this workload; its report section is printed (BENCHMARKS.md is left alone).
+        #[arg(long, value_enum, value_name = "ID")]
+        workload: Option<bench::Only>,
+        /// The namespaces workload's counts of extra network namespaces, comma-separated
+        /// (default 0,100,500; --quick 0,5). The overflow happens in the last one.
+        #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+        namespaces: Option<Vec<usize>>,
     },
     /// One rare-reset process of the bench's storm + needles workload, started by `bench`:
     /// makes resets of one kind on 127.0.0.1:PORT for a while and writes down each one.
@@ -243,7 +250,11 @@ fn run(task: Task) -> anyhow::Result<()> {
             let env = setup::run(setup::Purpose::Docs)?;
             docs::run(&root, &env)?;
         }
-        Task::Bench { quick } => bench::run(&root, quick)?,
+        Task::Bench {
+            quick,
+            workload,
+            namespaces,
+        } => bench::run(&root, quick, workload, namespaces)?,
         Task::BenchNeedle {
             kind,
             port,

@@ -77,6 +77,12 @@ const VM_TESTS: &[VmTest] = &[
         binary: "queues",
         name: "s6_accept_queue_full_names_the_listener_and_counts_every_drop",
     },
+    // S6 with the listener opened after start: found through the listener map, which the owner
+    // programs fill from listen() and the map iterator walks.
+    VmTest {
+        binary: "queues",
+        name: "s6_a_listener_opened_after_start_is_found_through_the_listener_map",
+    },
     // --pid keeps one process's resets and drops another's: the in-kernel filter.
     VmTest {
         binary: "resets",

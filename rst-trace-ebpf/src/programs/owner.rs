@@ -1,8 +1,9 @@
 //! The socket-owner bookkeeping, from connection set-up and teardown only: connect and listen
 //! give a socket its owner (`OWNERS`), accept gives the accepted socket its owner, close records
 //! who closed the connection (`CLOSED`) or aborted it (`ABORTS`), and destroy or a new passive child forgets an owner.
-//! Listen and a listener's close also update the last listener on its address (`LAST_LISTENERS`):
-//! these programs are never filtered or folded, so no listener's close is missed.
+//! Listen and a listener's close also update the last listener on its address (`LAST_LISTENERS`)
+//! and the set of listeners the listener passes walk (`LISTENERS`, emptied as a listener leaves
+//! LISTEN): these programs are never filtered or folded, so no listener's close is missed.
 //! `sock:inet_sock_set_state` and `tcp:tcp_destroy_sock` have BTF twins (`*_btf`).
 
 use aya_ebpf::{
@@ -20,7 +21,7 @@ use crate::sock::{
     AF_INET, AF_INET6, SockHead, connection_key, linger_zero, listener_key, netns_of_sock,
 };
 use crate::task::{current_owner, now};
-use crate::{ABORTS, CLOSED, LAST_LISTENERS, OWNERS};
+use crate::{ABORTS, CLOSED, LAST_LISTENERS, LISTENERS, OWNERS};
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -67,10 +68,15 @@ fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
         let _ = OWNERS.insert(sk, owner, 0);
         if new == offset!(states.listen) {
             listened::<A>(sk, &owner);
+            let _ = LISTENERS.insert(sk, owner, 0);
         }
-    } else if old == offset!(states.listen) && new == offset!(states.close) {
-        // close() or shutdown() of a listener (or a listen() that failed), in its process.
-        stopped_listening::<A>(sk);
+    } else if old == offset!(states.listen) {
+        // close() or shutdown() of a listener: no listener pass may read it after it is freed.
+        let _ = LISTENERS.remove(sk);
+        if new == offset!(states.close) {
+            // In its process (or a listen() that failed): the address's last listener closed.
+            stopped_listening::<A>(sk);
+        }
     } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
         // close() or shutdown() by the application, in its own context.
         zeroed!(key: ConnectionKey);

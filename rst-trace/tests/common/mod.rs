@@ -16,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 pub mod cgroup;
+pub mod container;
 pub mod docker;
 pub mod netns;
 pub mod prometheus;
@@ -55,10 +56,16 @@ pub struct Finished {
 impl Tracer {
     /// Starts rst-trace with `--json` and `args`, and waits until its programs are attached.
     pub fn start(args: &[&str]) -> Self {
+        let mut command = Command::new(BINARY);
+        command.arg("--json").args(args);
+        Self::start_command(command)
+    }
+
+    /// Starts a prepared command line that runs rst-trace with `--json` (under `setpriv`, for
+    /// example), and waits until its programs are attached.
+    pub fn start_command(mut command: Command) -> Self {
         require_root();
-        let mut child = Command::new(BINARY)
-            .arg("--json")
-            .args(args)
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -420,6 +427,10 @@ pub enum ClientAction {
     /// A storm: connect to the (closed) port over and over, `max` times or for `millis`
     /// milliseconds, whichever ends first; [`ForkedClient::connects`] then says how many.
     RefusedConnectsFor { max: u32, millis: u32 },
+    /// Listen on 127.0.0.1 (an ephemeral port, reported like [`ClientAction::LingerAbort`]'s)
+    /// with this backlog, never accept, and close the listener on go: the resets of whatever
+    /// connections are queued then fire in this process, the listener's only holder.
+    ListenAndClose { backlog: i32 },
 }
 
 /// A forked client process that runs only async-signal-safe syscalls (the test process has
@@ -432,7 +443,8 @@ pub struct ForkedClient {
 
 impl ForkedClient {
     /// Forks a client of 127.0.0.1:`port`. For [`ClientAction::LingerAbort`] it connects first
-    /// and reports its local port ([`ForkedClient::port`]).
+    /// and reports its local port ([`ForkedClient::port`]); for [`ClientAction::ListenAndClose`]
+    /// `port` is unused and the port reported is the listener's.
     pub fn fork(port: u16, action: ClientAction) -> Self {
         let mut go = [0i32; 2];
         let mut report = [0i32; 2];
@@ -513,6 +525,13 @@ impl Drop for ForkedClient {
 /// Body of the forked child: syscalls only.
 unsafe fn client_child(action: ClientAction, go: i32, report: i32, addr: &libc::sockaddr_in) -> ! {
     unsafe {
+        // The child inherited every descriptor of the test process, other tests' sockets among
+        // them: holding one would move that socket's final close, and the resets it sends, into
+        // this process. Only the two pipe ends are kept.
+        let (low, high) = (go.min(report) as u32, go.max(report) as u32);
+        libc::syscall(libc::SYS_close_range, 3u32, low - 1, 0u32);
+        libc::syscall(libc::SYS_close_range, low + 1, high - 1, 0u32);
+        libc::syscall(libc::SYS_close_range, high + 1, u32::MAX, 0u32);
         let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let connect = || {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
@@ -587,6 +606,28 @@ unsafe fn client_child(action: ClientAction, go: i32, report: i32, addr: &libc::
                     libc::close(fd);
                 }
                 libc::write(report, made.to_ne_bytes().as_ptr().cast(), 4);
+            }
+            ClientAction::ListenAndClose { backlog } => {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let mut local = *addr;
+                local.sin_port = 0;
+                if fd < 0
+                    || libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0
+                    || libc::listen(fd, backlog) != 0
+                {
+                    libc::_exit(5);
+                }
+                let mut bound: libc::sockaddr_in = std::mem::zeroed();
+                let mut bound_len = len;
+                libc::getsockname(
+                    fd,
+                    (&mut bound as *mut libc::sockaddr_in).cast(),
+                    &mut bound_len,
+                );
+                let port = u16::from_be(bound.sin_port).to_ne_bytes();
+                libc::write(report, port.as_ptr().cast(), 2);
+                wait_for_go();
+                libc::close(fd);
             }
         }
         libc::_exit(0)

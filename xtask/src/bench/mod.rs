@@ -12,6 +12,7 @@
 
 mod capture;
 mod kernel;
+mod namespaces;
 mod needles;
 mod report;
 mod tracers;
@@ -125,7 +126,19 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
+/// A workload that can run alone (`cargo xtask bench --workload ID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// Many network namespaces at rest, then an overflow in the last (namespaces.rs).
+    Namespaces,
+}
+
+pub fn run(
+    root: &Path,
+    quick: bool,
+    only: Option<Only>,
+    namespace_counts: Option<Vec<usize>>,
+) -> anyhow::Result<()> {
     let env = crate::setup::run(crate::setup::Purpose::Bench)?;
     crate::require_root(
         "the bench loads BPF programs, sets kernel.bpf_stats_enabled and sends raw SYNs",
@@ -136,6 +149,27 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         &["build", "--release", "--package", "rst-trace"],
     )?;
     let rst_trace = root.join("target/release/rst-trace");
+    let namespace_counts = namespace_counts.unwrap_or_else(|| {
+        if quick {
+            vec![0, 5]
+        } else {
+            namespaces::DEFAULT_COUNTS.to_vec()
+        }
+    });
+    let namespace_measure = Duration::from_secs(if quick { 2 } else { 10 });
+    if only == Some(Only::Namespaces) {
+        // Alone: the section is printed and written beside the quick report, never over
+        // BENCHMARKS.md (which holds a whole run).
+        let figures = namespaces::run(&rst_trace, &namespace_counts, namespace_measure)?;
+        let text = namespaces::markdown(&figures);
+        let dir = std::env::temp_dir().join("rst-trace-bench-quick");
+        fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+        let path = dir.join("namespaces.md");
+        fs::write(&path, &text).with_context(|| format!("could not write {}", path.display()))?;
+        println!("{text}");
+        eprintln!("bench: wrote {}", path.display());
+        return Ok(());
+    }
     if !workloads::hping3_present() {
         bail!("hping3 is missing: `cargo xtask setup` installs it");
     }
@@ -178,6 +212,12 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         );
         run_all(&plan, &setup)
     };
+    let namespaces = if INTERRUPTED.load(Ordering::Relaxed) {
+        Err("interrupted".to_string())
+    } else {
+        namespaces::run(&setup.rst_trace, &namespace_counts, namespace_measure)
+            .map_err(|error| format!("{error:#}"))
+    };
     let _ = fs::remove_dir_all(&scratch);
     let runs = runs?;
     let elapsed = started.elapsed();
@@ -194,6 +234,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         setup: &setup,
         machine,
         elapsed,
+        namespaces: namespaces.as_ref().ok().cloned(),
     };
     report::write(&runs, &context, &report_path, &chart_path)?;
     eprintln!(
@@ -215,6 +256,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
                     .collect(),
             }
         })
+        .chain(namespaces.err().map(|error| format!("namespaces: {error}")))
         .collect();
     if !problems.is_empty() {
         bail!(

@@ -176,6 +176,8 @@ pub struct Context<'a> {
     pub setup: &'a Setup,
     pub machine: Machine,
     pub elapsed: Duration,
+    /// The namespaces workload, run after the others.
+    pub namespaces: Option<super::namespaces::Figures>,
 }
 
 /// A progress line for one run.
@@ -1076,6 +1078,10 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
          `{BPFTRACE_PROGRAM}`.\n"
     );
 
+    if let Some(namespaces) = &ctx.namespaces {
+        out.push_str(&super::namespaces::markdown(namespaces));
+    }
+    let w = &mut out;
     let _ = writeln!(w, "## Notes\n");
     for note in notes(f, ctx) {
         let _ = writeln!(w, "- {note}");
