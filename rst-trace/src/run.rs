@@ -209,6 +209,18 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
         limit: args.count,
     };
 
+    // The pass over every open file (it puts the listeners that were already there in the
+    // kernel's map) runs before tracing is announced: while it visits a file it holds it, and a
+    // close() of that file then finishes in rst-trace's context. Done now, it cannot meet what
+    // the operator, or a test, does once tracing has started; the watcher's first pass, its
+    // baseline, is then a pass over the listener map.
+    if listener_passes.is_some()
+        && let Err(error) = tracer
+            .listener_pass()
+            .and_then(crate::listener_iter::read_pass)
+    {
+        log::debug!("listener iterator pass: {error:#}");
+    }
     eprintln!(
         "rst-trace: tracing {} (Ctrl-C to stop)",
         tracer.attached.join(" and ")
