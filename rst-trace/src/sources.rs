@@ -259,9 +259,10 @@ impl Formats {
                                      full queue cannot be told from any other freed packet"
                     .to_string());
                 source.notes.push(
-                    "listen overflows are still reported, by the listener watcher (each network \
-                     namespace's TcpExt counters and listener queues, sampled once a second); \
-                     packets dropped from a full socket backlog or receive buffer are not"
+                    "listen overflows are still reported, once a second, from each listener's \
+                     queues and drop count and its namespace's TcpExt counters (the listener \
+                     iterator, or sampling where the kernel refuses iterators); packets dropped \
+                     from a full socket backlog or receive buffer are not"
                         .to_string(),
                 );
             }
@@ -676,9 +677,10 @@ mod tests {
             "skb:kfree_skb: off, packets dropped from full queues (accept queue, backlog, \
              receive buffer) not available: this kernel's kfree_skb has no drop reason (5.17+), \
              so a full queue cannot be told from any other freed packet; listen overflows are \
-             still reported, by the listener watcher (each network namespace's TcpExt counters \
-             and listener queues, sampled once a second); packets dropped from a full socket \
-             backlog or receive buffer are not"
+             still reported, once a second, from each listener's queues and drop count and its \
+             namespace's TcpExt counters (the listener iterator, or sampling where the kernel \
+             refuses iterators); packets dropped from a full socket backlog or receive buffer \
+             are not"
         );
         // The kprobes for resets with no socket are taken, as on 6.1.
         assert_eq!(

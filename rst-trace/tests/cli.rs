@@ -51,7 +51,7 @@ fn check_lists_each_source_and_attaches_it() {
             "skb:kfree_skb: off, packets dropped from full queues (accept queue, backlog, receive \
              buffer) not available: this kernel's kfree_skb has no drop reason (5.17+), so a full \
              queue cannot be told from any other freed packet; listen overflows are still \
-             reported, by the listener watcher",
+             reported, once a second, from each listener's queues and drop count",
             6,
         )
     };

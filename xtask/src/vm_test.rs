@@ -72,7 +72,7 @@ const VM_TESTS: &[VmTest] = &[
     },
     // S6: a full accept queue, with the listener named and every drop counted (against the
     // namespace's ListenOverflows), through sock_diag (and 6.1's kfree_skb; 5.10's has no drop
-    // reason, so there the listener watcher alone counts them).
+    // reason, so there the listener iterator alone counts them).
     VmTest {
         binary: "queues",
         name: "s6_accept_queue_full_names_the_listener_and_counts_every_drop",
