@@ -362,7 +362,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<Summary> {
 
 /// How often the ring buffer is drained when the kernel has not woken us (see WAKEUP_BYTES in
 /// the kernel programs): the most an event waits before it is printed.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Records decoded before the events they make are written out (see `Pipeline::drain`).
 const DRAIN_BATCH: usize = 256;
 
