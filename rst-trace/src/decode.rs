@@ -556,22 +556,30 @@ mod facts_tests {
         comm
     }
 
+    /// A decoder for 6.18's tcp_send_reset and inet_sock_set_state formats (the fixtures).
+    fn decoder_6_18() -> Decoder {
+        let send = fixture("6.18", "tcp__tcp_send_reset");
+        let set_state = fixture("6.18", "sock__inet_sock_set_state");
+        Decoder {
+            send_reset: Some(ResetLayout::from_format(&send).unwrap()),
+            receive_reset: None,
+            drop_reason: None,
+            names: KernelNames::from_kernel(Some(&send), Some(&set_state), None),
+            clock: WallClock::with_offset(0),
+        }
+    }
+
     /// A record from a BTF tracepoint program: no raw record, the reason, state, cookie and both
     /// ends in the facts.
     #[test]
     fn btf_records_take_every_field_from_the_facts() {
-        let send = fixture("6.18", "tcp__tcp_send_reset");
-        let set_state = fixture("6.18", "sock__inet_sock_set_state");
-        let names = KernelNames::from_kernel(Some(&send), Some(&set_state), None);
-        let reason = names.reset_reasons.value_of("NOT_SPECIFIED").unwrap() as u32;
-        let decoder = Decoder {
-            // The classic layouts are there, and must not be used for such a record.
-            send_reset: Some(ResetLayout::from_format(&send).unwrap()),
-            receive_reset: None,
-            drop_reason: None,
-            names,
-            clock: WallClock::with_offset(0),
-        };
+        // The classic layouts are there, and must not be used for such a record.
+        let decoder = decoder_6_18();
+        let reason = decoder
+            .names
+            .reset_reasons
+            .value_of("NOT_SPECIFIED")
+            .unwrap() as u32;
         let mut local_addr = [0u8; 16];
         local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
         let mut remote_addr = [0u8; 16];
@@ -640,15 +648,7 @@ mod facts_tests {
 
     #[test]
     fn socket_facts_become_kernel_facts() {
-        let send = fixture("6.18", "tcp__tcp_send_reset");
-        let set_state = fixture("6.18", "sock__inet_sock_set_state");
-        let decoder = Decoder {
-            send_reset: Some(ResetLayout::from_format(&send).unwrap()),
-            receive_reset: None,
-            drop_reason: None,
-            names: KernelNames::from_kernel(Some(&send), Some(&set_state), None),
-            clock: WallClock::with_offset(0),
-        };
+        let decoder = decoder_6_18();
         let owner = Owner {
             tgid: 10,
             pid: 11,
@@ -729,15 +729,7 @@ mod facts_tests {
     /// closer; the socket's recorded owner stays.
     #[test]
     fn rst_trace_itself_is_never_the_context_or_the_closer() {
-        let send = fixture("6.18", "tcp__tcp_send_reset");
-        let set_state = fixture("6.18", "sock__inet_sock_set_state");
-        let decoder = Decoder {
-            send_reset: Some(ResetLayout::from_format(&send).unwrap()),
-            receive_reset: None,
-            drop_reason: None,
-            names: KernelNames::from_kernel(Some(&send), Some(&set_state), None),
-            clock: WallClock::with_offset(0),
-        };
+        let decoder = decoder_6_18();
         let us = std::process::id();
         let ours = Owner {
             tgid: us,
