@@ -110,6 +110,7 @@ fn container_component(part: &str, in_pod: bool) -> Option<Container> {
     if let Some(name) = part
         .strip_prefix("systemd-nspawn@")
         .and_then(|rest| rest.strip_suffix(".service"))
+        .filter(|name| !name.is_empty())
     {
         return Some(Container::new(unescape_systemd(name), "systemd-nspawn"));
     }
@@ -152,6 +153,21 @@ mod tests {
 
     fn container(path: &str) -> Option<(String, &'static str, Option<String>)> {
         Container::from_cgroup(path).map(|c| (c.id, c.runtime, c.pod_uid))
+    }
+
+    /// Found by the `container` fuzz target: `systemd-nspawn@.service` (the unit template, no
+    /// machine name) is no container.
+    #[test]
+    fn the_nspawn_unit_template_is_no_container() {
+        assert_eq!(
+            Container::from_cgroup("/machine.slice/systemd-nspawn@.service"),
+            None
+        );
+        let input = crate::tracefs::tests::fuzz_input("container", "nspawn-template");
+        let path = String::from_utf8_lossy(&input);
+        if let Some(container) = Container::from_cgroup(&path) {
+            assert!(!container.id.is_empty(), "{container:?}");
+        }
     }
 
     #[test]
