@@ -415,6 +415,23 @@ pub struct Rate {
     pub seen: u64,
 }
 
+/// A CPU's count of one folded key in one epoch, kept in a per-CPU array slot (one per record
+/// kind and epoch) rather than a hash map: a storm's events on a CPU are mostly of one key per
+/// kind, and comparing a key costs less than hashing it into two maps. The slot is free while
+/// `count.count` is 0; `second` is the second of CLOCK_MONOTONIC of its last event, within which
+/// the key's rate is known to be past `--fold-after` already. Userspace adds the slots to the
+/// count maps' totals of the same key and empties them with the maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HotCount {
+    pub key: FoldKey,
+    pub count: FoldCount,
+    pub second: u64,
+}
+
+/// [`HotCount`] slots per epoch, chosen by record kind.
+pub const HOT_SLOTS: u32 = 4;
+
 /// The events of one key that were counted instead of sent, and the first of them as it would
 /// have been sent (header, facts and, from classic tracepoints, the raw record), so that
 /// userspace explains a folded key exactly as it explains a single event.
@@ -651,8 +668,8 @@ impl KernelOffsets {
 mod user {
     use super::{
         Abort, ClosedConnection, ConnectionKey, EventHeader, FoldCount, FoldKey, FoldedEvents,
-        KernelOffsets, ListenerHistory, ListenerKey, ListenerRecord, Owner, RawTracepoint,
-        RecordWithPacket,
+        HotCount, KernelOffsets, ListenerHistory, ListenerKey, ListenerRecord, Owner,
+        RawTracepoint, RecordWithPacket,
     };
 
     // SAFETY (all fourteen): `#[repr(C)]`, `Copy`, fields of plain integers and byte arrays, so every
@@ -679,6 +696,8 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for FoldCount {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for HotCount {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for RecordWithPacket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ListenerKey {}
@@ -695,6 +714,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<EventHeader>(), 48);
         assert_eq!(core::mem::size_of::<Owner>(), 48);
         assert_eq!(core::mem::size_of::<FoldCount>(), 24);
+        assert_eq!(core::mem::size_of::<HotCount>(), 64 + 24 + 8);
         assert_eq!(core::mem::size_of::<ConnectionKey>(), 48);
         assert_eq!(core::mem::size_of::<ClosedConnection>(), 56);
         assert_eq!(core::mem::size_of::<Endpoints>(), 40);

@@ -25,8 +25,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use rst_trace_common::{
-    Endpoints, FoldCount, FoldKey, FoldedEvents, MAX_FOLD_KEYS, MAX_RATE_KEYS, NO_SK_STATE, Packet,
-    Rate, RawTracepoint, RecordKind, RecordWithPacket, facts,
+    Endpoints, FoldCount, FoldKey, FoldedEvents, HOT_SLOTS, HotCount, MAX_FOLD_KEYS, MAX_RATE_KEYS,
+    NO_SK_STATE, Packet, Rate, RawTracepoint, RecordKind, RecordWithPacket, facts,
 };
 
 /// The record being built, per CPU and nesting level: filled here, then sent or folded.
@@ -80,6 +80,11 @@ static COUNTS_EVEN: PerCpuHashMap<FoldKey, FoldCount> =
 static COUNTS_ODD: PerCpuHashMap<FoldKey, FoldCount> =
     PerCpuHashMap::with_max_entries(MAX_FOLD_KEYS, 0);
 
+/// Each CPU's hot counts: per epoch (`HOT_SLOTS` apart), one key per record kind counted here
+/// without a map lookup (see [`HotCount`]); other keys of the kind go to the count maps.
+#[map]
+static HOT: PerCpuArray<HotCount> = PerCpuArray::with_max_entries(2 * HOT_SLOTS, 0);
+
 /// Which folded map the programs count into (its low bit); userspace flips it every second.
 #[map]
 static FOLD_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
@@ -127,11 +132,25 @@ pub(crate) fn folded(slot: *mut FoldedEvents, ends: &Endpoints, key: &mut FoldKe
     let second = now / NS_PER_SEC;
     // SAFETY: as above.
     unsafe { fill_key(&*record, ends, key) };
+    let odd = FOLD_EPOCH.get(0).is_some_and(|epoch| epoch & 1 == 1);
+    let hot = HOT.get_ptr_mut(hot_slot(odd, key.kind));
+    // The storm's own key on this CPU, already past its rate this second: counted in its slot,
+    // with no map touched.
+    if let Some(hot) = hot {
+        // SAFETY: this CPU's slot; no other writer while the program runs.
+        unsafe {
+            if (*hot).count.count != 0 && (*hot).second == second && same_key(&(*hot).key, key) {
+                (*hot).count.count += 1;
+                (*hot).count.last_ns = now;
+                return true;
+            }
+        }
+    }
     // The key itself; past COARSE_AFTER new keys a second, the key without the remote address
     // (a flood from many sources); past as many new keys of those, also without the service
     // port (a scan of many ports).
     if let Some(rate) = RATES.get_ptr_mut(&*key) {
-        return fold_or_send(slot, key, rate, second, after, now);
+        return fold_or_send(slot, key, rate, second, after, now, odd, hot);
     }
     if new_key_allowed(FINE, second) {
         remember(key, second);
@@ -141,7 +160,7 @@ pub(crate) fn folded(slot: *mut FoldedEvents, ends: &Endpoints, key: &mut FoldKe
     // SAFETY: an 8-byte aligned member of the 8-byte aligned key.
     unsafe { crate::read::zero(&raw mut key.remote_addr) };
     if let Some(rate) = RATES.get_ptr_mut(&*key) {
-        return fold_or_send(slot, key, rate, second, after, now);
+        return fold_or_send(slot, key, rate, second, after, now, odd, hot);
     }
     if new_key_allowed(COARSE, second) {
         remember(key, second);
@@ -150,7 +169,7 @@ pub(crate) fn folded(slot: *mut FoldedEvents, ends: &Endpoints, key: &mut FoldKe
     key.coarse = 2;
     key.service_port = 0;
     if let Some(rate) = RATES.get_ptr_mut(&*key) {
-        return fold_or_send(slot, key, rate, second, after, now);
+        return fold_or_send(slot, key, rate, second, after, now, odd, hot);
     }
     remember(key, second);
     false
@@ -158,6 +177,7 @@ pub(crate) fn folded(slot: *mut FoldedEvents, ends: &Endpoints, key: &mut FoldKe
 
 /// Counts the event in its key's second: true (folded) past the first `after`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn fold_or_send(
     slot: *mut FoldedEvents,
     key: &FoldKey,
@@ -165,11 +185,33 @@ fn fold_or_send(
     second: u64,
     after: u64,
     now: u64,
+    odd: bool,
+    hot: Option<*mut HotCount>,
 ) -> bool {
     // SAFETY: a map value; concurrent CPUs may let a few more or fewer events through in a
     // second, but each event still takes exactly one way.
     let send = unsafe { within_rate(rate, second, after) };
-    !send && count(slot, key, now)
+    !send && count(slot, key, now, second, odd, hot)
+}
+
+/// The hot slot of a record kind in an epoch.
+#[inline(always)]
+fn hot_slot(odd: bool, kind: u8) -> u32 {
+    u32::from(kind) % HOT_SLOTS + if odd { HOT_SLOTS } else { 0 }
+}
+
+/// Whether two keys are equal, compared as eight words.
+#[inline(always)]
+fn same_key(a: *const FoldKey, b: *const FoldKey) -> bool {
+    const { assert!(size_of::<FoldKey>() == 64 && align_of::<FoldKey>() == 8) };
+    let (a, b) = (a.cast::<u64>(), b.cast::<u64>());
+    let mut differ = 0;
+    for i in 0..8 {
+        // SAFETY: both are 8-byte aligned keys of eight words.
+        differ |=
+            unsafe { core::ptr::read_volatile(a.add(i)) ^ core::ptr::read_volatile(b.add(i)) };
+    }
+    differ == 0
 }
 
 /// A new key, its first event of this second sent.
@@ -223,17 +265,52 @@ fn new_key_allowed(kind: u32, second: u64) -> bool {
     unsafe { within_rate(rate, second, limit.max(1)) }
 }
 
-/// Adds the event to its key's count on this CPU in the current epoch, the key's sample
-/// first where this CPU has not counted the key yet; false when a map is full (the event is then
-/// sent on its own).
+/// Adds the event to its key's count on this CPU in the current epoch: in the kind's hot slot
+/// when the slot holds this key or is free, else in the count map; the key's sample first where
+/// this CPU has not counted the key yet. False when a map is full (the event is then sent on its
+/// own).
 #[inline(always)]
-fn count(slot: *mut FoldedEvents, key: &FoldKey, now: u64) -> bool {
-    let odd = FOLD_EPOCH.get(0).is_some_and(|epoch| epoch & 1 == 1);
+fn count(
+    slot: *mut FoldedEvents,
+    key: &FoldKey,
+    now: u64,
+    second: u64,
+    odd: bool,
+    hot: Option<*mut HotCount>,
+) -> bool {
     let (samples, counts) = if odd {
         (&FOLDED_ODD, &COUNTS_ODD)
     } else {
         (&FOLDED_EVEN, &COUNTS_EVEN)
     };
+    if let Some(hot) = hot {
+        // SAFETY: this CPU's slot; no other writer while the program runs. Userspace empties
+        // it only after the epoch has moved on.
+        unsafe {
+            if (*hot).count.count != 0 && same_key(&(*hot).key, key) {
+                (*hot).count.count += 1;
+                (*hot).count.last_ns = now;
+                (*hot).second = second;
+                return true;
+            }
+            // A free slot, or one whose key has not folded this second (a process that moved
+            // to another CPU): its counts go to the count map and the slot to this key.
+            let free = (*hot).count.count == 0;
+            if free || (*hot).second != second {
+                if !has_sample(samples, slot, key) {
+                    return false;
+                }
+                if free || add_count(counts, &(*hot).key, &(*hot).count) {
+                    crate::read::copy(&raw mut (*hot).key, key);
+                    (*hot).count.first_ns = now;
+                    (*hot).count.last_ns = now;
+                    (*hot).second = second;
+                    (*hot).count.count = 1;
+                    return true;
+                }
+            }
+        }
+    }
     if let Some(mine) = counts.get_ptr_mut(key) {
         // SAFETY: this CPU's value of the key; no other writer while the program runs.
         unsafe {
@@ -274,6 +351,33 @@ fn count(slot: *mut FoldedEvents, key: &FoldKey, now: u64) -> bool {
             }
             None => false,
         },
+        Err(_) => false,
+    }
+}
+
+/// Adds a hot slot's count to its key's count on this CPU in the count map; false when the map
+/// is full (the slot then keeps it).
+#[inline(always)]
+fn add_count(counts: &PerCpuHashMap<FoldKey, FoldCount>, key: &FoldKey, hot: &FoldCount) -> bool {
+    let merge = |mine: *mut FoldCount| {
+        // SAFETY: this CPU's value of the key; no other writer while the program runs.
+        unsafe {
+            if (*mine).count == 0 || (*mine).first_ns > hot.first_ns {
+                (*mine).first_ns = hot.first_ns;
+            }
+            (*mine).count += hot.count;
+            if (*mine).last_ns < hot.last_ns {
+                (*mine).last_ns = hot.last_ns;
+            }
+        }
+        true
+    };
+    if let Some(mine) = counts.get_ptr_mut(key) {
+        return merge(mine);
+    }
+    match counts.insert(key, hot, BPF_NOEXIST) {
+        Ok(()) => true,
+        Err(error) if error == -EEXIST => counts.get_ptr_mut(key).is_some_and(merge),
         Err(_) => false,
     }
 }

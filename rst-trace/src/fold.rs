@@ -7,11 +7,11 @@
 //! read the old one to finish, then reads and empties the maps they left: nothing is counted
 //! twice or lost between the read and the delete.
 
-use std::{thread, time::Duration};
+use std::{collections::HashMap as StdHashMap, thread, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData, PerCpuHashMap};
-use rst_trace_common::{FoldCount, FoldKey, FoldedEvents, RawTracepoint};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use rst_trace_common::{FoldCount, FoldKey, FoldedEvents, HOT_SLOTS, HotCount, RawTracepoint};
 
 /// How long a program that read the old epoch may still be counting into its map: programs run
 /// for microseconds with migration disabled, so this is generous.
@@ -50,15 +50,23 @@ pub struct EpochMaps {
 pub struct FoldReader {
     even: EpochMaps,
     odd: EpochMaps,
+    /// Each CPU's hot counts (one key per record kind), `HOT_SLOTS` per epoch.
+    hot: PerCpuArray<MapData, HotCount>,
     epoch: Array<MapData, u32>,
     current: u32,
 }
 
 impl FoldReader {
-    pub fn new(even: EpochMaps, odd: EpochMaps, epoch: Array<MapData, u32>) -> Self {
+    pub fn new(
+        even: EpochMaps,
+        odd: EpochMaps,
+        hot: PerCpuArray<MapData, HotCount>,
+        epoch: Array<MapData, u32>,
+    ) -> Self {
         Self {
             even,
             odd,
+            hot,
             epoch,
             current: 0,
         }
@@ -90,9 +98,10 @@ impl FoldReader {
         Ok(previous)
     }
 
-    /// Reads and deletes every key of one epoch's maps: a key's counts on every CPU added up,
-    /// with its sample.
+    /// Reads and deletes every key of one epoch's maps and empties its hot slots: a key's
+    /// counts on every CPU added up, with its sample.
     fn empty(&mut self, epoch: u32) -> anyhow::Result<Vec<FoldedSample>> {
+        let mut totals = self.take_hot(epoch)?;
         let maps = if epoch & 1 == 1 {
             &mut self.odd
         } else {
@@ -103,16 +112,20 @@ impl FoldReader {
             .keys()
             .collect::<Result<Vec<_>, _>>()
             .context("reading the folded-counts map")?;
-        let mut folded = Vec::with_capacity(keys.len());
         for key in keys {
             let counts = maps.counts.get(&key, 0).context("reading a folded count")?;
-            let total = total(counts.iter());
+            if let Some(sum) = total(counts.iter()) {
+                add(&mut totals, key, sum);
+            }
             maps.counts
                 .remove(&key)
                 .context("emptying the folded-counts map")?;
+        }
+        let mut folded = Vec::with_capacity(totals.len());
+        for (key, total) in totals {
             // A key has counts only once its sample is stored (see the kernel's `fold::count`).
-            match (total, maps.samples.get(&key, 0)) {
-                (Some(total), Ok(sample)) => folded.push(FoldedSample {
+            match maps.samples.get(&key, 0) {
+                Ok(sample) => folded.push(FoldedSample {
                     count: total.count,
                     first_ns: total.first_ns,
                     last_ns: total.last_ns,
@@ -120,11 +133,10 @@ impl FoldReader {
                     coarse: key.coarse,
                     record: record_bytes(&sample.record),
                 }),
-                (Some(total), Err(error)) => log::warn!(
+                Err(error) => log::warn!(
                     "{} folded events have no sample to describe them: {error}",
                     total.count
                 ),
-                (None, _) => {}
             }
         }
         // Samples whose counts could not be stored (a full map sent those events one by one).
@@ -138,8 +150,49 @@ impl FoldReader {
                 .remove(&key)
                 .context("emptying the folded-samples map")?;
         }
+        // Keys in the order the kernel first folded them.
+        folded.sort_by_key(|sample| sample.first_ns);
         Ok(folded)
     }
+
+    /// Every CPU's hot counts of one epoch, by key; the slots are emptied.
+    fn take_hot(&mut self, epoch: u32) -> anyhow::Result<StdHashMap<FoldKey, FoldCount>> {
+        let mut totals = StdHashMap::new();
+        let first = if epoch & 1 == 1 { HOT_SLOTS } else { 0 };
+        for index in first..first + HOT_SLOTS {
+            let values = self
+                .hot
+                .get(&index, 0)
+                .context("reading a hot folded count")?;
+            let cpus = values.len();
+            let mut counted = false;
+            for value in values.iter().filter(|value| value.count.count > 0) {
+                add(&mut totals, value.key, value.count);
+                counted = true;
+            }
+            if counted {
+                let empty = PerCpuValues::try_from(vec![HotCount::default(); cpus])
+                    .context("emptying a hot folded count")?;
+                self.hot
+                    .set(index, empty, 0)
+                    .context("emptying a hot folded count")?;
+            }
+        }
+        Ok(totals)
+    }
+}
+
+/// Adds one key's count to the totals by key.
+fn add(totals: &mut StdHashMap<FoldKey, FoldCount>, key: FoldKey, count: FoldCount) {
+    let total = totals.entry(key).or_default();
+    *total = match total.count {
+        0 => count,
+        _ => FoldCount {
+            count: total.count + count.count,
+            first_ns: total.first_ns.min(count.first_ns),
+            last_ns: total.last_ns.max(count.last_ns),
+        },
+    };
 }
 
 /// One key's counts on every CPU as one: their sum, the earliest first and the latest last
@@ -189,5 +242,24 @@ mod tests {
         let sum = total(cpus.iter()).expect("counted");
         assert_eq!((sum.count, sum.first_ns, sum.last_ns), (8, 100, 900));
         assert!(total([count(0, 0, 0)].iter()).is_none());
+    }
+
+    #[test]
+    fn a_keys_hot_slots_and_map_counts_add_up() {
+        let key = FoldKey {
+            service_port: 20001,
+            ..FoldKey::default()
+        };
+        let other = FoldKey {
+            service_port: 20002,
+            ..key
+        };
+        let mut totals = StdHashMap::new();
+        add(&mut totals, key, count(4, 300, 800));
+        add(&mut totals, other, count(1, 50, 50));
+        add(&mut totals, key, count(6, 100, 500));
+        let sum = totals[&key];
+        assert_eq!((sum.count, sum.first_ns, sum.last_ns), (10, 100, 800));
+        assert_eq!(totals[&other].count, 1);
     }
 }

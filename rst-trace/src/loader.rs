@@ -311,8 +311,9 @@ impl Tracer {
             samples: HashMap::try_from(take("FOLDED_ODD")?)?,
             counts: PerCpuHashMap::try_from(take("COUNTS_ODD")?)?,
         };
+        let hot = PerCpuArray::try_from(take("HOT")?)?;
         let epoch = Array::try_from(take("FOLD_EPOCH")?)?;
-        Ok(FoldReader::new(even, odd, epoch))
+        Ok(FoldReader::new(even, odd, hot, epoch))
     }
 
     /// The ring buffer every event arrives in.

@@ -461,6 +461,83 @@ fn storm_one_key_past_the_rate_folds_while_a_slow_key_beside_it_does_not() {
     assert_exit_line_matches(&finished.stderr, events);
 }
 
+/// Two storms from two processes held on one CPU: the kernel counts each CPU's storm key in a
+/// slot of its own and moves it to the count map when another key takes the slot in a later
+/// second. Both processes' keys pass through the slot and the map in turn, within one epoch, and
+/// every connect is still counted once, for the right process.
+#[test]
+fn storms_of_two_processes_on_one_cpu_are_each_counted_exactly() {
+    let ports = [closed_port("127.0.0.1"), closed_port("127.0.0.1")];
+    let tracer = Tracer::start(&[
+        "--fold-after",
+        &FOLD_AFTER.to_string(),
+        "--port",
+        &ports[0].to_string(),
+        "--port",
+        &ports[1].to_string(),
+    ]);
+    let clients = ports.map(storm_client);
+    for client in &clients {
+        pin_to_first_cpu(client.pid);
+    }
+    thread::scope(|scope| {
+        let storming = clients
+            .each_ref()
+            .map(|client| scope.spawn(|| client.go_and_wait()));
+        for storm in storming {
+            storm.join().expect("storm");
+        }
+    });
+    let connects = clients
+        .each_ref()
+        .map(|client| u64::from(client.connects()));
+    let finished = tracer.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let events = &finished.events;
+    for ((client, port), made) in clients.iter().zip(ports).zip(connects) {
+        let sent = Tally::of(events.iter().filter(sent_for_closed(port)));
+        let received = Tally::of(events.iter().filter(refused_in(client.pid as u32, port)));
+        eprintln!(
+            "pid {}: {made} connects, sent {sent:?}, received {received:?}",
+            client.pid
+        );
+        for (direction, tally) in [("sent", sent), ("received", received)] {
+            assert!(tally.folded_lines > 0, "{direction}: nothing folded");
+            assert_eq!(
+                tally.total(),
+                made,
+                "{direction} for pid {}: singles + folded = connects made",
+                client.pid
+            );
+        }
+    }
+    assert_exit_line_matches(&finished.stderr, events);
+}
+
+/// Holds a process on the first online CPU.
+fn pin_to_first_cpu(pid: i32) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity and sched_setaffinity read
+    // and write exactly one set of that size.
+    unsafe {
+        let mut online: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut online),
+            0,
+            "sched_getaffinity"
+        );
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|cpu| libc::CPU_ISSET(*cpu, &online))
+            .expect("a CPU to run on");
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(first, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &one),
+            0,
+            "sched_setaffinity({pid})"
+        );
+    }
+}
+
 /// The kernel's count of events the filters dropped: `rst-trace: N events filtered out in the
 /// kernel`.
 fn filtered_in_kernel(stderr: &str) -> u64 {
