@@ -150,7 +150,10 @@ pub fn run(
 
     let start = Instant::now();
     let mut child = Command::new(QEMU)
-        .args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-no-reboot"])
+        // The initramfs holds the static test binaries (about 400 MB with their debug info),
+        // unpacked into RAM beside the archive itself: at 1 GiB, 6.1 failed to unpack it
+        // ("Initramfs unpacking failed: write error") once the binaries had grown.
+        .args(["-accel", "tcg", "-m", "2048", "-smp", "2", "-no-reboot"])
         // Like -nographic, but the firmware does not also write to the serial port (with
         // terminal resets and screen clears that would end up in the console text).
         .args(["-display", "none", "-serial", "stdio"])

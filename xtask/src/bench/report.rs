@@ -987,8 +987,9 @@ fn markdown(f: &Figures, ctx: &Context, chart: &Path) -> String {
     let _ = writeln!(
         w,
         "- **CPU s / M events**: the tracer's user+system CPU from the moment it was tracing to \
-         its exit (wait4), per million events the kernel counted. **peak RSS**: `ru_maxrss` of \
-         the process. **start-up**: from spawn to the line `rst-trace: tracing ...` (printed \
+         its exit (wait4), per million events the kernel counted. **peak RSS**: `VmHWM` in \
+         `/proc/PID/status` just before the tracer is stopped (not wait4's `ru_maxrss`, which \
+         starts from the bench's own size at fork). **start-up**: from spawn to the line `rst-trace: tracing ...` (printed \
          once every program is attached)."
     );
     let _ = writeln!(
@@ -1472,7 +1473,9 @@ fn notes(f: &Figures, ctx: &Context) -> Vec<String> {
          read of the segment's headers (packet bytes are not typed for the verifier) and the \
          record itself. Under the refused-connect storm both CPUs produce records at once, so \
          ring buffer reservations contend and records miss the cache more often than under \
-         hping3."
+         hping3. Past a key's first `--fold-after` events in a second, the record is still \
+         built (its key needs the owner and both ends) but only counted: in a per-CPU slot \
+         when the key is that CPU's storm of its kind, else in per-CPU hash maps."
             .to_string(),
     );
     notes.push(
@@ -1490,7 +1493,7 @@ fn notes(f: &Figures, ctx: &Context) -> Vec<String> {
         "Ring buffer wakeups: a submit that wakes a waiting reader costs microseconds on this \
          virtual machine (an interrupt the hypervisor must deliver), far more than the \
          program's own work. rst-trace wakes its reader once each time the data waiting \
-         crosses an eighth of the buffer (and drains every 20 ms); the reference program never \
+         crosses an eighth of the buffer (and drains every 50 ms); the reference program never \
          wakes its reader, which drains every 10 ms, so its time is the least a reset tracer \
          can spend per event. bpftrace's one-liner only updates a map."
             .to_string(),

@@ -423,6 +423,10 @@ impl Running {
     /// Stops the tracer with SIGINT (as Ctrl-C would) and collects what it did.
     pub fn stop(self) -> anyhow::Result<Finished> {
         let pid = libc::pid_t::try_from(self.pid).context("a pid does not fit pid_t")?;
+        // The tracer's own high-water mark, read before it exits. wait4's ru_maxrss is not
+        // it: a child forked from the bench starts with the bench's resident size (carried over
+        // exec), which grows as the bench reads captures back.
+        let peak_rss = peak_rss_kib(self.pid);
         // SAFETY: kill and wait4 on a child we spawned and have not reaped.
         unsafe { libc::kill(pid, libc::SIGINT) };
         let deadline = Instant::now() + STOP_TIMEOUT;
@@ -477,7 +481,7 @@ impl Running {
         Ok(Finished {
             startup: self.startup,
             cpu_seconds: (cpu_total - self.cpu_at_ready).max(0.0),
-            peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+            peak_rss_kib: peak_rss.unwrap_or_else(|| u64::try_from(usage.ru_maxrss).unwrap_or(0)),
             exit,
             exited_cleanly,
             stderr,
@@ -485,6 +489,19 @@ impl Running {
             pcap_bytes,
         })
     }
+}
+
+/// `VmHWM` of a running process, in KiB: the peak resident size of its current program.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// rst-trace's Prometheus text, fetched over plain HTTP/1.0.
