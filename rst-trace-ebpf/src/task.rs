@@ -42,9 +42,9 @@ pub fn current_owner<A: Access>() -> Owner {
 /// here because a short-lived process is gone from /proc by the time userspace looks. BTF
 /// programs (5.11+) follow the pointers with plain loads and, for a process in the host's PID
 /// namespace (level 0, the common case), read `numbers[0].nr` the same way; a deeper level
-/// indexes the array by a value read at run time, which the verifier refuses as a plain load,
-/// so that one read is a probe read, as every read is for classic programs (four probe reads
-/// cost a fifth of a connect's bookkeeping). 0 when an offset is unknown.
+/// indexes the array by a value read at run time, which the verifier refuses on a typed
+/// pointer, so that case takes probe reads, as every read is for classic programs (four probe
+/// reads cost a fifth of a connect's bookkeeping). 0 when an offset is unknown.
 #[inline(always)]
 pub fn current_ns_tgid<A: Access>() -> u32 {
     let numbers = offset!(pid_numbers);
@@ -53,35 +53,29 @@ pub fn current_ns_tgid<A: Access>() -> u32 {
     if numbers == NO_OFFSET || upid_size == NO_OFFSET || nr == NO_OFFSET {
         return 0;
     }
-    let (pid, level) = if A::DIRECT && offset!(task_comm) != NO_OFFSET {
+    if A::DIRECT && offset!(task_comm) != NO_OFFSET {
         // SAFETY: no preconditions; the task pointer is typed for the verifier.
         let task = unsafe { generated::bpf_get_current_task_btf() } as u64;
-        let Some(pid) = load::<A, u64>(task, offset!(task_group_leader))
-            .and_then(|leader| load::<A, u64>(leader, offset!(task_thread_pid)))
-            .filter(|pid| *pid != 0)
-        else {
-            return 0;
-        };
-        let Some(level) = load::<A, u32>(pid, offset!(pid_level)) else {
-            return 0;
-        };
-        if level == 0 {
+        let pid = load::<A, u64>(task, offset!(task_group_leader))
+            .and_then(|leader| load::<A, u64>(leader, offset!(task_thread_pid)));
+        if let Some(pid) = pid.filter(|pid| *pid != 0)
+            && load::<A, u32>(pid, offset!(pid_level)) == Some(0)
+        {
             return load::<A, i32>(pid, numbers + nr).map_or(0, |nr| nr as u32);
         }
-        (pid, level)
-    } else {
-        // SAFETY: no preconditions; the task is only read through bpf_probe_read_kernel.
-        let task = unsafe { bpf_get_current_task() };
-        let Some(pid) = field::<u64>(task, offset!(task_group_leader))
-            .and_then(|leader| field::<u64>(leader, offset!(task_thread_pid)))
-            .filter(|pid| *pid != 0)
-        else {
-            return 0;
-        };
-        let Some(level) = field::<u32>(pid, offset!(pid_level)) else {
-            return 0;
-        };
-        (pid, level)
+        // Deeper (or unknown): the probe reads below. The verifier (6.1) refuses to add a
+        // value read at run time to a typed pointer, so the pointers are read again as numbers.
+    }
+    // SAFETY: no preconditions; the task is only read through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(pid) = field::<u64>(task, offset!(task_group_leader))
+        .and_then(|leader| field::<u64>(leader, offset!(task_thread_pid)))
+        .filter(|pid| *pid != 0)
+    else {
+        return 0;
+    };
+    let Some(level) = field::<u32>(pid, offset!(pid_level)) else {
+        return 0;
     };
     if level > MAX_PID_NS_LEVEL {
         return 0;
