@@ -148,31 +148,42 @@ pub(crate) fn folded(slot: *mut FoldedEvents, ends: &Endpoints, key: &mut FoldKe
     }
     // The key itself; past COARSE_AFTER new keys a second, the key without the remote address
     // (a flood from many sources); past as many new keys of those, also without the service
-    // port (a scan of many ports).
+    // port (a scan of many ports). One way out to the counting below, so that its code (and
+    // the verifier's work at load) is there once.
+    let Some(rate) = key_rate(key, second) else {
+        return false;
+    };
+    fold_or_send(slot, key, rate, second, after, now, odd, hot)
+}
+
+/// The rate of the key, or of the coarser key it becomes during a flood of new keys; `None`
+/// for a new key, whose first event is sent.
+#[inline(always)]
+fn key_rate(key: &mut FoldKey, second: u64) -> Option<*mut Rate> {
     if let Some(rate) = RATES.get_ptr_mut(&*key) {
-        return fold_or_send(slot, key, rate, second, after, now, odd, hot);
+        return Some(rate);
     }
     if new_key_allowed(FINE, second) {
         remember(key, second);
-        return false;
+        return None;
     }
     key.coarse = 1;
     // SAFETY: an 8-byte aligned member of the 8-byte aligned key.
     unsafe { crate::read::zero(&raw mut key.remote_addr) };
     if let Some(rate) = RATES.get_ptr_mut(&*key) {
-        return fold_or_send(slot, key, rate, second, after, now, odd, hot);
+        return Some(rate);
     }
     if new_key_allowed(COARSE, second) {
         remember(key, second);
-        return false;
+        return None;
     }
     key.coarse = 2;
     key.service_port = 0;
-    if let Some(rate) = RATES.get_ptr_mut(&*key) {
-        return fold_or_send(slot, key, rate, second, after, now, odd, hot);
+    let rate = RATES.get_ptr_mut(&*key);
+    if rate.is_none() {
+        remember(key, second);
     }
-    remember(key, second);
-    false
+    rate
 }
 
 /// Counts the event in its key's second: true (folded) past the first `after`.

@@ -62,42 +62,53 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
-    if new == offset!(states.syn_sent) || new == offset!(states.listen) {
-        // connect() and listen() run in the process that owns the socket.
-        let owner = current_owner::<A>();
+    let connecting_or_listening = new == offset!(states.syn_sent) || new == offset!(states.listen);
+    let listener_leaving = old == offset!(states.listen);
+    let closing = new == offset!(states.fin_wait1) || new == offset!(states.last_ack);
+    // Straight to CLOSE from an open connection: an abort (SO_LINGER 0, unread data, a listener
+    // closed with it queued), about to send its reset.
+    let aborting = new == offset!(states.close)
+        && (old == offset!(states.established) || old == offset!(states.close_wait));
+    if !(connecting_or_listening || listener_leaving || closing || aborting) {
+        if old == offset!(states.syn_recv) && new == offset!(states.established) {
+            // A new accepted-to-be child; any owner recorded at this address is a dead socket's.
+            let _ = OWNERS.remove(sk);
+        }
+        // Nothing else needs this transition (a refused connect's SYN_SENT -> CLOSE, for one).
+        return;
+    }
+    // Every transition below records the running task (one copy of its reads, for the
+    // verifier's sake): connect() and listen() run in the process that owns the socket, close()
+    // and shutdown() in the process that closes it.
+    let owner = current_owner::<A>();
+    if connecting_or_listening {
         let _ = OWNERS.insert(sk, owner, 0);
         if new == offset!(states.listen) {
             listened::<A>(sk, &owner);
             let _ = LISTENERS.insert(sk, owner, 0);
         }
-    } else if old == offset!(states.listen) {
+    } else if listener_leaving {
         // close() or shutdown() of a listener: no listener pass may read it after it is freed.
         let _ = LISTENERS.remove(sk);
         if new == offset!(states.close) {
             // In its process (or a listen() that failed): the address's last listener closed.
-            stopped_listening::<A>(sk);
+            stopped_listening::<A>(sk, &owner);
         }
-    } else if new == offset!(states.fin_wait1) || new == offset!(states.last_ack) {
-        // close() or shutdown() by the application, in its own context.
+    } else {
         zeroed!(key: ConnectionKey);
         zeroed!(head: SockHead<A>);
         head.fill(sk);
-        if connection_key(sk, head, netns_of_sock::<A>(sk), key) {
+        if !connection_key(sk, head, netns_of_sock::<A>(sk), key) {
+            return;
+        }
+        if closing {
+            // close() or shutdown() by the application, in its own context.
             let closed = ClosedConnection {
-                closer: current_owner::<A>(),
+                closer: owner,
                 closed_ns: now(),
             };
             let _ = CLOSED.insert(key, closed, 0);
-        }
-    } else if new == offset!(states.close)
-        && (old == offset!(states.established) || old == offset!(states.close_wait))
-    {
-        // Straight to CLOSE from an open connection: an abort (SO_LINGER 0, unread data, a
-        // listener closed with it queued), about to send its reset.
-        zeroed!(key: ConnectionKey);
-        zeroed!(head: SockHead<A>);
-        head.fill(sk);
-        if connection_key(sk, head, netns_of_sock::<A>(sk), key) {
+        } else {
             let mut flags = 0;
             if linger_zero::<A>(sk) {
                 flags |= facts::LINGER_ZERO;
@@ -109,16 +120,13 @@ fn set_state<A: Access>(sk: u64, old: u32, new: u32) {
             // the reversed four-tuple within a second is identity enough.
             key.netns = 0;
             let abort = Abort {
-                closer: current_owner::<A>(),
+                closer: owner,
                 ns: now(),
                 flags,
                 _pad: [0; 7],
             };
             let _ = ABORTS.insert(key, abort, 0);
         }
-    } else if old == offset!(states.syn_recv) && new == offset!(states.established) {
-        // A new accepted-to-be child; any owner recorded at this address is a dead socket's.
-        let _ = OWNERS.remove(sk);
     }
 }
 
@@ -156,7 +164,7 @@ fn listened<A: Access>(sk: u64, owner: &Owner) {
 /// A listener closed: remember who closed it and when. A close of another socket on the same
 /// address while the recorded one still listens (an SO_REUSEPORT sibling) changes nothing.
 #[inline(always)]
-fn stopped_listening<A: Access>(sk: u64) {
+fn stopped_listening<A: Access>(sk: u64, closer: &Owner) {
     zeroed!(key: ListenerKey);
     zeroed!(head: SockHead<A>);
     head.fill(sk);
@@ -182,7 +190,8 @@ fn stopped_listening<A: Access>(sk: u64) {
         }
     }
     record.sk = sk;
-    record.closer = current_owner::<A>();
+    // SAFETY: both are valid `Owner`s.
+    unsafe { copy(&raw mut record.closer, closer) };
     record.closed_ns = now();
     let _ = LAST_LISTENERS.insert(key as &ListenerKey, record as &ListenerHistory, 0);
 }
