@@ -14,7 +14,9 @@
 //! Cost: CPUs folding one storm must not write the same cache line for every event (each such
 //! write moves the line between CPUs, which cost more than the rest of the program). So a key's
 //! rate is written only for its first `FOLD_AFTER` events of a second and only read after that,
-//! and the counts are per CPU.
+//! and the counts are per CPU. A CPU's storm of each record kind is counted in a slot of its own
+//! (`HOT`), where the event's key is compared with the slot's instead of being hashed into the
+//! rate and count maps; the slot's count moves to the count map when another key takes it.
 
 // Map keys and values are passed by reference on purpose: a copy of a 64-byte key (or a
 // 368-byte value) would be built on the 512-byte BPF stack.

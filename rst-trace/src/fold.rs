@@ -1,9 +1,10 @@
-//! FoldedSample storms: the events the kernel programs counted instead of sending (see the kernel
+//! Folded storms: the events the kernel programs counted instead of sending (see the kernel
 //! crate's `fold` module), taken out once a second.
 //!
 //! The programs send the first `--fold-after` events of a key each second and count the rest per
-//! CPU in one of two count maps, chosen by the epoch's low bit, with each key's first folded
-//! event in the matching sample map. Taking them out flips the epoch, waits for programs that
+//! CPU in one of two count maps (and each CPU's storm key of each record kind in a per-CPU slot
+//! beside them), chosen by the epoch's low bit, with each key's first folded event in the
+//! matching sample map. Taking them out flips the epoch, waits for programs that
 //! read the old one to finish, then reads and empties the maps they left: nothing is counted
 //! twice or lost between the read and the delete.
 
