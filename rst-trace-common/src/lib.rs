@@ -456,6 +456,21 @@ pub struct FoldCount {
     pub last_ns: u64,
 }
 
+impl FoldCount {
+    /// Adds another count of the same key: the sum, the earlier first and the later last event.
+    /// An empty count (0 events) takes the other's times.
+    #[inline(always)]
+    pub fn add(&mut self, other: &FoldCount) {
+        if self.count == 0 || other.first_ns < self.first_ns {
+            self.first_ns = other.first_ns;
+        }
+        if other.last_ns > self.last_ns {
+            self.last_ns = other.last_ns;
+        }
+        self.count += other.count;
+    }
+}
+
 /// TCP state numbers of the running kernel (from its tracefs tables), for the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

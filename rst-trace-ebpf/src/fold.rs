@@ -374,15 +374,7 @@ fn count(
 fn add_count(counts: &PerCpuHashMap<FoldKey, FoldCount>, key: &FoldKey, hot: &FoldCount) -> bool {
     let merge = |mine: *mut FoldCount| {
         // SAFETY: this CPU's value of the key; no other writer while the program runs.
-        unsafe {
-            if (*mine).count == 0 || (*mine).first_ns > hot.first_ns {
-                (*mine).first_ns = hot.first_ns;
-            }
-            (*mine).count += hot.count;
-            if (*mine).last_ns < hot.last_ns {
-                (*mine).last_ns = hot.last_ns;
-            }
-        }
+        unsafe { (*mine).add(hot) };
         true
     };
     if let Some(mine) = counts.get_ptr_mut(key) {

@@ -166,12 +166,11 @@ impl FoldReader {
                 .get(&index, 0)
                 .context("reading a hot folded count")?;
             let cpus = values.len();
-            let mut counted = false;
-            for value in values.iter().filter(|value| value.count.count > 0) {
+            let counted: Vec<&HotCount> = values.iter().filter(|v| v.count.count > 0).collect();
+            for value in &counted {
                 add(&mut totals, value.key, value.count);
-                counted = true;
             }
-            if counted {
+            if !counted.is_empty() {
                 let empty = PerCpuValues::try_from(vec![HotCount::default(); cpus])
                     .context("emptying a hot folded count")?;
                 self.hot
@@ -185,32 +184,17 @@ impl FoldReader {
 
 /// Adds one key's count to the totals by key.
 fn add(totals: &mut StdHashMap<FoldKey, FoldCount>, key: FoldKey, count: FoldCount) {
-    let total = totals.entry(key).or_default();
-    *total = match total.count {
-        0 => count,
-        _ => FoldCount {
-            count: total.count + count.count,
-            first_ns: total.first_ns.min(count.first_ns),
-            last_ns: total.last_ns.max(count.last_ns),
-        },
-    };
+    totals.entry(key).or_default().add(&count);
 }
 
 /// One key's counts on every CPU as one: their sum, the earliest first and the latest last
 /// event; `None` when no CPU counted any.
 fn total<'a>(counts: impl Iterator<Item = &'a FoldCount>) -> Option<FoldCount> {
-    counts
-        .filter(|count| count.count > 0)
-        .fold(None, |total: Option<FoldCount>, count| {
-            Some(match total {
-                None => *count,
-                Some(total) => FoldCount {
-                    count: total.count + count.count,
-                    first_ns: total.first_ns.min(count.first_ns),
-                    last_ns: total.last_ns.max(count.last_ns),
-                },
-            })
-        })
+    let mut total = FoldCount::default();
+    for count in counts.filter(|count| count.count > 0) {
+        total.add(count);
+    }
+    (total.count > 0).then_some(total)
 }
 
 fn record_bytes(record: &RawTracepoint) -> Vec<u8> {
