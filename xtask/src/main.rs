@@ -11,6 +11,7 @@ mod docs;
 mod fuzz;
 mod gnuplot;
 mod loopback;
+mod procfs;
 mod setup;
 mod soak;
 mod static_build;

@@ -426,7 +426,7 @@ impl Running {
         // The tracer's own high-water mark, read before it exits. wait4's ru_maxrss is not
         // it: a child forked from the bench starts with the bench's resident size (carried over
         // exec), which grows as the bench reads captures back.
-        let peak_rss = peak_rss_kib(self.pid);
+        let peak_rss = crate::procfs::status_kib(self.pid, "VmHWM").ok();
         // SAFETY: kill and wait4 on a child we spawned and have not reaped.
         unsafe { libc::kill(pid, libc::SIGINT) };
         let deadline = Instant::now() + STOP_TIMEOUT;
@@ -489,19 +489,6 @@ impl Running {
             pcap_bytes,
         })
     }
-}
-
-/// `VmHWM` of a running process, in KiB: the peak resident size of its current program.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// rst-trace's Prometheus text, fetched over plain HTTP/1.0.

@@ -286,7 +286,7 @@ fn sample(
         minute.user_cpu = (now.0 - cpu.0) / ticks_per_second();
         minute.system_cpu = (now.1 - cpu.1) / ticks_per_second();
         cpu = now;
-        minute.rss_kib = rss_kib(pid)?;
+        minute.rss_kib = crate::procfs::status_kib(pid, "VmRSS")?;
         minute.fds = open_fds(pid)?;
         minute.maps = map_occupancy(pid);
         let operations = counts.operations();
@@ -439,15 +439,6 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<(f64, f64)> {
             .with_context(|| format!("{path} has no field {index}"))
     };
     Ok((field(14)?, field(15)?))
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("{path} has no VmRSS"))
 }
 
 fn open_fds(pid: u32) -> anyhow::Result<u64> {
